@@ -1,0 +1,44 @@
+# Two set-up commands: `make run` (the main job) and `make test` (lint + the whole suite).
+# Each creates or updates its own virtual environment from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+VENV110 := .venv-litellm110
+ARGS ?=
+
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export LITELLM_OFFLINE_MODE := true
+
+.PHONY: run test lint unit test-litellm110 venv clean
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	touch $@
+
+$(VENV110)/.stamp: pyproject.toml ci/litellm-1.110.2.txt
+	test -x $(VENV110)/bin/python || $(PYTHON) -m venv $(VENV110)
+	$(VENV110)/bin/python -m pip install -q --upgrade pip
+	$(VENV110)/bin/python -m pip install -q -r ci/litellm-1.110.2.txt -e ".[tools,test]"
+	touch $@
+
+venv: $(VENV)/.stamp
+
+run: $(VENV)/.stamp
+	$(VENV)/bin/litellm-dualpool demo $(ARGS)
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check litellm_dualpool tests bench
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_layering.py
+
+unit: $(VENV)/.stamp
+	$(VENV)/bin/python -m pytest -q -m "not e2e"
+
+# The whole suite on LiteLLM 1.106.12 (classic router), then the LiteLLM-facing tests on
+# 1.110.2 (Rust-core router): the plugin must work on both.
+test: lint $(VENV110)/.stamp
+	$(VENV)/bin/python -m pytest -q -ra
+	$(VENV110)/bin/python -m pytest -q -ra -m litellm_compat
+
+clean:
+	rm -rf $(VENV) $(VENV110) .pytest_cache build *.egg-info

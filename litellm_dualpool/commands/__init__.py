@@ -1,0 +1,1 @@
+"""Small CLI subcommands that have no package of their own."""
