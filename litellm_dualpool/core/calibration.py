@@ -1,15 +1,56 @@
 """Online bytes-per-token calibration per (model group, category) key.
 
-CONTRACT (filled in by the core issue).
+The model. A backend's prompt token count is the text's bytes over a bytes-per-token ratio plus
+the chat template's framing, which a pure ratio gets wrong for short prompts (a 200-byte
+question carries ~10 framing tokens, 20% of its count). Per key we therefore learn
+
+    prompt_tokens ~ theta . x,   x = (bytes/1000, messages, tool items, 1, has_tools)
+
+(tokens per KB, per message frame, per tool definition or call, per request, and the tool
+preamble a template adds once when tools are defined), plus fixed costs for media parts.
+
+The update. An exponentially weighted least-squares fit: sufficient statistics `A = sum w x x'`,
+`b = sum w x y` decay by `ema_beta` per observation, so the fit forgets like the paper's EMA
+(window ~ 1/(1-beta)), but it is unbiased from the first sample: a weak ridge prior centred on
+the cold-start ratio and typical framing costs keeps the system solvable and carries the
+directions the data cannot separate (e.g. framing vs fixed cost when every request has one
+message), instead of an EMA's initial value dragging the estimate for ~1/(1-beta) samples.
+Weights `1/y^2` make it minimise relative error, so short and long prompts count alike.
+
+Safety. `sigma` is a bias-corrected EMA of the absolute relative error of each prediction made
+before its own update (an honest, out-of-sample spread). Routing uses the conservative estimate
+`y * (1 + gamma * sigma)` (the paper's `c - gamma*sigma` on the ratio, applied to the whole
+count). An observation whose implied ratio is outside [min, max] bytes per token is rejected;
+after warm-up one more than `outlier_factor * sigma` away is rejected too (but a streak of them
+is a regime change and is let through); each accepted observation is clipped to within
+`max_step_fraction` of the prediction, which bounds how far one sample moves the state.
+Requests with media parts or token-id prompts are not learned from (their counts are not text).
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from litellm_dualpool.core.linalg import solve
 from litellm_dualpool.core.shape import RequestShape
+from litellm_dualpool.errors import ConfigError
+
+SNAPSHOT_VERSION = 1
+SNAPSHOT_KIND = "litellm_dualpool.calibration"
+
+#: Feature vector layout (see the module docstring).
+_F_KB, _F_MSG, _F_TOOL, _F_FIXED, _F_TOOLSET = range(5)
+_N = 5
+#: Observations below this many tokens weigh as if they had this many (1/y^2 weights).
+_MIN_WEIGHT_TOKENS = 32.0
+#: A key with fewer samples borrows the (model group, content class) key's state when richer.
+_MIN_OWN_SAMPLES = 3
+#: Key name of the shared key used once max_keys is reached.
+OVERFLOW_CATEGORY = "_overflow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +63,21 @@ class CategoryKey:
 
 @dataclass(frozen=True, slots=True)
 class CalibrationSettings:
-    """Knobs of the calibrator (validated by config.py)."""
+    """Knobs of the calibrator (validated by config.py).
+
+    cold_start_bytes_per_token: the ratio before any observation (the paper's 4.0).
+    ema_beta: per-observation decay of the fit's statistics (window ~ 1/(1-beta) samples).
+    gamma: conservative margin in units of sigma (mean absolute relative error).
+    min/max_bytes_per_token: observations implying a ratio outside are rejected; the fit is
+        clamped to them.
+    max_step_fraction: an observation is clipped to within this fraction of the prediction.
+    max_keys: keys beyond this share the (model group, content class) or the overflow key.
+    image_tokens / audio_tokens / file_tokens: fixed cost per media part.
+    cold_start_sigma: the spread assumed before data (worth `prior_sigma_samples` samples).
+    message_tokens / tool_tokens / request_tokens: framing priors (Llama-3/Qwen3 use ~5/~4/~5).
+    outlier_factor / outlier_min_fraction / outlier_warmup / outlier_streak: rejection rule.
+    min_sigma: floor of the spread used for routing.
+    """
 
     cold_start_bytes_per_token: float = 4.0
     ema_beta: float = 0.95
@@ -33,15 +88,100 @@ class CalibrationSettings:
     max_keys: int = 256
     image_tokens: int = 1024
     audio_tokens: int = 512
+    file_tokens: int = 1024
+    cold_start_sigma: float = 0.12
+    prior_sigma_samples: float = 2.0
+    message_tokens: float = 5.0
+    tool_tokens: float = 4.0
+    request_tokens: float = 5.0
+    outlier_factor: float = 6.0
+    outlier_min_fraction: float = 0.15
+    outlier_warmup: int = 8
+    outlier_streak: int = 5
+    min_sigma: float = 0.005
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("cold_start_bytes_per_token", self.min_bytes_per_token
+             <= self.cold_start_bytes_per_token <= self.max_bytes_per_token),
+            ("ema_beta", 0.0 < self.ema_beta < 1.0),
+            ("gamma", self.gamma >= 0.0),
+            ("min_bytes_per_token", 0.0 < self.min_bytes_per_token < self.max_bytes_per_token),
+            ("max_step_fraction", self.max_step_fraction > 0.0),
+            ("max_keys", self.max_keys >= 1),
+            ("image_tokens", self.image_tokens >= 0),
+            ("audio_tokens", self.audio_tokens >= 0),
+            ("file_tokens", self.file_tokens >= 0),
+            ("cold_start_sigma", self.cold_start_sigma >= 0.0),
+            ("prior_sigma_samples", self.prior_sigma_samples > 0.0),
+            ("outlier_factor", self.outlier_factor > 0.0),
+            ("min_sigma", self.min_sigma >= 0.0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"invalid value {getattr(self, name)!r}", path=name)
 
 
 @dataclass(frozen=True, slots=True)
 class RatioView:
-    """The learned state of one key, for metrics and reports."""
+    """The learned state of one key, for metrics and reports.
+
+    bytes_per_token: the marginal ratio (1000 / tokens per KB) of the fit.
+    conservative_bytes_per_token: bytes_per_token / (1 + gamma * sigma), what routing uses.
+    """
 
     bytes_per_token: float
     conservative_bytes_per_token: float
     samples: int
+    sigma: float = 0.0
+    message_tokens: float = 0.0
+    request_tokens: float = 0.0
+    tool_preamble_tokens: float = 0.0
+
+
+def features(shape: RequestShape) -> tuple[float, float, float, float, float]:
+    """The regression inputs of a shape (exact token ids and media excluded)."""
+    messages = float(shape.message_count) if shape.chat_template else 0.0
+    return (shape.total_bytes / 1000.0, messages, float(shape.tool_count), 1.0,
+            1.0 if shape.has_tools else 0.0)
+
+
+class _KeyState:
+    """Sufficient statistics of one key; mutated only under the calibrator's lock."""
+
+    __slots__ = ("a", "b", "dev_sum", "dev_weight", "rejected_streak", "samples", "theta")
+
+    def __init__(self, settings: CalibrationSettings) -> None:
+        self.a = [[0.0] * _N for _ in range(_N)]
+        self.b = [0.0] * _N
+        self.theta = _prior_theta(settings)
+        self.samples = 0
+        self.dev_sum = settings.cold_start_sigma * settings.prior_sigma_samples
+        self.dev_weight = settings.prior_sigma_samples
+        self.rejected_streak = 0
+
+    def sigma(self, settings: CalibrationSettings) -> float:
+        return max(self.dev_sum / self.dev_weight, settings.min_sigma)
+
+
+def _prior_theta(s: CalibrationSettings) -> list[float]:
+    return [1000.0 / s.cold_start_bytes_per_token, s.message_tokens, s.tool_tokens,
+            s.request_tokens, 0.0]
+
+
+def _prior_precision(s: CalibrationSettings) -> list[float]:
+    """Ridge strength per coefficient, in units of relative-error observations.
+
+    (noise / prior sd)^2 with an assumed 5% per-observation noise: tokens/KB sd 100 (weak),
+    message framing sd 2, tool item sd 4, fixed sd 5, tool preamble sd 300 (weak: learned).
+    """
+    noise = 0.05
+    sds = (100.0, 2.0, 4.0, 5.0, 300.0)
+    return [(noise / sd) ** 2 for sd in sds]
+
+
+def _dot(theta: list[float], x: tuple[float, ...]) -> float:
+    return sum(t * v for t, v in zip(theta, x, strict=True))
 
 
 class Calibrator:
@@ -52,24 +192,243 @@ class Calibrator:
     """
 
     def __init__(self, settings: CalibrationSettings | None = None) -> None:
-        raise NotImplementedError
+        self.settings = settings or CalibrationSettings()
+        self._states: dict[CategoryKey, _KeyState] = {}
+        self._lock = threading.Lock()
+        self._prior = _prior_theta(self.settings)
+        self._precision = _prior_precision(self.settings)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _lookup(self, key: CategoryKey, shape: RequestShape | None) -> _KeyState | None:
+        state = self._states.get(key)
+        if state is not None and state.samples >= _MIN_OWN_SAMPLES:
+            return state
+        if shape is not None:
+            fallback = self._states.get(CategoryKey(key.model_group, shape.content_class.value))
+            if fallback is not None and fallback.samples > (state.samples if state else 0):
+                return fallback
+        if state is None and len(self._states) >= self.settings.max_keys:
+            return self._states.get(CategoryKey(key.model_group, OVERFLOW_CATEGORY))
+        return state
+
+    def _media_tokens(self, shape: RequestShape) -> int:
+        s = self.settings
+        return (shape.image_count * s.image_tokens + shape.audio_count * s.audio_tokens
+                + shape.file_count * s.file_tokens)
+
+    def estimate_point_tokens(self, key: CategoryKey, shape: RequestShape) -> int:
+        """The point (unbiased) estimate of the prompt tokens; not what routing uses."""
+        return self._estimate(key, shape, conservative=False)
 
     def estimate_prompt_tokens(self, key: CategoryKey, shape: RequestShape) -> int:
-        raise NotImplementedError
+        """The conservative estimate routing uses: point * (1 + gamma * sigma), rounded up."""
+        return self._estimate(key, shape, conservative=True)
 
-    def observe(self, key: CategoryKey, shape: RequestShape, prompt_tokens: int) -> bool:
-        """Learn from one observation; returns False when it was rejected (outlier, media)."""
-        raise NotImplementedError
+    def estimate_both(self, key: CategoryKey, shape: RequestShape) -> tuple[int, int]:
+        """(point, conservative) under one lock acquisition."""
+        with self._lock:
+            state = self._lookup(key, shape)
+            theta = state.theta if state else self._prior
+            sigma = state.sigma(self.settings) if state else self._cold_sigma()
+        return self._combine(theta, sigma, shape)
+
+    def _estimate(self, key: CategoryKey, shape: RequestShape, *, conservative: bool) -> int:
+        point, cons = self.estimate_both(key, shape)
+        return cons if conservative else point
+
+    def _cold_sigma(self) -> float:
+        return max(self.settings.cold_start_sigma, self.settings.min_sigma)
+
+    def _combine(self, theta: list[float], sigma: float, shape: RequestShape) -> tuple[int, int]:
+        fixed = self._media_tokens(shape) + (shape.exact_prompt_tokens or 0)
+        if shape.total_bytes == 0 and shape.exact_prompt_tokens is not None:
+            text = 0.0  # a pure token-id prompt: exact, no framing to add
+        else:
+            text = max(_dot(theta, features(shape)), 0.0)
+        point = fixed + math.ceil(text)
+        cons = fixed + math.ceil(text * (1.0 + self.settings.gamma * sigma))
+        return point, cons
 
     def ratio(self, key: CategoryKey) -> RatioView:
-        raise NotImplementedError
+        with self._lock:
+            state = self._states.get(key)
+            theta = list(state.theta) if state else list(self._prior)
+            sigma = state.sigma(self.settings) if state else self._cold_sigma()
+            samples = state.samples if state else 0
+        bpt = 1000.0 / theta[_F_KB]
+        return RatioView(
+            bytes_per_token=bpt,
+            conservative_bytes_per_token=bpt / (1.0 + self.settings.gamma * sigma),
+            samples=samples,
+            sigma=sigma,
+            message_tokens=theta[_F_MSG],
+            request_tokens=theta[_F_FIXED],
+            tool_preamble_tokens=theta[_F_TOOLSET],
+        )
 
     def keys(self) -> list[CategoryKey]:
-        raise NotImplementedError
+        with self._lock:
+            return list(self._states)
 
+    # -- learning --------------------------------------------------------------------------
+    def observe(self, key: CategoryKey, shape: RequestShape, prompt_tokens: int) -> bool:
+        """Learn from one observation; returns False when it was rejected (outlier, media)."""
+        if type(prompt_tokens) is not int or prompt_tokens <= 0:
+            return False
+        if shape.media_count or shape.exact_prompt_tokens is not None or shape.total_bytes == 0:
+            return False
+        x = features(shape)
+        y = float(prompt_tokens)
+        s = self.settings
+        with self._lock:
+            state = self._slot(key, shape)
+            framing = _dot(state.theta, (0.0, *x[1:]))
+            text_tokens = y - framing
+            if text_tokens > 0 and shape.total_bytes >= 64:
+                implied = shape.total_bytes / text_tokens
+                if not s.min_bytes_per_token <= implied <= s.max_bytes_per_token:
+                    return self._reject(state)
+            predicted = max(_dot(state.theta, x), 1.0)
+            error = abs(y - predicted) / predicted
+            if (state.samples >= s.outlier_warmup and state.rejected_streak < s.outlier_streak
+                    and error > max(s.outlier_factor * state.sigma(s), s.outlier_min_fraction)):
+                return self._reject(state)
+            state.rejected_streak = 0
+            beta = s.ema_beta
+            state.dev_sum = beta * state.dev_sum + error
+            state.dev_weight = beta * state.dev_weight + 1.0
+            lo, hi = predicted / (1.0 + s.max_step_fraction), predicted * (1.0 + s.max_step_fraction)
+            y_used = min(max(y, lo), hi)
+            weight = 1.0 / max(y_used, _MIN_WEIGHT_TOKENS) ** 2
+            for i in range(_N):
+                row, wxi = state.a[i], weight * x[i]
+                for j in range(_N):
+                    row[j] = beta * row[j] + wxi * x[j]
+                state.b[i] = beta * state.b[i] + wxi * y_used
+            state.samples += 1
+            self._refit(state)
+        return True
+
+    def _reject(self, state: _KeyState) -> bool:
+        state.rejected_streak += 1
+        return False
+
+    def _slot(self, key: CategoryKey, shape: RequestShape) -> _KeyState:
+        state = self._states.get(key)
+        if state is not None:
+            return state
+        if len(self._states) >= self.settings.max_keys:
+            for fallback in (CategoryKey(key.model_group, shape.content_class.value),
+                             CategoryKey(key.model_group, OVERFLOW_CATEGORY)):
+                if fallback in self._states:
+                    return self._states[fallback]
+            key = CategoryKey(key.model_group, OVERFLOW_CATEGORY)
+            # One overflow key per model group may exceed max_keys; bounded by model groups.
+        state = _KeyState(self.settings)
+        self._states[key] = state
+        return state
+
+    def _refit(self, state: _KeyState) -> None:
+        prior, precision = self._prior, self._precision
+        a = [[state.a[i][j] + (precision[i] if i == j else 0.0) for j in range(_N)]
+             for i in range(_N)]
+        b = [state.b[i] + precision[i] * prior[i] for i in range(_N)]
+        theta = solve(a, b)
+        if theta is None or not all(math.isfinite(t) for t in theta):
+            return
+        s = self.settings
+        theta[_F_KB] = min(max(theta[_F_KB], 1000.0 / s.max_bytes_per_token),
+                           1000.0 / s.min_bytes_per_token)
+        theta[_F_MSG] = min(max(theta[_F_MSG], 0.0), 64.0)
+        theta[_F_TOOL] = min(max(theta[_F_TOOL], 0.0), 256.0)
+        theta[_F_FIXED] = min(max(theta[_F_FIXED], -64.0), 1024.0)
+        theta[_F_TOOLSET] = min(max(theta[_F_TOOLSET], 0.0), 8192.0)
+        state.theta = theta
+
+    # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """A small, versioned, JSON-serialisable copy of the whole state."""
-        raise NotImplementedError
+        with self._lock:
+            keys = [
+                {
+                    "model_group": key.model_group,
+                    "category": key.category,
+                    "samples": st.samples,
+                    "a": [list(row) for row in st.a],
+                    "b": list(st.b),
+                    "theta": list(st.theta),
+                    "dev_sum": st.dev_sum,
+                    "dev_weight": st.dev_weight,
+                    "rejected_streak": st.rejected_streak,
+                }
+                for key, st in self._states.items()
+            ]
+        return {"kind": SNAPSHOT_KIND, "version": SNAPSHOT_VERSION,
+                "settings": asdict(self.settings), "keys": keys}
 
     def restore(self, snapshot: Mapping[str, Any]) -> None:
-        raise NotImplementedError
+        """Replace the whole state with a snapshot's; ConfigError (naming the path) if invalid.
+
+        The snapshot's settings are informational: this calibrator keeps its own.
+        """
+        if not isinstance(snapshot, Mapping):
+            raise ConfigError("a calibration snapshot must be an object", path="snapshot")
+        if snapshot.get("kind") != SNAPSHOT_KIND or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ConfigError(
+                f"unsupported snapshot kind/version {snapshot.get('kind')!r}/"
+                f"{snapshot.get('version')!r} (expected {SNAPSHOT_KIND}/{SNAPSHOT_VERSION})",
+                path="snapshot.version")
+        entries = snapshot.get("keys")
+        if not isinstance(entries, list):
+            raise ConfigError("must be a list", path="snapshot.keys")
+        states: dict[CategoryKey, _KeyState] = {}
+        for i, entry in enumerate(entries[: self.settings.max_keys + 64]):
+            key, state = self._parse_entry(entry, f"snapshot.keys[{i}]")
+            states[key] = state
+        with self._lock:
+            self._states = states
+
+    def _parse_entry(self, entry: object, path: str) -> tuple[CategoryKey, _KeyState]:
+        if not isinstance(entry, Mapping):
+            raise ConfigError("must be an object", path=path)
+
+        def number(name: str, value: object) -> float:
+            if type(value) not in (int, float) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+                raise ConfigError(f"must be a finite number, got {value!r}", path=f"{path}.{name}")
+            return float(value)  # type: ignore[arg-type]
+
+        def vector(name: str, value: object) -> list[float]:
+            if not isinstance(value, list) or len(value) != _N:
+                raise ConfigError(f"must be a list of {_N} numbers", path=f"{path}.{name}")
+            return [number(f"{name}[{j}]", v) for j, v in enumerate(value)]
+
+        group, category = entry.get("model_group"), entry.get("category")
+        if not isinstance(group, str) or not isinstance(category, str):
+            raise ConfigError("model_group and category must be strings", path=path)
+        state = _KeyState(self.settings)
+        a = entry.get("a")
+        if not isinstance(a, list) or len(a) != _N:
+            raise ConfigError(f"must be a {_N}x{_N} matrix", path=f"{path}.a")
+        state.a = [vector(f"a[{i}]", row) for i, row in enumerate(a)]
+        state.b = vector("b", entry.get("b"))
+        state.theta = vector("theta", entry.get("theta"))
+        samples = entry.get("samples")
+        if type(samples) is not int or samples < 0:
+            raise ConfigError("must be a non-negative integer", path=f"{path}.samples")
+        state.samples = samples
+        state.dev_sum = number("dev_sum", entry.get("dev_sum"))
+        state.dev_weight = number("dev_weight", entry.get("dev_weight"))
+        if state.dev_weight <= 0 or state.dev_sum < 0:
+            raise ConfigError("dev_weight must be > 0 and dev_sum >= 0", path=f"{path}.dev_weight")
+        streak = entry.get("rejected_streak", 0)
+        state.rejected_streak = streak if type(streak) is int and streak >= 0 else 0
+        return CategoryKey(group, category), state
+
+
+def settings_from_mapping(values: Mapping[str, Any]) -> CalibrationSettings:
+    """Build settings from a plain mapping (unknown names raise ConfigError)."""
+    known = {f.name for f in fields(CalibrationSettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown calibration settings {unknown}", path=unknown[0])
+    return CalibrationSettings(**dict(values))

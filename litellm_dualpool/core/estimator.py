@@ -1,6 +1,9 @@
 """The one call the glue and the simulator make before dispatch: body -> Estimate.
 
-CONTRACT (filled in by the core issue).
+`Estimator.estimate` shapes the body once, picks its calibration key (model group plus the
+caller's category, else the content class), asks the calibrator for the conservative prompt
+estimate and adds the output budget. `Estimator.learn` feeds the backend's
+`usage.prompt_tokens` back under the same key.
 """
 
 from __future__ import annotations
@@ -9,9 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from litellm_dualpool.core.budget import TokenBudget
+from litellm_dualpool.core.budget import TokenBudget, output_budget_tokens, sequence_count
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
-from litellm_dualpool.core.shape import RequestShape
+from litellm_dualpool.core.shape import RequestShape, shape_request
+from litellm_dualpool.errors import InvalidRequestError
+
+#: Longest caller-supplied category name kept (longer ones are an error, not a new key).
+MAX_CATEGORY_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +28,25 @@ class Estimate:
     budget: TokenBudget
 
 
+def category_key(model_group: str, shape: RequestShape, category: str | None = None) -> CategoryKey:
+    """(model group, caller category or the content class). InvalidRequestError for a bad name."""
+    if category is None:
+        return CategoryKey(model_group, shape.content_class.value)
+    if not isinstance(category, str) or not category or len(category) > MAX_CATEGORY_CHARS:
+        raise InvalidRequestError(
+            f"category must be a non-empty string of at most {MAX_CATEGORY_CHARS} characters",
+            field="category")
+    return CategoryKey(model_group, category)
+
+
 class Estimator:
     """Shapes a body, picks its category key and estimates its total token budget."""
 
     def __init__(self, calibrator: Calibrator, *, default_output_tokens: int = 1024) -> None:
-        raise NotImplementedError
+        if type(default_output_tokens) is not int or default_output_tokens < 0:
+            raise ValueError("default_output_tokens must be a non-negative integer")
+        self.calibrator = calibrator
+        self.default_output_tokens = default_output_tokens
 
     def estimate(
         self,
@@ -34,10 +55,20 @@ class Estimator:
         *,
         category: str | None = None,
         default_output_tokens: int | None = None,
+        embedding: bool = False,
     ) -> Estimate:
-        """category: a caller-supplied category (bounded by the calibrator's key limit)."""
-        raise NotImplementedError
+        """category: a caller-supplied category (bounded by the calibrator's key limit).
+        embedding: the body is an embeddings request (no output budget)."""
+        shape = shape_request(body)
+        default = self.default_output_tokens if default_output_tokens is None else (
+            default_output_tokens)
+        output_tokens = output_budget_tokens(body, default, embedding=embedding)
+        key = category_key(model_group, shape, category)
+        point, conservative = self.calibrator.estimate_both(key, shape)
+        budget = TokenBudget(prompt_tokens=conservative, output_tokens=output_tokens,
+                             sequences=sequence_count(body), prompt_tokens_point=point)
+        return Estimate(shape=shape, key=key, budget=budget)
 
     def learn(self, estimate: Estimate, prompt_tokens: int) -> bool:
         """Feed the backend-reported prompt token count of a finished request."""
-        raise NotImplementedError
+        return self.calibrator.observe(estimate.key, estimate.shape, prompt_tokens)

@@ -1,13 +1,24 @@
 """Dispatch policy: snapshots of pools in, one Decision out.
 
-CONTRACT (filled in by the core issue).
+The rule, for any number of pools sorted by max_model_len: the preferred pool is the smallest
+allowed one whose limit fits the budget with headroom (`ceil(budget * (1 + headroom))`); if none
+fits with headroom, the smallest that fits the bare budget. Spillover: when the preferred pool's
+load is at or above `spillover_load_fraction`, the request goes to the next larger fitting pool
+whose load is below it (sending a short request to a long pool is always safe; the reverse never
+happens, since a smaller pool than the preferred one does not fit). A forced pool is honoured
+only if it is allowed and fits. Every returned pool passes a final check `budget <= limit`;
+otherwise the outcome is FITS_NOWHERE (nothing fits) or NOT_ALLOWED (only a forbidden pool
+fits), both carrying the numbers for a clear 400.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+from litellm_dualpool.errors import ConfigError, InvalidRequestError
 
 
 class Reason(StrEnum):
@@ -42,15 +53,49 @@ class PolicySettings:
     headroom_fraction: float = 0.0
     spillover_load_fraction: float | None = 0.9
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.headroom_fraction) and 0.0 <= self.headroom_fraction <= 1.0):
+            raise ConfigError(f"must be in [0, 1], got {self.headroom_fraction!r}",
+                              path="headroom_fraction")
+        spill = self.spillover_load_fraction
+        if spill is not None and not (math.isfinite(spill) and spill > 0.0):
+            raise ConfigError(f"must be > 0 or None, got {spill!r}", path="spillover_load_fraction")
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """pool is None exactly when reason is FITS_NOWHERE or NOT_ALLOWED."""
+    """pool is None exactly when reason is FITS_NOWHERE or NOT_ALLOWED.
+
+    limit_tokens: the chosen pool's max_model_len; for FITS_NOWHERE the largest pool's, for
+        NOT_ALLOWED the largest allowed pool's (0 when none is allowed).
+    category: the calibration category the budget was estimated with, when the caller gave it.
+    """
 
     pool: str | None
     reason: Reason
     budget_tokens: int
     limit_tokens: int
+    category: str | None = None
+
+
+def sort_pools(pools: Sequence[PoolState]) -> list[PoolState]:
+    """Pools by (max_model_len, name); ConfigError for an empty list, duplicates or bad limits."""
+    if not pools:
+        raise ConfigError("at least one pool is needed", path="pools")
+    seen: set[str] = set()
+    for i, pool in enumerate(pools):
+        if type(pool.max_model_len) is not int or pool.max_model_len <= 0:
+            raise ConfigError(f"max_model_len must be a positive integer, got "
+                              f"{pool.max_model_len!r}", path=f"pools[{i}].max_model_len")
+        if pool.name in seen:
+            raise ConfigError(f"duplicate pool name {pool.name!r}", path=f"pools[{i}].name")
+        seen.add(pool.name)
+    return sorted(pools, key=lambda p: (p.max_model_len, p.name))
+
+
+def _saturated(pool: PoolState, threshold: float | None) -> bool:
+    return threshold is not None and pool.load_fraction is not None and (
+        pool.load_fraction >= threshold)
 
 
 def decide(
@@ -60,7 +105,60 @@ def decide(
     *,
     allowed_pools: frozenset[str] | None = None,
     forced_pool: str | None = None,
+    category: str | None = None,
 ) -> Decision:
     """Smallest pool whose max_model_len fits the budget (with headroom), spillover when it is
     saturated, a final fit check, and an explicit FITS_NOWHERE/NOT_ALLOWED outcome."""
-    raise NotImplementedError
+    if type(budget_tokens) is not int or budget_tokens < 0:
+        raise InvalidRequestError(f"budget must be a non-negative integer, got {budget_tokens!r}",
+                                  field="budget_tokens")
+    ordered = sort_pools(pools)
+    needed = math.ceil(budget_tokens * (1.0 + settings.headroom_fraction))
+    fitting = [p for p in ordered if budget_tokens <= p.max_model_len]
+    if not fitting:
+        return Decision(None, Reason.FITS_NOWHERE, budget_tokens, ordered[-1].max_model_len,
+                        category)
+    allowed = [p for p in fitting if allowed_pools is None or p.name in allowed_pools]
+    if not allowed:
+        limits = [p.max_model_len for p in ordered
+                  if allowed_pools is None or p.name in allowed_pools]
+        return Decision(None, Reason.NOT_ALLOWED, budget_tokens, max(limits, default=0), category)
+    if forced_pool is not None:
+        for pool in allowed:
+            if pool.name == forced_pool:
+                return Decision(pool.name, Reason.FORCED, budget_tokens, pool.max_model_len,
+                                category)
+    roomy = [p for p in allowed if needed <= p.max_model_len]
+    candidates = roomy or allowed[-1:]
+    chosen, reason = candidates[0], Reason.FITS
+    threshold = settings.spillover_load_fraction
+    if _saturated(chosen, threshold):
+        for pool in candidates[1:]:
+            if not _saturated(pool, threshold):
+                chosen, reason = pool, Reason.SPILLOVER
+                break
+    if budget_tokens > chosen.max_model_len:  # final check (cannot trigger; kept as the guard)
+        return Decision(None, Reason.FITS_NOWHERE, budget_tokens, ordered[-1].max_model_len,
+                        category)
+    return Decision(chosen.name, reason, budget_tokens, chosen.max_model_len, category)
+
+
+def decide_recovery(
+    budget_tokens: int,
+    pools: Sequence[PoolState],
+    failed_pool: str,
+    *,
+    allowed_pools: frozenset[str] | None = None,
+    category: str | None = None,
+) -> Decision:
+    """After `failed_pool` rejected the request for its context length: the smallest allowed
+    pool with a strictly larger max_model_len (reason RECOVERY), else FITS_NOWHERE."""
+    ordered = sort_pools(pools)
+    failed = next((p for p in ordered if p.name == failed_pool), None)
+    floor = failed.max_model_len if failed is not None else 0
+    for pool in ordered:
+        if pool.max_model_len > floor and budget_tokens <= pool.max_model_len and (
+                allowed_pools is None or pool.name in allowed_pools):
+            return Decision(pool.name, Reason.RECOVERY, budget_tokens, pool.max_model_len,
+                            category)
+    return Decision(None, Reason.FITS_NOWHERE, budget_tokens, ordered[-1].max_model_len, category)

@@ -1,14 +1,22 @@
 """One pass over an OpenAI-style request body: how many bytes of what kind it carries.
 
-CONTRACT (filled in by the core issue): `shape_request` is the only entry point.
+`shape_request` is the only entry point. It walks chat `messages`, legacy completions `prompt`,
+Responses-API `input`/`instructions` and embeddings `input` once, together with `tools`,
+`functions` and `response_format`, and measures UTF-8 bytes without encoding large strings:
+an ASCII string's UTF-8 length is its `len` (checked with `str.isascii`, which copies nothing);
+only non-ASCII strings are encoded, in bounded chunks, so a 10 MB prompt never allocates another
+10 MB. The content class is read from a bounded sample of the text already visited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from litellm_dualpool.core.content import classify_sample
+from litellm_dualpool.errors import InvalidRequestError
 
 
 class ContentClass(StrEnum):
@@ -26,12 +34,17 @@ class RequestShape:
 
     text_bytes: UTF-8 bytes of free text (message contents, prompts, inputs).
     structured_bytes: UTF-8 bytes of JSON-like payloads (tool/function definitions, tool-call
-        arguments, response_format schemas).
-    message_count: chat messages (each adds template framing tokens); 1 for a plain prompt.
+        arguments, response_format schemas), measured as compact-ish JSON (", " and ": ").
+    message_count: chat messages (each adds template framing tokens); 1 for a plain prompt
+        (the number of prompts for a batched completions/embeddings request).
     tool_count: tool/function definitions plus tool calls (each adds framing tokens).
     image_count / audio_count: media parts (charged a fixed token cost, never learned from).
     exact_prompt_tokens: set when the prompt is given as token ids (an exact count).
     content_class: the dominant class of the text.
+    file_count: file / document parts (charged like images; never learned from).
+    chat_template: True when a chat template frames the text (messages, Responses input);
+        False for raw completions prompts and embeddings inputs.
+    has_tools: the request defines tools/functions (templates add a fixed tool preamble).
     """
 
     text_bytes: int
@@ -42,10 +55,293 @@ class RequestShape:
     audio_count: int
     exact_prompt_tokens: int | None
     content_class: ContentClass
+    file_count: int = 0
+    chat_template: bool = True
+    has_tools: bool = False
 
     @property
     def total_bytes(self) -> int:
         return self.text_bytes + self.structured_bytes
+
+    @property
+    def media_count(self) -> int:
+        return self.image_count + self.audio_count + self.file_count
+
+
+#: Non-ASCII strings longer than this are encoded chunk by chunk (bounded extra memory).
+_ENCODE_CHUNK_CHARS = 1 << 16
+#: Characters of text kept (as prefixes of the strings visited) to classify the content.
+_SAMPLE_BUDGET_CHARS = 4096
+_SAMPLE_PER_STRING_CHARS = 1024
+#: Nesting deeper than this in a JSON payload is rejected (protects the recursion).
+_MAX_JSON_DEPTH = 64
+
+_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "summary_text",
+                              "reasoning_text"})
+_IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+_AUDIO_PART_TYPES = frozenset({"input_audio", "audio"})
+_FILE_PART_TYPES = frozenset({"file", "input_file", "document"})
+
+
+def utf8_len(text: str) -> int:
+    """UTF-8 byte length of `text` without a full copy (lone surrogates count 3 bytes)."""
+    if text.isascii():
+        return len(text)
+    n = len(text)
+    if n <= _ENCODE_CHUNK_CHARS:
+        return len(text.encode("utf-8", "surrogatepass"))
+    total = 0
+    for start in range(0, n, _ENCODE_CHUNK_CHARS):
+        total += len(text[start : start + _ENCODE_CHUNK_CHARS].encode("utf-8", "surrogatepass"))
+    return total
+
+
+class _Walker:
+    """Accumulates one body's measurements; one instance per call (not shared)."""
+
+    __slots__ = ("audio", "chars", "files", "has_tools", "images", "messages", "sample",
+                 "sample_left", "structured", "text", "token_ids", "tools")
+
+    def __init__(self) -> None:
+        self.text = 0
+        self.chars = 0
+        self.structured = 0
+        self.messages = 0
+        self.tools = 0
+        self.images = 0
+        self.audio = 0
+        self.files = 0
+        self.token_ids: int | None = None
+        self.has_tools = False
+        self.sample: list[str] = []
+        self.sample_left = _SAMPLE_BUDGET_CHARS
+
+    # -- leaves -------------------------------------------------------------------------
+    def add_text(self, value: object, field: str) -> None:
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"expected a string, got {type(value).__name__}", field=field)
+        self.text += utf8_len(value)
+        self.chars += len(value)
+        if self.sample_left > 0 and value:
+            take = min(self.sample_left, _SAMPLE_PER_STRING_CHARS)
+            self.sample.append(value[:take])
+            self.sample_left -= min(take, len(value))
+
+    def add_optional_text(self, value: object, field: str) -> None:
+        if value is not None:
+            self.add_text(value, field)
+
+    def add_structured_text(self, value: object, field: str) -> None:
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"expected a string, got {type(value).__name__}", field=field)
+        self.structured += utf8_len(value)
+
+    def add_json(self, value: object, field: str) -> None:
+        self.structured += json_size(value, field)
+
+    def add_token_ids(self, ids: Sequence[object], field: str) -> None:
+        for i, tok in enumerate(ids):
+            if type(tok) is not int or tok < 0:
+                raise InvalidRequestError("token ids must be non-negative integers",
+                                          field=f"{field}[{i}]")
+        self.token_ids = (self.token_ids or 0) + len(ids)
+
+    # -- chat ---------------------------------------------------------------------------
+    def content(self, content: object, field: str) -> None:
+        if content is None or isinstance(content, str):
+            self.add_optional_text(content, field)
+            return
+        if not isinstance(content, list):
+            raise InvalidRequestError(
+                f"content must be a string or a list of parts, got {type(content).__name__}",
+                field=field)
+        for i, part in enumerate(content):
+            self.part(part, f"{field}[{i}]")
+
+    def part(self, part: object, field: str) -> None:
+        if isinstance(part, str):  # Responses/legacy clients sometimes send bare strings
+            self.add_text(part, field)
+            return
+        if not isinstance(part, Mapping):
+            raise InvalidRequestError("a content part must be an object", field=field)
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise InvalidRequestError("a content part needs a string 'type'", field=f"{field}.type")
+        if kind in _TEXT_PART_TYPES:
+            self.add_text(part.get("text", part.get("refusal")), f"{field}.text")
+        elif kind in _IMAGE_PART_TYPES:
+            self.images += 1
+        elif kind in _AUDIO_PART_TYPES:
+            self.audio += 1
+        elif kind in _FILE_PART_TYPES:
+            self.files += 1
+        else:  # an unknown part type: charge what it carries as structured bytes
+            self.add_json(part, field)
+
+    def message(self, msg: object, field: str) -> None:
+        if not isinstance(msg, Mapping):
+            raise InvalidRequestError("a message must be an object", field=field)
+        role = msg.get("role")
+        if not isinstance(role, str):
+            raise InvalidRequestError("a message needs a string 'role'", field=f"{field}.role")
+        self.messages += 1
+        self.content(msg.get("content"), f"{field}.content")
+        self.add_optional_text(msg.get("name"), f"{field}.name")
+        reasoning = msg.get("reasoning_content")
+        if reasoning is not None:
+            self.add_text(reasoning, f"{field}.reasoning_content")
+        tool_calls = msg.get("tool_calls")
+        if tool_calls is not None:
+            if not isinstance(tool_calls, list):
+                raise InvalidRequestError("tool_calls must be a list", field=f"{field}.tool_calls")
+            for i, call in enumerate(tool_calls):
+                self.tool_call(call, f"{field}.tool_calls[{i}]")
+        function_call = msg.get("function_call")  # legacy functions API
+        if function_call is not None:
+            self.function(function_call, f"{field}.function_call")
+
+    def tool_call(self, call: object, field: str) -> None:
+        if not isinstance(call, Mapping):
+            raise InvalidRequestError("a tool call must be an object", field=field)
+        self.function(call.get("function"), f"{field}.function")
+
+    def function(self, fn: object, field: str) -> None:
+        if not isinstance(fn, Mapping):
+            raise InvalidRequestError("a function call must be an object", field=field)
+        self.tools += 1
+        self.add_structured_text(fn.get("name", ""), f"{field}.name")
+        args = fn.get("arguments", "")
+        if isinstance(args, str):
+            self.add_structured_text(args, f"{field}.arguments")
+        else:  # some clients send arguments as an object
+            self.add_json(args, f"{field}.arguments")
+
+    def messages_list(self, messages: object, field: str) -> None:
+        if not isinstance(messages, list):
+            raise InvalidRequestError("messages must be a list", field=field)
+        if not messages:
+            raise InvalidRequestError("messages must not be empty", field=field)
+        for i, msg in enumerate(messages):
+            self.message(msg, f"{field}[{i}]")
+
+    # -- completions / embeddings / Responses --------------------------------------------
+    def prompt(self, prompt: object, field: str) -> None:
+        """Completions `prompt` or embeddings `input`: str, [str], [int], [[int]]."""
+        if isinstance(prompt, str):
+            self.messages += 1
+            self.add_text(prompt, field)
+            return
+        if not isinstance(prompt, list) or not prompt:
+            raise InvalidRequestError(
+                "must be a string, a list of strings or a list of token ids", field=field)
+        first = prompt[0]
+        if type(first) is int:
+            self.messages += 1
+            self.add_token_ids(prompt, field)
+            return
+        for i, item in enumerate(prompt):
+            self.messages += 1
+            if isinstance(item, str):
+                self.add_text(item, f"{field}[{i}]")
+            elif isinstance(item, list) and item and type(item[0]) is int:
+                self.add_token_ids(item, f"{field}[{i}]")
+            else:
+                raise InvalidRequestError(
+                    "each item must be a string or a non-empty list of token ids",
+                    field=f"{field}[{i}]")
+
+    def responses_input(self, value: object, field: str) -> None:
+        if isinstance(value, str):
+            self.messages += 1
+            self.add_text(value, field)
+            return
+        if not isinstance(value, list):
+            raise InvalidRequestError("input must be a string or a list of items", field=field)
+        for i, item in enumerate(value):
+            self.responses_item(item, f"{field}[{i}]")
+
+    def responses_item(self, item: object, field: str) -> None:
+        if not isinstance(item, Mapping):
+            raise InvalidRequestError("an input item must be an object", field=field)
+        kind = item.get("type", "message")
+        if kind == "message" or (kind is None and "role" in item):
+            self.message(item, field)
+        elif kind == "function_call":
+            self.messages += 1
+            self.function(item, field)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            self.messages += 1
+            output = item.get("output")
+            if isinstance(output, list):
+                self.content(output, f"{field}.output")
+            else:
+                self.add_text(output, f"{field}.output")
+        elif kind == "reasoning":
+            self.messages += 1
+            self.content(item.get("summary"), f"{field}.summary")
+        elif isinstance(kind, str):
+            self.messages += 1
+            self.add_json(item, field)
+        else:
+            raise InvalidRequestError("an input item needs a string 'type'", field=f"{field}.type")
+
+    # -- definitions ---------------------------------------------------------------------
+    def definitions(self, body: Mapping[str, Any]) -> None:
+        for name in ("tools", "functions"):
+            defs = body.get(name)
+            if defs is None:
+                continue
+            if not isinstance(defs, list):
+                raise InvalidRequestError("must be a list", field=name)
+            for i, d in enumerate(defs):
+                if not isinstance(d, Mapping):
+                    raise InvalidRequestError("a definition must be an object",
+                                              field=f"{name}[{i}]")
+                self.tools += 1
+                self.add_json(d, f"{name}[{i}]")
+            if defs:
+                self.has_tools = True
+        fmt = body.get("response_format")
+        if fmt is not None:
+            if not isinstance(fmt, Mapping):
+                raise InvalidRequestError("response_format must be an object",
+                                          field="response_format")
+            schema = fmt.get("json_schema")
+            if schema is not None:
+                self.add_json(schema, "response_format.json_schema")
+        text_cfg = body.get("text")  # Responses API: text.format json schema
+        if isinstance(text_cfg, Mapping) and isinstance(text_cfg.get("format"), Mapping):
+            self.add_json(text_cfg["format"].get("schema"), "text.format.schema")
+
+
+def json_size(value: object, field: str, _depth: int = 0) -> int:
+    """UTF-8 size of `value` as `json.dumps` (default separators) writes it, without building it.
+
+    Escapes are not counted (they are rare in schemas); non-JSON values raise InvalidRequestError.
+    """
+    if _depth > _MAX_JSON_DEPTH:
+        raise InvalidRequestError("JSON nested too deeply", field=field)
+    if isinstance(value, str):
+        return utf8_len(value) + 2
+    if value is None or value is True:
+        return 4
+    if value is False:
+        return 5
+    if isinstance(value, int | float):
+        return len(repr(value))
+    if isinstance(value, Mapping):
+        size = 2 + 2 * max(len(value) - 1, 0)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequestError("JSON object keys must be strings", field=field)
+            size += utf8_len(key) + 4 + json_size(item, f"{field}.{key}", _depth + 1)
+        return size
+    if isinstance(value, list | tuple):
+        size = 2 + 2 * max(len(value) - 1, 0)
+        for i, item in enumerate(value):
+            size += json_size(item, f"{field}[{i}]", _depth + 1)
+        return size
+    raise InvalidRequestError(f"not a JSON value: {type(value).__name__}", field=field)
 
 
 def shape_request(body: Mapping[str, Any]) -> RequestShape:
@@ -53,4 +349,46 @@ def shape_request(body: Mapping[str, Any]) -> RequestShape:
 
     Raises InvalidRequestError (with the field path) for malformed bodies; never anything else.
     """
-    raise NotImplementedError
+    if not isinstance(body, Mapping):
+        raise InvalidRequestError("the request body must be a JSON object", field="body")
+    walker = _Walker()
+    chat_template = True
+    try:
+        if "messages" in body:
+            walker.messages_list(body["messages"], "messages")
+        elif "prompt" in body:
+            walker.prompt(body["prompt"], "prompt")
+            chat_template = False
+        elif "input" in body:
+            value = body["input"]
+            is_responses = "instructions" in body or (
+                isinstance(value, list) and any(isinstance(v, Mapping) for v in value))
+            if is_responses:
+                walker.responses_input(value, "input")
+            else:  # embeddings, or a Responses call with a plain string (framed the same)
+                walker.prompt(value, "input")
+                chat_template = "max_output_tokens" in body
+        else:
+            raise InvalidRequestError("the body has none of 'messages', 'prompt' or 'input'",
+                                      field="body")
+        instructions = body.get("instructions")
+        if instructions is not None:
+            walker.messages += 1
+            walker.add_text(instructions, "instructions")
+        walker.definitions(body)
+    except RecursionError:
+        raise InvalidRequestError("request nested too deeply", field="body") from None
+    content_class = classify_sample(walker.sample, walker.text, walker.chars, walker.structured)
+    return RequestShape(
+        text_bytes=walker.text,
+        structured_bytes=walker.structured,
+        message_count=max(walker.messages, 1),
+        tool_count=walker.tools,
+        image_count=walker.images,
+        audio_count=walker.audio,
+        exact_prompt_tokens=walker.token_ids,
+        content_class=ContentClass(content_class),
+        file_count=walker.files,
+        chat_template=chat_template,
+        has_tools=walker.has_tools,
+    )
