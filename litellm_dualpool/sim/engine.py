@@ -69,6 +69,9 @@ from litellm_dualpool.sim.roofline import (
     kv_bytes_per_token_per_gpu,
 )
 
+#: Callers' request identifiers (the emulator uses strings, the fleet simulator ints).
+RequestId = str | int
+
 
 def _dtype(value: str | DType, path: str) -> DType:
     try:
@@ -168,7 +171,7 @@ class AdmissionStatus(StrEnum):
 class Admission:
     """What ``submit`` decided. ``max_tokens`` is the effective (possibly lowered) limit."""
 
-    request_id: str
+    request_id: RequestId
     status: AdmissionStatus
     prompt_tokens: int
     max_tokens: int
@@ -181,7 +184,7 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class FinishedRequest:
-    request_id: str
+    request_id: RequestId
     arrival_time: float
     first_token_time: float
     finish_time: float
@@ -211,9 +214,9 @@ class StepResult:
     num_steps: int
     num_decode_tokens: int
     num_prefill_tokens: int
-    first_tokens: tuple[str, ...] = ()
+    first_tokens: tuple[RequestId, ...] = ()
     finished: tuple[FinishedRequest, ...] = ()
-    preempted: tuple[str, ...] = ()
+    preempted: tuple[RequestId, ...] = ()
 
     @property
     def duration_seconds(self) -> float:
@@ -234,7 +237,7 @@ class _Request:
                  "num_preemptions", "prefill_target", "prompt_tokens", "request_id", "state",
                  "target_output_tokens")
 
-    def __init__(self, request_id: str, prompt_tokens: int, target_output_tokens: int, now: float) -> None:
+    def __init__(self, request_id: RequestId, prompt_tokens: int, target_output_tokens: int, now: float) -> None:
         self.request_id = request_id
         self.arrival_time = now
         self.prompt_tokens = prompt_tokens
@@ -262,9 +265,9 @@ class Engine:
         self._total_blocks = config.num_gpu_blocks
         self._used_blocks = 0
         self.D = 0  # decode steps so far
-        self._requests: dict[str, _Request] = {}
-        self._running: dict[str, _Request] = {}  # admission order; popitem() = last admitted
-        self._prefilling: dict[str, _Request] = {}  # running requests not yet in decode
+        self._requests: dict[RequestId, _Request] = {}
+        self._running: dict[RequestId, _Request] = {}  # admission order; popitem() = last admitted
+        self._prefilling: dict[RequestId, _Request] = {}  # running requests not yet in decode
         self._waiting: deque[_Request] = deque()
         self._hist = [0] * self._bs  # decoding requests by key mod block_size
         self._num_decoding = 0
@@ -296,12 +299,12 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self._running or self._waiting)
 
-    def request_state(self, request_id: str) -> RequestState | None:
+    def request_state(self, request_id: RequestId) -> RequestState | None:
         """None once finished, aborted or never seen."""
         req = self._requests.get(request_id)
         return None if req is None else req.state
 
-    def generated_tokens(self, request_id: str) -> int:
+    def generated_tokens(self, request_id: RequestId) -> int:
         """Output tokens produced so far (0 for unknown or finished requests)."""
         req = self._requests.get(request_id)
         if req is None:
@@ -313,7 +316,7 @@ class Engine:
     # -- admission ----------------------------------------------------------------------------
     def submit(
         self,
-        request_id: str,
+        request_id: RequestId,
         prompt_tokens: int,
         max_tokens: int | None = None,
         now: float = 0.0,
@@ -337,11 +340,11 @@ class Engine:
         self._waiting.append(req)
         return Admission(request_id, AdmissionStatus.ACCEPTED, prompt_tokens, effective, limit)
 
-    def _refuse(self, request_id: str, status: AdmissionStatus, prompt: int, max_tokens: int) -> Admission:
+    def _refuse(self, request_id: RequestId, status: AdmissionStatus, prompt: int, max_tokens: int) -> Admission:
         self.num_refused_total += 1
         return Admission(request_id, status, prompt, max_tokens, self.config.max_model_len)
 
-    def abort(self, request_id: str) -> bool:
+    def abort(self, request_id: RequestId) -> bool:
         """Drop a request (client went away); frees its blocks. False if it is not here."""
         req = self._requests.pop(request_id, None)
         if req is None:
@@ -438,7 +441,7 @@ class Engine:
     def _single_step(self, now: float) -> StepResult:
         cfg = self.config
         d0 = self.D
-        preempted: list[str] = []
+        preempted: list[RequestId] = []
         stopped = False
         need = self._hist[(-d0) % self._bs] if self._num_decoding else 0
         if need <= self._total_blocks - self._used_blocks:
@@ -478,7 +481,7 @@ class Engine:
         return StepResult(now, end, 1, n_dec, sum(size for _, size in chunks), first_tokens,
                           finished, tuple(preempted))
 
-    def _allocate_decodes_with_preemption(self, d0: int, preempted: list[str]) -> bool:
+    def _allocate_decodes_with_preemption(self, d0: int, preempted: list[RequestId]) -> bool:
         """The slow path of step 1: walk decodes in admission order, preempting from the end.
         Returns True when the requester itself was preempted (scheduling stops)."""
         bs = self._bs
@@ -492,13 +495,13 @@ class Engine:
             self._used_blocks += 1
         return False
 
-    def _free_blocks_for(self, req: _Request, blocks: int, preempted: list[str]) -> bool:
+    def _free_blocks_for(self, req: _Request, blocks: int, preempted: list[RequestId]) -> bool:
         while self._total_blocks - self._used_blocks < blocks:
             if self._preempt_last(self.D, preempted) is req:
                 return False
         return True
 
-    def _preempt_last(self, d: int, preempted: list[str]) -> _Request:
+    def _preempt_last(self, d: int, preempted: list[RequestId]) -> _Request:
         """Recompute-preempt the last-admitted running request (vLLM V1 FCFS victim)."""
         _, victim = self._running.popitem()
         generated = (victim.key + d - victim.prompt_tokens + 1) if victim.state is RequestState.DECODE \
@@ -545,9 +548,9 @@ class Engine:
             if size == req.prefill_target:
                 completed.append(req)
 
-    def _complete_prefills(self, completed: list[_Request], end: float) -> tuple[str, ...]:
+    def _complete_prefills(self, completed: list[_Request], end: float) -> tuple[RequestId, ...]:
         """Prefill done: the step sampled a token. Move to decode (or finish at once)."""
-        first: list[str] = []
+        first: list[RequestId] = []
         for req in completed:
             if req.state is not RequestState.PREFILL:
                 continue
