@@ -1,0 +1,344 @@
+"""Plugin configuration: one pydantic root model for the settings, plus the pools read from the
+LiteLLM YAML's own ``model_list``.
+
+Settings live beside LiteLLM's sections under a top-level ``dualpool_settings:`` key (the proxy
+ignores top-level keys it does not know, on 1.106 and 1.110). Pools are declared on the
+deployments users already list: ``model_info.max_model_len`` (the backend's vLLM
+``--max-model-len``); deployments of one model group with the same limit form one pool, the
+smallest is the short pool. Groups whose deployments carry no ``max_model_len`` are not ours.
+Every error is a :class:`~litellm_dualpool.errors.ConfigError` naming the offending path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from litellm_dualpool.core.calibration import CalibrationSettings
+from litellm_dualpool.core.policy import PolicySettings
+from litellm_dualpool.errors import ConfigError
+
+#: The top-level key of the LiteLLM YAML that holds the plugin's settings.
+SETTINGS_KEY = "dualpool_settings"
+#: Environment variable naming the YAML file explicitly (else the proxy's own --config is used).
+CONFIG_ENV = "LITELLM_DUALPOOL_CONFIG"
+#: Default names of the smallest and the largest pool when no ``model_info.pool`` label is set.
+SHORT_POOL, LONG_POOL = "short", "long"
+#: A label: short, printable, safe as a Prometheus label value and a header value.
+_LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CalibrationConfig(_Model):
+    """The online bytes-per-token learner (see core/calibration.py)."""
+
+    cold_start_bytes_per_token: float = Field(
+        4.0, gt=0, le=16, description="Ratio used before any backend has reported usage.")
+    ema_beta: float = Field(
+        0.95, gt=0, lt=1, description="Per-observation decay of the fit (window ~1/(1-beta)).")
+    gamma: float = Field(
+        2.0, ge=0, le=20, description="Conservative margin in units of the learned spread.")
+    min_bytes_per_token: float = Field(
+        1.0, gt=0, le=16, description="Observations implying a lower ratio are rejected.")
+    max_bytes_per_token: float = Field(
+        8.0, gt=0, le=64, description="Observations implying a higher ratio are rejected.")
+    max_step_fraction: float = Field(
+        0.25, gt=0, le=10, description="One observation moves the prediction at most this much.")
+    max_keys: int = Field(
+        256, ge=1, le=100_000, description="Calibration keys (group x category) kept at most.")
+    image_tokens: int = Field(1024, ge=0, le=1_000_000, description="Tokens charged per image.")
+    audio_tokens: int = Field(512, ge=0, le=1_000_000, description="Tokens charged per audio part.")
+    file_tokens: int = Field(1024, ge=0, le=1_000_000, description="Tokens charged per file part.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CalibrationConfig:
+        if self.min_bytes_per_token >= self.max_bytes_per_token:
+            raise ValueError("min_bytes_per_token must be below max_bytes_per_token")
+        if not self.min_bytes_per_token <= self.cold_start_bytes_per_token <= self.max_bytes_per_token:
+            raise ValueError("cold_start_bytes_per_token must lie within "
+                             "[min_bytes_per_token, max_bytes_per_token]")
+        return self
+
+    def to_core(self) -> CalibrationSettings:
+        return CalibrationSettings(**self.model_dump())
+
+
+class VllmMetricsConfig(_Model):
+    """Optional background polling of each deployment's vLLM ``/metrics`` for its load."""
+
+    enabled: bool = Field(False, description="Poll num_requests_running/waiting of every pool.")
+    interval_seconds: float = Field(2.0, ge=0.1, le=300, description="Polling period.")
+    timeout_seconds: float = Field(1.0, gt=0, le=60, description="Timeout of one scrape.")
+    stale_after_seconds: float = Field(
+        10.0, gt=0, le=3600, description="A reading older than this is ignored.")
+
+
+class SpilloverConfig(_Model):
+    """Load-aware spillover from a saturated pool to the next larger one."""
+
+    enabled: bool = Field(True, description="Send to a larger pool when the preferred one is full.")
+    load_fraction: float = Field(
+        0.9, gt=0, le=10,
+        description="A pool whose in-flight/capacity reaches this is saturated.")
+    default_max_in_flight_per_deployment: int = Field(
+        64, ge=1, le=1_000_000,
+        description="Capacity of a deployment without model_info.max_num_seqs.")
+    vllm_metrics: VllmMetricsConfig = Field(default_factory=VllmMetricsConfig)
+
+
+class RecoveryConfig(_Model):
+    """Misroute recovery: a context-length rejection is retried once on the next larger pool."""
+
+    enabled: bool = Field(True, description="Add a hidden recovery group per dual-pool group.")
+    group_suffix: str = Field(
+        "::dualpool-recovery", min_length=1, max_length=64, pattern=r"^\S+$",
+        description="Name of the hidden group: the model group's name plus this suffix.")
+    hide_from_model_list: bool = Field(True, description="Leave the hidden group out of /v1/models.")
+
+
+class OverridesConfig(_Model):
+    """Per-request overrides through request metadata, e.g. ``metadata: {dualpool: {pool: long}}``."""
+
+    metadata_key: str = Field("dualpool", pattern=_LABEL_PATTERN,
+                              description="Request metadata key holding the overrides.")
+    allow_force_pool: bool = Field(
+        False, description="Default policy: may a request force a pool? (keys may override)")
+    allow_category: bool = Field(
+        True, description="Default policy: may a request declare its calibration category?")
+    categories: tuple[str, ...] | None = Field(
+        None, description="Categories a request may declare (None: any, bounded by max_keys).")
+
+
+class StateConfig(_Model):
+    """Where learned calibration state lives (the Redis backend arrives with issue 7)."""
+
+    backend: Literal["memory"] = Field("memory", description="In-process state.")
+
+
+class DualPoolSettings(_Model):
+    """The root of ``dualpool_settings:``."""
+
+    default_output_tokens: int = Field(
+        1024, ge=0, le=10_000_000,
+        description="Output budget of a request that sets neither max_tokens nor "
+                    "max_completion_tokens.")
+    headroom_fraction: float = Field(
+        0.0, ge=0, le=1, description="Safety margin on the estimate when picking a pool.")
+    routing: Literal["filter", "strategy"] = Field(
+        "filter",
+        description="filter: the gateway's routing_strategy picks inside the chosen pool; "
+                    "strategy: the plugin also picks the least-in-flight deployment.")
+    response_headers: bool = Field(
+        True, description="Add x-dualpool-pool and x-dualpool-budget-tokens to responses.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    spillover: SpilloverConfig = Field(default_factory=SpilloverConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    overrides: OverridesConfig = Field(default_factory=OverridesConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+
+    def policy_settings(self) -> PolicySettings:
+        spill = self.spillover.load_fraction if self.spillover.enabled else None
+        return PolicySettings(headroom_fraction=self.headroom_fraction,
+                              spillover_load_fraction=spill)
+
+
+class _PoolInfo(_Model):
+    """The plugin's keys inside one deployment's ``model_info`` (other keys are LiteLLM's)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    max_model_len: int = Field(gt=0, le=100_000_000)
+    pool: str | None = Field(None, pattern=_LABEL_PATTERN)
+    hardware: str | None = Field(None, max_length=128)
+    max_num_seqs: int | None = Field(None, ge=1, le=1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """One pool of a model group: the deployments sharing one max_model_len."""
+
+    name: str
+    max_model_len: int
+    deployment_count: int
+    max_in_flight: int
+    hardware: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A model group split into pools, sorted by max_model_len (the first is the short pool)."""
+
+    model_group: str
+    pools: tuple[PoolSpec, ...]
+    _by_len: Mapping[int, PoolSpec] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_len", {p.max_model_len: p for p in self.pools})
+
+    def pool_for_len(self, max_model_len: object) -> PoolSpec | None:
+        return self._by_len.get(max_model_len) if isinstance(max_model_len, int) else None
+
+    def pool(self, name: str) -> PoolSpec | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    @property
+    def largest(self) -> PoolSpec:
+        return self.pools[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class PluginConfig:
+    """What the plugin runs with: validated settings and the dual-pool groups."""
+
+    settings: DualPoolSettings
+    groups: Mapping[str, GroupSpec]
+    source: str | None = None
+
+
+def _format_validation(error: ValidationError, prefix: str) -> ConfigError:
+    lines, first = [], None
+    for item in error.errors():
+        path = ".".join([prefix, *(str(p) for p in item["loc"])]) if item["loc"] else prefix
+        first = first or path
+        lines.append(f"{path}: {item['msg']}")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), path=None) if len(
+        lines) > 1 else ConfigError(lines[0].split(": ", 1)[1], path=first)
+
+
+def parse_settings(raw: object) -> DualPoolSettings:
+    """Validate the ``dualpool_settings`` mapping (None means all defaults)."""
+    if raw is None:
+        return DualPoolSettings()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"must be a mapping, got {type(raw).__name__}", path=SETTINGS_KEY)
+    try:
+        return DualPoolSettings.model_validate(dict(raw))
+    except ValidationError as error:
+        raise _format_validation(error, SETTINGS_KEY) from None
+
+
+def _default_pool_name(index: int, count: int, max_model_len: int) -> str:
+    if index == 0:
+        return SHORT_POOL
+    if index == count - 1:
+        return LONG_POOL
+    return f"ctx{max_model_len}"
+
+
+def parse_pools(model_list: object, settings: DualPoolSettings | None = None) -> dict[str, GroupSpec]:
+    """Group ``model_list`` deployments by model group, then by ``model_info.max_model_len``."""
+    settings = settings or DualPoolSettings()
+    if model_list is None:
+        return {}
+    if not isinstance(model_list, Sequence) or isinstance(model_list, str | bytes):
+        raise ConfigError("must be a list of deployments", path="model_list")
+    seen: dict[str, list[tuple[int, _PoolInfo | None]]] = {}
+    for i, entry in enumerate(model_list):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("model_name"), str):
+            raise ConfigError("each deployment needs a model_name", path=f"model_list[{i}]")
+        info = entry.get("model_info") or {}
+        if not isinstance(info, Mapping):
+            raise ConfigError("must be a mapping", path=f"model_list[{i}].model_info")
+        parsed = None
+        if info.get("max_model_len") is not None:
+            try:
+                parsed = _PoolInfo.model_validate(dict(info))
+            except ValidationError as error:
+                raise _format_validation(error, f"model_list[{i}].model_info") from None
+        seen.setdefault(entry["model_name"], []).append((i, parsed))
+    groups: dict[str, GroupSpec] = {}
+    for name, members in seen.items():
+        declared = [(i, p) for i, p in members if p is not None]
+        if not declared:
+            continue
+        missing = [i for i, p in members if p is None]
+        if missing:
+            raise ConfigError(
+                f"model group {name!r} declares pools (model_info.max_model_len) on other "
+                "deployments but not on this one; every deployment of a dual-pool group needs it",
+                path=f"model_list[{missing[0]}].model_info.max_model_len")
+        groups[name] = _build_group(name, declared, settings)
+    return groups
+
+
+def _build_group(name: str, declared: list[tuple[int, _PoolInfo]],
+                 settings: DualPoolSettings) -> GroupSpec:
+    by_len: dict[int, list[tuple[int, _PoolInfo]]] = {}
+    for i, info in declared:
+        by_len.setdefault(info.max_model_len, []).append((i, info))
+    if len(by_len) < 2:
+        only = next(iter(by_len))
+        raise ConfigError(
+            f"model group {name!r} has a single pool (every deployment has max_model_len "
+            f"{only}); a dual-pool group needs at least two different max_model_len values "
+            "(a short and a long pool), or drop max_model_len to leave the group untouched",
+            path=f"model_list[{declared[0][0]}].model_info.max_model_len")
+    pools, used_labels = [], {}
+    lengths = sorted(by_len)
+    default_capacity = settings.spillover.default_max_in_flight_per_deployment
+    for rank, length in enumerate(lengths):
+        members = by_len[length]
+        labels = {info.pool for _, info in members if info.pool is not None}
+        if len(labels) > 1:
+            raise ConfigError(f"deployments of one pool (max_model_len {length}) carry different "
+                              f"pool labels {sorted(labels)}",
+                              path=f"model_list[{members[0][0]}].model_info.pool")
+        label = labels.pop() if labels else _default_pool_name(rank, len(lengths), length)
+        if label in used_labels:
+            raise ConfigError(f"pool label {label!r} names two pools of group {name!r} "
+                              f"(max_model_len {used_labels[label]} and {length})",
+                              path=f"model_list[{members[0][0]}].model_info.pool")
+        used_labels[label] = length
+        hardware = {info.hardware for _, info in members if info.hardware}
+        pools.append(PoolSpec(
+            name=label, max_model_len=length, deployment_count=len(members),
+            max_in_flight=sum(info.max_num_seqs or default_capacity for _, info in members),
+            hardware=", ".join(sorted(hardware)) or None))
+    return GroupSpec(model_group=name, pools=tuple(pools))
+
+
+def load_plugin_config(config: Mapping[str, Any], *, source: str | None = None) -> PluginConfig:
+    """Validate a whole LiteLLM config mapping as the plugin sees it."""
+    if not isinstance(config, Mapping):
+        raise ConfigError("the LiteLLM config must be a mapping", path=source)
+    settings = parse_settings(config.get(SETTINGS_KEY))
+    groups = parse_pools(config.get("model_list"), settings)
+    recovery_names = {g + settings.recovery.group_suffix for g in groups}
+    clash = sorted(recovery_names & {str(e.get("model_name")) for e in config.get("model_list") or []
+                                     if isinstance(e, Mapping)})
+    if settings.recovery.enabled and clash:
+        raise ConfigError(f"model group {clash[0]!r} clashes with the plugin's hidden recovery "
+                          "group; change recovery.group_suffix",
+                          path=f"{SETTINGS_KEY}.recovery.group_suffix")
+    return PluginConfig(settings=settings, groups=groups, source=source)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a LiteLLM YAML, merging ``include:`` files the way the proxy does (lists append)."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read the LiteLLM config: {error}", path=str(file)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the LiteLLM config must be a mapping", path=str(file))
+    for included in data.pop("include", None) or []:
+        extra = read_yaml(file.parent / str(included))
+        for key, value in extra.items():
+            if isinstance(value, list) and isinstance(data.get(key), list):
+                data[key] = data[key] + value
+            else:
+                data.setdefault(key, value)
+    return data
+
+
+def load_plugin_config_file(path: str | os.PathLike[str]) -> PluginConfig:
+    return load_plugin_config(read_yaml(path), source=str(path))

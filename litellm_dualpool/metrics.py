@@ -1,0 +1,61 @@
+"""Every Prometheus metric of the plugin, built against an injected registry.
+
+The default is prometheus_client's global registry, which the LiteLLM proxy serves on
+``/metrics`` (with its ``prometheus`` callback), so these appear beside ``litellm_*``. Labels are
+bounded: model group and pool come from the YAML, reasons and outcomes are enums, categories are
+capped by the calibrator's key limit. No prompt text ever reaches a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+#: Decision latency buckets: the dispatch is microseconds; a millisecond is already a problem.
+DECISION_BUCKETS_SECONDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2)
+#: Relative error of the point estimate, (estimated - reported) / reported.
+ERROR_BUCKETS_RATIO = (-0.5, -0.2, -0.1, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+class DualPoolMetrics:
+    """The plugin's metrics; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.registry = registry
+        self.requests = Counter(
+            "dualpool_requests", "Routing decisions by model group, pool and reason.",
+            ["model_group", "pool", "reason"], registry=registry)
+        self.decision_seconds = Histogram(
+            "dualpool_decision_seconds", "Time to estimate and decide one request.",
+            buckets=DECISION_BUCKETS_SECONDS, registry=registry)
+        self.estimate_error = Histogram(
+            "dualpool_prompt_tokens_estimate_error_ratio",
+            "Relative error of the estimated prompt tokens against the backend's usage.",
+            ["model_group", "category"], buckets=ERROR_BUCKETS_RATIO, registry=registry)
+        self.bytes_per_token = Gauge(
+            "dualpool_learned_bytes_per_token", "Learned bytes-per-token ratio per category.",
+            ["model_group", "category"], registry=registry)
+        self.learning = Counter(
+            "dualpool_learning_samples",
+            "Finished requests by learning outcome (learned, rejected, no_backend_usage).",
+            ["model_group", "outcome"], registry=registry)
+        self.misroutes = Counter(
+            "dualpool_misroutes",
+            "Context-length rejections by a backend of the pool the plugin chose.",
+            ["model_group", "pool"], registry=registry)
+        self.misroutes_recovered = Counter(
+            "dualpool_misroutes_recovered",
+            "Rejected requests served by the next larger pool.",
+            ["model_group", "from_pool", "to_pool"], registry=registry)
+        self.spillovers = Counter(
+            "dualpool_spillovers", "Requests sent to a larger pool because theirs was saturated.",
+            ["model_group", "from_pool", "to_pool"], registry=registry)
+        self.refusals = Counter(
+            "dualpool_refusals", "Requests refused before any backend call (400).",
+            ["model_group", "reason"], registry=registry)
+        self.callback_errors = Counter(
+            "dualpool_callback_errors", "Exceptions caught at the plugin's hook boundaries.",
+            ["hook"], registry=registry)
+        self.in_flight = Gauge(
+            "dualpool_in_flight_requests", "Requests the plugin has sent to a pool and not seen end.",
+            ["model_group", "pool"], registry=registry)

@@ -1,0 +1,304 @@
+"""The LiteLLM callback: plan in the proxy's pre-call hook, narrow to a pool in
+``async_filter_deployments`` (the gateway's own routing_strategy then picks inside the pool),
+learn in the success event and in the streaming iterator, count misroutes in the failure event.
+
+Hooks used (same on LiteLLM 1.106 and 1.110):
+- ``async_pre_call_hook`` (proxy, once per request): estimate + decide, stash the plan in the
+  request metadata, refuse with a 400 what fits no pool.
+- ``async_filter_deployments`` (every attempt, fallback hops included): keep the planned pool;
+  on the hidden recovery group, the next larger pool.
+- ``async_log_success_event`` / ``async_log_failure_event`` (every attempt): close in-flight
+  counts, learn from usage reported by the backend, learn from a context-length rejection.
+- ``async_post_call_streaming_iterator_hook`` (proxy streams): learn from the backend's own
+  usage chunk when the stream ends. LiteLLM counts tokens itself (another tokenizer) when a
+  backend sends none, so the usage it logs for a stream cannot be trusted; the raw chunks can.
+- ``async_post_call_response_headers_hook``: ``x-dualpool-pool``, ``x-dualpool-budget-tokens``.
+- ``async_filter_listed_models``: hide the recovery groups from ``/v1/models``.
+
+Only the filter may fail a request, and only with the plugin's own 400; everything else catches
+at its boundary, logs and counts ``dualpool_callback_errors_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any
+
+from litellm.integrations.custom_logger import CustomLogger
+
+from litellm_dualpool.config import PluginConfig, load_plugin_config_file
+from litellm_dualpool.errors import ConfigError, InvalidRequestError, NoPoolFitsError
+from litellm_dualpool.metrics import DualPoolMetrics
+from litellm_dualpool.proxy.engine import STASH_KEY, DualPoolEngine, LoadSource
+from litellm_dualpool.proxy.inflight import InFlight
+from litellm_dualpool.proxy.install import proxy_config_path, proxy_router
+from litellm_dualpool.proxy.policy import PolicyResolver, TenantPolicy, resolve_policy
+
+logger = logging.getLogger("litellm_dualpool")
+
+#: How long the start-up task waits for the proxy to build its router.
+_ROUTER_WAIT_SECONDS = 120.0
+_ROUTER_POLL_SECONDS = 0.05
+HEADER_POOL = "x-dualpool-pool"
+HEADER_BUDGET = "x-dualpool-budget-tokens"
+
+
+def _metadata(container: dict[str, Any] | None, *, create: bool) -> dict[str, Any] | None:
+    """The request's metadata dict (``litellm_metadata`` on the routes that use it)."""
+    if container is None:
+        return None
+    key = "litellm_metadata" if isinstance(container.get("litellm_metadata"), dict) else "metadata"
+    found = container.get(key)
+    if isinstance(found, dict):
+        return found
+    if create:
+        container[key] = {}
+        return container[key]
+    return None
+
+
+def _stash_in(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    stash = (metadata or {}).get(STASH_KEY)
+    return stash if isinstance(stash, dict) and "id" in stash else None
+
+
+def _event_stash(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Mapping[str, Any]]:
+    params = kwargs.get("litellm_params") or {}
+    for key in ("metadata", "litellm_metadata"):
+        stash = _stash_in(params.get(key))
+        if stash is not None:
+            return stash, params.get("model_info") or {}
+    return None, {}
+
+
+def _prompt_tokens(usage: Any) -> int | None:
+    if usage is None:
+        return None
+    value = usage.get("prompt_tokens") if isinstance(usage, Mapping) else getattr(
+        usage, "prompt_tokens", None)
+    return value if type(value) is int and value > 0 else None
+
+
+def backend_prompt_tokens(kwargs: Mapping[str, Any], response: Any) -> int | None:
+    """A non-streaming response's prompt tokens, if the backend's own body carried usage."""
+    tokens = _prompt_tokens(getattr(response, "usage", None))
+    raw = kwargs.get("original_response")
+    if isinstance(raw, str | bytes) and (b"prompt_tokens" if isinstance(raw, bytes)
+                                         else "prompt_tokens") not in raw:
+        return None
+    if isinstance(raw, Mapping) and "usage" not in raw:
+        return None
+    return tokens
+
+
+def stream_prompt_tokens(stream: Any) -> int | None:
+    """The prompt tokens of the last usage chunk the backend itself sent in `stream`."""
+    for chunk in reversed(getattr(stream, "chunks", None) or ()):
+        usage = chunk.get("usage") if isinstance(chunk, Mapping) else getattr(chunk, "usage", None)
+        tokens = _prompt_tokens(usage)
+        if tokens is not None:
+            return tokens
+    return None
+
+
+class DualPoolCallback(CustomLogger):  # type: ignore[misc]
+    """The plugin as LiteLLM sees it. Build it with a PluginConfig; the proxy's YAML names the
+    module-level instance built by `from_proxy_environment`."""
+
+    def __init__(self, config: PluginConfig, *, metrics: DualPoolMetrics | None = None,
+                 engine: DualPoolEngine | None = None, policy_resolver: PolicyResolver = resolve_policy,
+                 router_provider: Callable[[], Any | None] = proxy_router,
+                 load_source: LoadSource | None = None, inflight: InFlight | None = None) -> None:
+        super().__init__()
+        self.engine = engine or DualPoolEngine(config, metrics=metrics, load_source=load_source,
+                                               inflight=inflight)
+        self.settings = config.settings
+        self.metrics = self.engine.metrics
+        self.policy_resolver = policy_resolver
+        self.router_provider = router_provider
+        self._prepared_router: Any | None = None
+        self._startup_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_proxy_environment(cls) -> DualPoolCallback:
+        """Validate the proxy's YAML and build the plugin; ConfigError (aborting the proxy's
+        start) when the file cannot be found or is invalid."""
+        path = proxy_config_path()
+        if path is None:
+            raise ConfigError("litellm-dualpool cannot find the proxy's config file: start the "
+                              "proxy with --config FILE or set LITELLM_DUALPOOL_CONFIG")
+        config = load_plugin_config_file(path)
+        if not config.groups:
+            raise ConfigError("no model group declares pools: set model_info.max_model_len on "
+                              "the deployments of at least one model group", path=path)
+        plugin = cls(config)
+        plugin.start_preparing()
+        groups = ", ".join(f"{g.model_group}: " + " < ".join(
+            f"{p.name}({p.max_model_len})" for p in g.pools) for g in config.groups.values())
+        logger.warning("litellm-dualpool: routing %s", groups)
+        return plugin
+
+    # -- router preparation ----------------------------------------------------------------
+    def start_preparing(self) -> None:
+        """In a running event loop (the proxy's start-up), prepare the router once it exists."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._startup_task = loop.create_task(self._prepare_when_ready())
+
+    async def _prepare_when_ready(self) -> None:
+        waited = 0.0
+        while waited < _ROUTER_WAIT_SECONDS:
+            if self.ensure_prepared():
+                return
+            await asyncio.sleep(_ROUTER_POLL_SECONDS)
+            waited += _ROUTER_POLL_SECONDS
+
+    def ensure_prepared(self) -> bool:
+        """Prepare the proxy's current router if not done yet (it may be rebuilt at run time)."""
+        router = self.router_provider()
+        if router is None:
+            return False
+        if router is not self._prepared_router:
+            self.prepare(router)
+        return True
+
+    def prepare(self, router: Any) -> None:
+        from litellm_dualpool.proxy.install import install
+
+        install(router, self)
+        self._prepared_router = router
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _count_error(self, hook: str, error: BaseException) -> None:
+        self.metrics.callback_errors.labels(hook).inc()
+        logger.exception("litellm-dualpool: %s failed (request continues): %s", hook, error)
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict[str, Any],
+                                  call_type: Any) -> dict[str, Any]:
+        try:
+            self.ensure_prepared()
+            group = self.engine.groups.get(data.get("model"))  # type: ignore[arg-type]
+            metadata = _metadata(data, create=group is not None)
+            if metadata is not None:
+                metadata.pop(STASH_KEY, None)  # never trust a client-sent plan
+            if group is None or metadata is None:
+                return data
+            policy = self.policy_resolver(user_api_key_dict, self.settings)
+            user_metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+            stash = self.engine.plan(data, group, policy, metadata=user_metadata,
+                                     embedding="embed" in str(call_type))
+            stash["stream"] = bool(data.get("stream"))
+            metadata[STASH_KEY] = stash
+        except NoPoolFitsError as error:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=400, detail={"error": str(error)}) from None
+        except InvalidRequestError as error:
+            logger.info("litellm-dualpool: request not routed by pool: %s", error)
+        except Exception as error:
+            self._count_error("pre_call", error)
+        return data
+
+    async def async_filter_deployments(self, model: str, healthy_deployments: list[dict[str, Any]],
+                                       messages: Any, request_kwargs: dict[str, Any] | None = None,
+                                       parent_otel_span: Any = None) -> list[dict[str, Any]]:
+        try:
+            group = self.engine.group_for(model)
+            if group is None or not healthy_deployments:
+                return healthy_deployments
+            stash = self._stash_for_filter(group, messages, request_kwargs)
+            if stash is None:
+                return healthy_deployments
+            return self.engine.choose(model, healthy_deployments, stash)
+        except NoPoolFitsError as error:
+            import litellm
+
+            raise litellm.BadRequestError(message=str(error), model=model,
+                                          llm_provider="litellm_dualpool") from None
+        except Exception as error:
+            self._count_error("filter", error)
+            return healthy_deployments
+
+    def _stash_for_filter(self, group: Any, messages: Any,
+                          request_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The pre-call hook's plan; outside the proxy (a bare Router) plan here instead."""
+        if request_kwargs is None:
+            return None
+        metadata = _metadata(request_kwargs, create=True)
+        if metadata is None:
+            return None
+        stash = _stash_in(metadata)
+        if stash is not None:
+            return stash
+        body = dict(request_kwargs)
+        if messages is not None:
+            body["messages"] = messages
+        try:
+            stash = self.engine.plan(body, group, TenantPolicy(
+                allow_force_pool=self.settings.overrides.allow_force_pool,
+                allow_category=self.settings.overrides.allow_category), metadata=metadata)
+        except InvalidRequestError:
+            return None
+        stash["stream"] = bool(request_kwargs.get("stream"))
+        metadata[STASH_KEY] = stash
+        return stash
+
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
+                                      start_time: Any, end_time: Any) -> None:
+        try:
+            stash, model_info = _event_stash(kwargs)
+            if stash is None:
+                return
+            streamed = bool(kwargs.get("stream")) or bool(stash.get("stream"))
+            tokens = None if streamed else backend_prompt_tokens(kwargs, response_obj)
+            self.engine.on_success(stash, model_info, tokens)
+        except Exception as error:
+            self._count_error("success", error)
+
+    async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
+                                      start_time: Any, end_time: Any) -> None:
+        try:
+            stash, model_info = _event_stash(kwargs)
+            if stash is not None:
+                self.engine.on_failure(stash, model_info, kwargs.get("exception"))
+        except Exception as error:
+            self._count_error("failure", error)
+
+    async def async_post_call_streaming_iterator_hook(
+            self, user_api_key_dict: Any, response: Any,
+            request_data: dict[str, Any]) -> AsyncGenerator[Any, None]:
+        async for chunk in response:
+            yield chunk
+        try:
+            stash = _stash_in(_metadata(request_data, create=False))
+            if stash is not None:
+                tokens = stream_prompt_tokens(response)
+                if tokens is None:
+                    self.metrics.learning.labels(stash["group"], "no_backend_usage").inc()
+                else:
+                    self.engine.learn(stash, tokens)
+        except Exception as error:
+            self._count_error("stream", error)
+
+    async def async_post_call_response_headers_hook(
+            self, data: dict[str, Any], user_api_key_dict: Any, response: Any,
+            request_headers: dict[str, str] | None = None,
+            litellm_call_info: dict[str, Any] | None = None) -> dict[str, str] | None:
+        try:
+            stash = _stash_in(_metadata(data, create=False))
+            if stash is None or not self.settings.response_headers:
+                return None
+            return {HEADER_POOL: str(stash["pool"]), HEADER_BUDGET: str(stash["budget"])}
+        except Exception as error:
+            self._count_error("headers", error)
+            return None
+
+    async def async_filter_listed_models(self, user_api_key_dict: Any,
+                                         model_names: Sequence[str]) -> Sequence[str]:
+        if not self.settings.recovery.hide_from_model_list:
+            return model_names
+        return [m for m in model_names if m not in self.engine.recovery_groups]

@@ -1,0 +1,261 @@
+"""The plugin's routing brain, free of LiteLLM types: plan a request, narrow a deployment list to
+its pool, and learn when an attempt ends.
+
+Per request the plan is kept as a small dict of plain values (the "stash") in the request's
+metadata, which LiteLLM carries unchanged from the proxy's pre-call hook through every routing
+attempt (fallback hops included) to the success and failure events. Plain values, because other
+loggers serialise metadata; the estimate is rebuilt from them when it is time to learn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
+from litellm_dualpool.core.budget import TokenBudget
+from litellm_dualpool.core.calibration import Calibrator, CategoryKey
+from litellm_dualpool.core.estimator import Estimate, Estimator
+from litellm_dualpool.core.policy import PoolState, Reason, decide, decide_recovery
+from litellm_dualpool.core.shape import ContentClass, RequestShape
+from litellm_dualpool.errors import NoPoolFitsError, PoolNotAllowedError
+from litellm_dualpool.metrics import DualPoolMetrics
+from litellm_dualpool.proxy.inflight import InFlight
+from litellm_dualpool.proxy.policy import TenantPolicy
+from litellm_dualpool.proxy.rejections import parse_context_rejection
+
+logger = logging.getLogger("litellm_dualpool")
+
+#: Metadata key of the per-request plan. Overwritten by the pre-call hook (a client cannot forge it).
+STASH_KEY = "_dualpool"
+#: Optional extra load signal: (model group, pool) -> load fraction, or None when unknown.
+LoadSource = Callable[[str, PoolSpec], float | None]
+
+
+def _shape_to_list(shape: RequestShape) -> list[Any]:
+    return [shape.text_bytes, shape.structured_bytes, shape.message_count, shape.tool_count,
+            shape.image_count, shape.audio_count, shape.exact_prompt_tokens,
+            shape.content_class.value, shape.file_count, shape.chat_template, shape.has_tools]
+
+
+def _shape_from_list(values: Sequence[Any]) -> RequestShape:
+    (text, structured, messages, tools, images, audio, exact, content, files, template,
+     has_tools) = values
+    return RequestShape(text, structured, messages, tools, images, audio, exact,
+                        ContentClass(content), files, template, has_tools)
+
+
+class DualPoolEngine:
+    """Plans, filters and learns for every dual-pool model group of one LiteLLM config."""
+
+    def __init__(self, config: PluginConfig, *, metrics: DualPoolMetrics | None = None,
+                 calibrator: Calibrator | None = None, inflight: InFlight | None = None,
+                 load_source: LoadSource | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.groups = config.groups
+        self.metrics = metrics or DualPoolMetrics()
+        self.calibrator = calibrator or Calibrator(self.settings.calibration.to_core())
+        self.estimator = Estimator(self.calibrator,
+                                   default_output_tokens=self.settings.default_output_tokens)
+        self.inflight = inflight or InFlight()
+        self.load_source = load_source
+        self._clock = clock
+        self._policy = self.settings.policy_settings()
+        suffix = self.settings.recovery.group_suffix
+        self.recovery_groups: dict[str, str] = (
+            {g + suffix: g for g in self.groups} if self.settings.recovery.enabled else {})
+
+    # -- pools -----------------------------------------------------------------------------
+    def group_for(self, model: object) -> GroupSpec | None:
+        """The dual-pool group a model name (or its hidden recovery group) belongs to."""
+        if not isinstance(model, str):
+            return None
+        group = self.groups.get(model)
+        if group is None and model in self.recovery_groups:
+            group = self.groups[self.recovery_groups[model]]
+        return group
+
+    def pool_of(self, group: GroupSpec, deployment: Mapping[str, Any] | None) -> PoolSpec | None:
+        info = (deployment or {}).get("model_info") or {}
+        label = info.get("pool")
+        if isinstance(label, str):
+            pool = group.pool(label)
+            if pool is not None:
+                return pool
+        return group.pool_for_len(info.get("max_model_len"))
+
+    def pool_states(self, group: GroupSpec) -> list[PoolState]:
+        states = []
+        for pool in group.pools:
+            load = self.inflight.pool(group.model_group, pool.name) / pool.max_in_flight
+            if self.load_source is not None:
+                external = self.load_source(group.model_group, pool)
+                if external is not None:
+                    load = max(load, external)
+            states.append(PoolState(pool.name, pool.max_model_len, load))
+        return states
+
+    # -- planning --------------------------------------------------------------------------
+    def overrides(self, metadata: Mapping[str, Any] | None, policy: TenantPolicy,
+                  group: GroupSpec) -> tuple[str | None, str | None]:
+        """(forced pool, category) from request metadata, where the caller's policy allows."""
+        entry = (metadata or {}).get(self.settings.overrides.metadata_key)
+        if not isinstance(entry, Mapping):
+            return None, None
+        forced = entry.get("pool")
+        forced = forced if (policy.allow_force_pool and isinstance(forced, str)
+                            and group.pool(forced) is not None) else None
+        category = entry.get("category")
+        allowed = self.settings.overrides.categories
+        category = category if (policy.allow_category and isinstance(category, str)
+                                and (allowed is None or category in allowed)) else None
+        return forced, category
+
+    def plan(self, body: Mapping[str, Any], group: GroupSpec, policy: TenantPolicy, *,
+             metadata: Mapping[str, Any] | None = None, embedding: bool = False) -> dict[str, Any]:
+        """Estimate and decide; the stash to keep in the request's metadata.
+
+        Raises NoPoolFitsError / PoolNotAllowedError (-> 400) and InvalidRequestError."""
+        started = self._clock()
+        forced, category = self.overrides(metadata, policy, group)
+        estimate = self.estimator.estimate(
+            body, group.model_group, category=category,
+            default_output_tokens=policy.default_output_tokens, embedding=embedding)
+        budget = estimate.budget.total_tokens
+        decision = decide(budget, self.pool_states(group), self._policy,
+                          allowed_pools=policy.allowed_pools, forced_pool=forced)
+        self.metrics.decision_seconds.observe(self._clock() - started)
+        if decision.pool is None:
+            self.metrics.refusals.labels(group.model_group, decision.reason.value).inc()
+            error = PoolNotAllowedError if decision.reason is Reason.NOT_ALLOWED else NoPoolFitsError
+            raise error(model_group=group.model_group, budget_tokens=budget,
+                        largest_limit_tokens=decision.limit_tokens)
+        preferred = decision.pool
+        if decision.reason is Reason.SPILLOVER:
+            preferred = self._preferred_without_load(budget, group, policy)
+        return {
+            "id": uuid.uuid4().hex, "group": group.model_group, "category": estimate.key.category,
+            "budget": budget, "prompt": estimate.budget.prompt_tokens,
+            "point": estimate.budget.prompt_tokens_point, "output": estimate.budget.output_tokens,
+            "shape": _shape_to_list(estimate.shape), "pool": decision.pool,
+            "reason": decision.reason.value, "preferred": preferred,
+            "allowed": sorted(policy.allowed_pools) if policy.allowed_pools is not None else None,
+            "recovered_from": None, "learned": False,
+        }
+
+    def _preferred_without_load(self, budget: int, group: GroupSpec, policy: TenantPolicy) -> str:
+        states = [PoolState(p.name, p.max_model_len) for p in group.pools]
+        return decide(budget, states, self._policy, allowed_pools=policy.allowed_pools).pool or ""
+
+    # -- filtering -------------------------------------------------------------------------
+    def choose(self, model: str, healthy: Sequence[dict[str, Any]],
+               stash: dict[str, Any]) -> list[dict[str, Any]]:
+        """The deployments of the planned pool (on a recovery hop: of the next larger pool)."""
+        group = self.groups[stash["group"]]
+        allowed = frozenset(stash["allowed"]) if stash.get("allowed") is not None else None
+        if model in self.recovery_groups:
+            failed = stash["pool"]
+            decision = decide_recovery(stash["budget"], self.pool_states(group), failed,
+                                       allowed_pools=allowed)
+            if decision.pool is None:
+                logger.warning("litellm-dualpool: pool %r of %r rejected the request for context "
+                               "length and no larger pool exists", failed, group.model_group)
+                return []
+            stash.update(pool=decision.pool, reason=Reason.RECOVERY.value, recovered_from=failed)
+        by_pool: dict[str, list[dict[str, Any]]] = {}
+        for deployment in healthy:
+            pool = self.pool_of(group, deployment)
+            if pool is not None:
+                by_pool.setdefault(pool.name, []).append(deployment)
+        chosen = by_pool.get(stash["pool"])
+        if not chosen:
+            chosen = self._available_elsewhere(group, stash, by_pool, allowed)
+        if chosen:
+            self.inflight.open(stash["id"], group.model_group, stash["pool"])
+            self._set_in_flight_gauge(group.model_group, stash["pool"])
+            self.metrics.requests.labels(group.model_group, stash["pool"], stash["reason"]).inc()
+            if stash["reason"] == Reason.SPILLOVER.value:
+                self.metrics.spillovers.labels(group.model_group, stash["preferred"],
+                                               stash["pool"]).inc()
+        return chosen or []
+
+    def _available_elsewhere(self, group: GroupSpec, stash: dict[str, Any],
+                             by_pool: Mapping[str, list[dict[str, Any]]],
+                             allowed: frozenset[str] | None) -> list[dict[str, Any]]:
+        """The planned pool has no healthy deployment: the smallest other pool that fits and has
+        one (a larger pool is always safe; a smaller one only when the budget fits it)."""
+        for pool in group.pools:
+            if (pool.name != stash["pool"] and by_pool.get(pool.name)
+                    and stash["budget"] <= pool.max_model_len
+                    and (allowed is None or pool.name in allowed)):
+                stash.update(preferred=stash["pool"], pool=pool.name,
+                             reason=Reason.SPILLOVER.value)
+                return list(by_pool[pool.name])
+        return []
+
+    # -- end of an attempt -----------------------------------------------------------------
+    def _close(self, stash: Mapping[str, Any], model_info: Mapping[str, Any] | None) -> None:
+        group = self.groups.get(stash.get("group", ""))
+        if group is None:
+            return
+        pool = self.pool_of(group, {"model_info": model_info or {}})
+        deployment_id = (model_info or {}).get("id")
+        self.inflight.close(stash["id"], pool=pool.name if pool else None,
+                            deployment_id=deployment_id if isinstance(deployment_id, str) else None)
+        for p in group.pools:
+            self._set_in_flight_gauge(group.model_group, p.name)
+
+    def _set_in_flight_gauge(self, group: str, pool: str) -> None:
+        self.metrics.in_flight.labels(group, pool).set(self.inflight.pool(group, pool))
+
+    def on_success(self, stash: dict[str, Any], model_info: Mapping[str, Any] | None,
+                   backend_prompt_tokens: int | None) -> None:
+        """An attempt succeeded; `backend_prompt_tokens` is None unless the backend reported it."""
+        self._close(stash, model_info)
+        recovered_from = stash.get("recovered_from")
+        if recovered_from and not stash.get("recovery_counted"):
+            stash["recovery_counted"] = True
+            self.metrics.misroutes_recovered.labels(stash["group"], recovered_from,
+                                                    stash["pool"]).inc()
+        if backend_prompt_tokens is not None:
+            self.learn(stash, backend_prompt_tokens)
+        elif not stash.get("stream"):
+            self.metrics.learning.labels(stash["group"], "no_backend_usage").inc()
+
+    def on_failure(self, stash: dict[str, Any], model_info: Mapping[str, Any] | None,
+                   error: BaseException | None) -> None:
+        self._close(stash, model_info)
+        rejection = parse_context_rejection(error)
+        if rejection is None:
+            return
+        group = self.groups[stash["group"]]
+        pool = self.pool_of(group, {"model_info": model_info or {}})
+        self.metrics.misroutes.labels(group.model_group, pool.name if pool else stash["pool"]).inc()
+        if rejection.prompt_tokens is not None:
+            self.learn(stash, rejection.prompt_tokens)
+
+    def learn(self, stash: dict[str, Any], prompt_tokens: int) -> bool:
+        """Learn once per request from the backend's prompt token count."""
+        if stash.get("learned") or type(prompt_tokens) is not int or prompt_tokens <= 0:
+            return False
+        stash["learned"] = True
+        group = stash["group"]
+        estimate = Estimate(
+            shape=_shape_from_list(stash["shape"]), key=CategoryKey(group, stash["category"]),
+            budget=TokenBudget(stash["prompt"], stash["output"],
+                               prompt_tokens_point=stash.get("point")))
+        point = stash.get("point") or stash["prompt"]
+        self.metrics.estimate_error.labels(group, stash["category"]).observe(
+            (point - prompt_tokens) / prompt_tokens)
+        learned = self.estimator.learn(estimate, prompt_tokens)
+        self.metrics.learning.labels(group, "learned" if learned else "rejected").inc()
+        if learned:
+            view = self.calibrator.ratio(estimate.key)
+            self.metrics.bytes_per_token.labels(group, stash["category"]).set(view.bytes_per_token)
+        return learned
+
