@@ -7,8 +7,9 @@ API
 ---
 ``EngineConfig(gpu, model, tensor_parallel_size=1, max_model_len=8192, max_num_seqs=256,
 max_num_batched_tokens=8192, gpu_memory_utilization=0.9, dtype="bfloat16",
-kv_cache_dtype="auto", block_size=16, step_overhead_seconds=None)``
-    frozen; ``gpu``/``model`` are catalogue specs or names. Derived: ``kv_capacity_tokens``,
+kv_cache_dtype="auto", block_size=16, step_overhead_seconds=None, num_gpu_blocks_override=None)``
+    frozen; ``gpu``/``model`` are catalogue specs or names; ``num_gpu_blocks_override`` is
+    vLLM's ``--num-gpu-blocks-override`` (tests use it for tiny caches). Derived: ``kv_capacity_tokens``,
     ``num_gpu_blocks``, ``step_time`` (a :class:`StepTimeModel`), ``num_gpus``.
     Raises ConfigError when the model does not fit or max_model_len exceeds the KV capacity
     (as vLLM refuses to start).
@@ -27,7 +28,8 @@ kv_cache_dtype="auto", block_size=16, step_overhead_seconds=None)``
     ``decode_run_length() -> int``: how many identical pure-decode steps can run from here
         before anything but the clock changes (a finish, a block shortage); 0 when the next
         step admits or prefills. ``decode_run_seconds(steps)``, ``decode_steps_started_within
-        (seconds)`` price such runs.
+        (seconds)`` price such runs; ``run_decode_steps(now, steps)`` commits a run planned
+        earlier even if requests were submitted meanwhile.
     ``abort(request_id) -> bool``; ``generated_tokens(request_id)``; ``request_state(request_id)``.
     Load views (vLLM's metrics): ``num_running``, ``num_waiting``, ``kv_usage_fraction``,
     ``num_preemptions_total``, ``has_work``.
@@ -99,6 +101,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     block_size: int = 16
     step_overhead_seconds: float | None = None
+    num_gpu_blocks_override: int | None = None
     weight_dtype: DType = field(init=False)
     kv_dtype: DType = field(init=False)
     num_gpu_blocks: int = field(init=False)
@@ -134,7 +137,12 @@ class EngineConfig:
                 f"{self.gpu.name} at gpu_memory_utilization={self.gpu_memory_utilization}",
                 path="tensor_parallel_size")
         per_token = kv_bytes_per_token_per_gpu(self.model, self.tensor_parallel_size, kv_dtype)
-        set_(self, "num_gpu_blocks", per_gpu // (per_token * self.block_size))
+        blocks = per_gpu // (per_token * self.block_size)
+        if self.num_gpu_blocks_override is not None:
+            if self.num_gpu_blocks_override < 1:
+                raise ConfigError("must be >= 1", path="num_gpu_blocks_override")
+            blocks = self.num_gpu_blocks_override
+        set_(self, "num_gpu_blocks", blocks)
         if self.max_model_len > self.kv_capacity_tokens:
             raise ConfigError(
                 f"max_model_len {self.max_model_len} is larger than the KV cache holds "
@@ -373,9 +381,22 @@ class Engine:
     def decode_run_length(self) -> int:
         """Identical pure-decode steps possible from here: no prefill in flight, the waiting
         head cannot be admitted, and no block shortage or finish before the last of them."""
-        if self._num_decoding == 0 or self._prefilling:
+        if self._waiting and self._num_decoding and self._head_admissible():
             return 0
-        if self._waiting and self._head_admissible():
+        return self._decode_run_limit()
+
+    def run_decode_steps(self, now: float, steps: int) -> StepResult:
+        """Commit exactly ``steps`` pure-decode steps planned earlier with decode_run_length().
+        Requests submitted since then do not change them: they arrived after the run's last
+        step had started, so they join the step after it. ValueError if the running set no
+        longer allows the run (never the case when only submits happened in between)."""
+        if steps < 1 or steps > self._decode_run_limit():
+            raise ValueError(f"cannot run {steps} decode steps from here")
+        return self._decode_run(now, steps)
+
+    def _decode_run_limit(self) -> int:
+        """Pure-decode steps the running set allows: up to the next finish or block shortage."""
+        if self._num_decoding == 0 or self._prefilling:
             return 0
         heap = self._finish_heap
         while heap and heap[0][3].epoch != heap[0][2]:

@@ -143,7 +143,10 @@ class FleetSimulator:
         balancer: Balancer | str = Balancer.LEAST_LOADED,
         recovery: bool = True,
         slo: SloTargets | None = None,
+        decode_runs: bool = True,
     ) -> None:
+        """decode_runs=False steps every instance one engine step per event (slow; the
+        reference the fast path is tested against)."""
         if not pools:
             raise ConfigError("at least one pool is needed", path="pools")
         if len({p.name for p in pools}) != len(pools):
@@ -153,6 +156,7 @@ class FleetSimulator:
         self.balancer = Balancer(balancer)
         self.recovery = recovery
         self.slo = slo or SloTargets()
+        self._min_run = 2 if decode_runs else 1 << 62
         self._pool_index = {p.name: i for i, p in enumerate(self.pools)}
         self._engines: list[Engine] = []
         self._instance_pool: list[int] = []
@@ -171,6 +175,7 @@ class FleetSimulator:
         self._planned = [0] * n
         self._run_start = [0.0] * n
         self._busy = [False] * n
+        self._pending: list[StepResult | None] = [None] * n  # a single step's effects, due at its end
         self._kv_area = [0.0] * n
         self._heap: list[tuple[float, int, int, int]] = []
         self._seq = 0
@@ -291,7 +296,7 @@ class FleetSimulator:
             return
         boundary = start
         if done > 0:
-            boundary = self._commit(inst, engine.advance(start, done), engine)
+            boundary = self._commit(inst, engine.run_decode_steps(start, done), engine)
         self._planned[inst] = 0
         self._schedule(inst, boundary)
 
@@ -304,29 +309,36 @@ class FleetSimulator:
     def _start(self, inst: int, now: float) -> None:
         engine = self._engines[inst]
         steps = engine.decode_run_length()
-        if steps >= 2:
+        if steps >= self._min_run:
             self._planned[inst] = steps
             self._run_start[inst] = now
             self._schedule(inst, now + engine.decode_run_seconds(steps))
         else:
             self._planned[inst] = 0
-            self._schedule(inst, self._commit(inst, engine.step(now), engine))
+            result = engine.step(now)  # the engine moves now; its effects land at the end
+            self._pending[inst] = result
+            self._schedule(inst, result.end_time)
 
     def _on_event(self, at: float, _seq: int, inst: int, version: int) -> None:
         if version != self._version[inst]:
             return
         engine = self._engines[inst]
+        pending = self._pending[inst]
+        if pending is not None:
+            self._pending[inst] = None
+            self._commit(inst, pending, engine)
         steps = self._planned[inst]
         if steps:
             self._planned[inst] = 0
-            self._commit(inst, engine.advance(self._run_start[inst], steps), engine)
+            self._commit(inst, engine.run_decode_steps(self._run_start[inst], steps), engine)
         self._busy[inst] = False
         if engine.has_work:
             self._start(inst, at)
 
     def _commit(self, inst: int, result: StepResult, engine: Engine) -> float:
-        """Record a step's effects; returns its end time. KV usage is integrated per step with
-        the blocks in use at its end (an upper trapezoid for decode runs)."""
+        """Record a step's effects (at its end time, so routers see finishes and learn when
+        they happen); returns its end time. KV usage is integrated with the blocks in use after
+        the step (for a single step, from the moment the engine took it)."""
         self._kv_area[inst] += engine.num_used_blocks * (result.end_time - result.start_time)
         if result.finished:
             pool = self._instance_pool[inst]
@@ -423,7 +435,9 @@ def simulate(
     slo: SloTargets | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    decode_runs: bool = True,
 ) -> FleetResult:
     """Run ``workload`` through ``pools`` with ``router`` choosing the pool (see FleetSimulator)."""
-    sim = FleetSimulator(pools, router, balancer=balancer, recovery=recovery, slo=slo)
+    sim = FleetSimulator(pools, router, balancer=balancer, recovery=recovery, slo=slo,
+                         decode_runs=decode_runs)
     return sim.run(workload, shapes=shapes, max_tokens=max_tokens, seed=seed, progress=progress)

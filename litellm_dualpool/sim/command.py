@@ -1,0 +1,167 @@
+"""`litellm-dualpool simulate`: run one fleet simulation on a trace and print its report.
+
+Examples::
+
+    litellm-dualpool simulate --trace AzureLLMInferenceTrace_conv.csv --rate 1000 \\
+        --gpu a100 --model llama-3-70b --tp 4 \\
+        --pool name=short,max_model_len=8192,max_num_seqs=128,max_num_batched_tokens=16384,instances=300 \\
+        --pool name=long,max_model_len=65536,max_num_seqs=16,max_num_batched_tokens=8192,instances=60
+    litellm-dualpool simulate --synthetic 20000 --rate 200 --router oracle --json
+
+Without ``--pool`` it simulates the paper's dual-pool layout sized for the rate. ``--json``
+prints one JSON object (``FleetResult.to_dict()``) on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from litellm_dualpool.core.policy import PolicySettings
+from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.sim.engine import EngineConfig
+from litellm_dualpool.sim.fleet import Balancer, FleetResult, PoolSpec, SloTargets, simulate
+from litellm_dualpool.sim.routers import (
+    OracleRouter,
+    PolicyRouter,
+    Router,
+    SinglePoolRouter,
+    StaticRatioRouter,
+)
+from litellm_dualpool.sim.workload import Workload, from_cdf, read_cdf_file, read_trace, synthetic
+
+ROUTERS = ("dual_pool", "static_ratio", "oracle", "homogeneous")
+_POOL_KEYS = {"name", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "instances",
+              "gpu_memory_utilization", "tp"}
+#: Default layout (the paper's): per-instance shares of the rate for a default fleet.
+_DEFAULT_POOLS = (
+    "name=short,max_model_len=8192,max_num_seqs=128,max_num_batched_tokens=16384",
+    "name=long,max_model_len=65536,max_num_seqs=16,max_num_batched_tokens=8192",
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--trace", help="trace file: Azure 2023 CSV, Mooncake JSONL, or CSV/JSONL "
+                     "with timestamp/input/output columns")
+    src.add_argument("--cdf", help="total-token CDF JSON ([[tokens, F], ...]); needs --requests")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic log-normal requests")
+    parser.add_argument("--rate", type=float, help="scale arrivals to this many requests/s")
+    parser.add_argument("--requests", type=int, help="cut or repeat the workload to N requests")
+    parser.add_argument("--gpu", default="a100")
+    parser.add_argument("--model", default="llama-3-70b")
+    parser.add_argument("--tp", type=int, default=4, help="tensor parallel size per instance")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "bfloat16", "fp8"])
+    parser.add_argument("--pool", action="append", metavar="KEY=VALUE,...",
+                        help="a pool: name, max_model_len, max_num_seqs, max_num_batched_tokens, "
+                        "instances[, gpu_memory_utilization, tp] (repeatable)")
+    parser.add_argument("--router", choices=ROUTERS, default="dual_pool")
+    parser.add_argument("--balancer", choices=[b.value for b in Balancer], default="least_loaded")
+    parser.add_argument("--max-tokens", type=int, help="clients' max_tokens (default: each "
+                        "request's true output length)")
+    parser.add_argument("--spillover", type=float, default=0.9,
+                        help="pool load fraction that triggers spillover (<= 0 disables)")
+    parser.add_argument("--no-recovery", action="store_true",
+                        help="do not retry a context-length 400 on a larger pool")
+    parser.add_argument("--slo-ttft", type=float, default=2.0, help="seconds")
+    parser.add_argument("--slo-tpot", type=float, default=0.080, help="seconds")
+    parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+
+
+def parse_pool(text: str, index: int) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in _POOL_KEYS:
+            raise ConfigError(f"expected KEY=VALUE with KEY in {sorted(_POOL_KEYS)}, got {part!r}",
+                              path=f"pool[{index}]")
+        fields[key] = value
+    if "name" not in fields:
+        raise ConfigError("a pool needs a name", path=f"pool[{index}].name")
+    return fields
+
+
+def build_pools(args: argparse.Namespace, rate: float) -> list[PoolSpec]:
+    texts = args.pool or list(_DEFAULT_POOLS)
+    pools = []
+    for i, text in enumerate(texts):
+        f = parse_pool(text, i)
+        cfg = EngineConfig(
+            args.gpu, args.model, tensor_parallel_size=int(f.get("tp", args.tp)),
+            max_model_len=int(f.get("max_model_len", 8192)), max_num_seqs=int(f.get("max_num_seqs", 128)),
+            max_num_batched_tokens=int(f.get("max_num_batched_tokens", 8192)),
+            gpu_memory_utilization=float(f.get("gpu_memory_utilization", 0.9)),
+            dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype)
+        # without an explicit count: the paper's per-instance rates (11.2 short, 2.8 long) at
+        # 95% / 5% of the traffic; a starting point, not a plan (see `litellm-dualpool plan`)
+        default = math.ceil(rate * (0.95 / 11.2 if i == 0 else 0.05 / 2.8)) if len(texts) > 1 else math.ceil(rate / 2.8)
+        pools.append(PoolSpec(f["name"], cfg, int(f.get("instances", max(default, 1))), args.price))
+    return pools
+
+
+def load_workload(args: argparse.Namespace) -> Workload:
+    if args.trace:
+        workload = read_trace(args.trace)
+    elif args.cdf:
+        workload = from_cdf(read_cdf_file(args.cdf), args.requests or 10000, args.rate or 10.0, seed=args.seed)
+    else:
+        workload = synthetic(args.synthetic or 10000, args.rate or 10.0, seed=args.seed)
+    if args.requests:
+        workload = workload.resized(args.requests)
+    if args.rate:
+        workload = workload.scaled_to_rate(args.rate)
+    return workload
+
+
+def make_router(name: str, pools: Sequence[PoolSpec], spillover: float, model_group: str) -> Router:
+    settings = PolicySettings(spillover_load_fraction=spillover if spillover > 0 else None)
+    if name == "homogeneous":
+        return SinglePoolRouter(max(pools, key=lambda p: p.engine.max_model_len).name)
+    if name == "oracle":
+        return OracleRouter(settings, model_group=model_group)
+    if name == "static_ratio":
+        return StaticRatioRouter(settings, model_group=model_group)
+    return PolicyRouter(settings, model_group=model_group)
+
+
+def render(result: FleetResult) -> str:
+    cols = ("pool", "inst", "GPUs", "$/year", "req", "done", "refused", "req/s", "TTFT p50",
+            "TTFT p99", "TPOT p50", "TPOT p99", "preempt/1k", "KV use", "SLO")
+    rows = [cols]
+    for p in [*result.pools, result.fleet]:
+        usd = "-" if p.usd_per_year is None else f"{p.usd_per_year / 1e6:.2f}M"
+        rows.append((p.name, str(p.instances), str(p.gpus), usd, str(p.requests), str(p.completed),
+                     str(p.refused), f"{p.requests_per_second:.1f}", f"{p.ttft_p50_seconds:.3f}",
+                     f"{p.ttft_p99_seconds:.3f}", f"{p.tpot_p50_seconds * 1e3:.1f}ms",
+                     f"{p.tpot_p99_seconds * 1e3:.1f}ms", f"{p.preemptions_per_1000:.1f}",
+                     f"{p.kv_usage_mean_ratio:.1%}", f"{p.slo_attainment:.2%}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(f"router={result.router} balancer={result.balancer} requests={result.requests} "
+                 f"refused_gateway={result.refused_gateway} refused_backend={result.refused_backend} "
+                 f"recovered={result.recovered} truncated={result.truncated} "
+                 f"simulated={result.horizon_seconds:.1f}s wall={result.wall_seconds:.1f}s")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        workload = load_workload(args)
+        pools = build_pools(args, workload.rate_per_second)
+        router = make_router(args.router, pools, args.spillover, args.model)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = simulate(workload, pools, router, balancer=args.balancer, max_tokens=args.max_tokens,
+                      recovery=not args.no_recovery, seed=args.seed,
+                      slo=SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot))
+    print(render(result))
+    if args.json:
+        print(json.dumps(result.to_dict(), separators=(",", ":")))
+    return 0
