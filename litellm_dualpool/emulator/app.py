@@ -278,9 +278,8 @@ async def _chat(state: EmulatorState, request: Request) -> Response:
     else:
         param, requested = "max_tokens", _int_field(body, "max_tokens", None)
     check_requested_max_tokens(state.settings.max_model_len, requested, param, fmt)
-    kwargs = body.get("chat_template_kwargs")
     try:
-        prompt = state.counter.chat(body.get("messages"), kwargs if isinstance(kwargs, dict) else None)
+        prompt = state.counter.chat(body)
     except PromptError as exc:
         raise ApiError(400, "BadRequestError", str(exc)) from None
     jobs = _plan_jobs(state, body, [prompt], requested)
@@ -418,6 +417,7 @@ class _Drop(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not _abort_transport(receive):
             raise ConnectionAbortedError("emulated dropped connection")
+        await _watch_disconnect(receive)  # let the server see the loss before we return
 
 
 async def _until_disconnect_or(receive: Receive, work: Awaitable[Any]) -> bool:
@@ -539,6 +539,7 @@ class _SseStream(Response):
         except _Dropped:
             if not _abort_transport(receive):
                 raise ConnectionAbortedError("emulated dropped connection") from None
+            await _watch_disconnect(receive)
             return
         if completed:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

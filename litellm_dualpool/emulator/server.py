@@ -121,8 +121,8 @@ async def _after_start(server: uvicorn.Server, controller: RefusalController, re
     while not server.started:
         await asyncio.sleep(0.01)
     address = controller.bound_address()
+    controller.changed()  # start-up faults (a refusal) are in force before anyone is told the port
     if ready_file is not None and address is not None:
         tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")
         tmp.write_text(json.dumps({"host": address[0], "port": address[1], "pid": os.getpid()}))
         tmp.replace(ready_file)
-    controller.changed()

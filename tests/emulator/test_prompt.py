@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from litellm_dualpool.emulator.prompt import PromptCounter, PromptError
+from litellm_dualpool.tokenize import count_prompt_tokens
 
 LLAMA = PromptCounter("llama3")
 QWEN = PromptCounter("qwen3")
@@ -16,18 +17,18 @@ QWEN = PromptCounter("qwen3")
 def test_llama3_hand_counted_hello() -> None:
     # <|begin_of_text|> <|start_header_id|> user <|end_header_id|> \n\n Hello there <|eot_id|>
     # <|start_header_id|> assistant <|end_header_id|> \n\n  -> 12 tokens
-    assert LLAMA.chat([{"role": "user", "content": "Hello there"}]).token_count == 12
+    assert LLAMA.chat({"messages": [{"role": "user", "content": "Hello there"}]}).token_count == 12
 
 
 def test_qwen3_hand_counted_hello() -> None:
     # <|im_start|> user \n Hello there <|im_end|> \n <|im_start|> assistant \n -> 10 tokens
-    assert QWEN.chat([{"role": "user", "content": "Hello there"}]).token_count == 10
+    assert QWEN.chat({"messages": [{"role": "user", "content": "Hello there"}]}).token_count == 10
 
 
 def test_qwen3_thinking_off_adds_empty_think_block() -> None:
     messages = [{"role": "user", "content": "Hello there"}]
-    on = QWEN.chat(messages).token_count
-    off = QWEN.chat(messages, {"enable_thinking": False}).token_count
+    on = QWEN.chat({"messages": messages}).token_count
+    off = QWEN.chat({"messages": messages, "chat_template_kwargs": {"enable_thinking": False}}).token_count
     enc = quicktok.get_encoding("qwen3")
     assert off - on == len(enc.encode("<think>\n\n</think>\n\n", allowed_special="all"))
 
@@ -47,12 +48,34 @@ def test_llama3_template_matches_quicktok_on_the_rendered_string() -> None:
         "<|start_header_id|>user<|end_header_id|>\n\nand <|eot_id|> inside<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
-    rendered = LLAMA.chat(messages)
+    rendered = LLAMA.chat({"messages": messages})
     assert rendered.text == expected_text
     enc = quicktok.get_encoding("llama3")
     assert rendered.token_count == len(enc.encode(expected_text, allowed_special="all"))
     # A special-token string typed by the user is parsed as the special token (HF behaviour).
     assert rendered.token_count < len(enc.encode_ordinary(expected_text))
+
+
+@pytest.mark.parametrize("tokenizer", ["llama3", "qwen3"])
+def test_tools_and_tool_calls_count_like_the_shared_counter(tokenizer: str) -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 21}'},
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+    }
+    counter = LLAMA if tokenizer == "llama3" else QWEN
+    rendered = counter.chat(body)
+    assert rendered.token_count == count_prompt_tokens(body, tokenizer)
+    assert "get_weather" in (rendered.text or "")
+    without_tools = counter.chat({"messages": body["messages"]}).token_count
+    assert rendered.token_count > without_tools
 
 
 def test_completions_prompt_gets_bos_on_llama3_only() -> None:
@@ -75,7 +98,7 @@ def test_token_id_prompts_count_exactly_and_batches_split() -> None:
 )
 def test_bad_messages_are_refused(messages: object) -> None:
     with pytest.raises(PromptError):
-        LLAMA.chat(messages)
+        LLAMA.chat({"messages": messages})
 
 
 @pytest.mark.parametrize("prompt", [None, 5, [], [1, "a", 2.5], [{"x": 1}]])
