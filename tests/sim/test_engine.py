@@ -281,3 +281,22 @@ def test_decode_run_seconds_matches_sum_of_single_steps() -> None:
     n, ctx = 128, 128 * 1500  # crosses from memory- to compute-bound or back within the run
     total = sum(st.step_seconds(n, ctx + n * j, []) for j in range(300))
     assert st.decode_run_seconds(n, ctx, 300) == pytest.approx(total, rel=1e-12)
+
+
+def test_saturation_throughput_short_beats_long_on_short_requests() -> None:
+    import numpy as np
+
+    from litellm_dualpool.sim.capacity import saturation_throughput
+
+    prompts = np.full(200, 300)
+    outputs = np.full(200, 100)
+    short = EngineConfig("h100", "llama-3.1-8b", max_model_len=4096, max_num_seqs=128,
+                         max_num_batched_tokens=8192)
+    long = short.replace(max_model_len=32768, max_num_seqs=8)
+    fast = saturation_throughput(short, prompts, outputs, requests=600)
+    slow = saturation_throughput(long, prompts, outputs, requests=600)
+    assert fast.requests_per_second > 3 * slow.requests_per_second
+    assert slow.mean_running <= 8.0 and fast.mean_running > 50
+    assert fast.output_tokens_per_second == pytest.approx(100 * fast.requests_per_second)
+    with pytest.raises(ValueError, match="no request"):
+        saturation_throughput(short, np.array([5000]), np.array([10]))
