@@ -77,17 +77,18 @@ class PolicyRouter(_BudgetRouter):
         self.calibrator = calibrator or Calibrator()
         self._keys: dict[str, CategoryKey] = {}
 
-    def _key(self, category: str) -> CategoryKey:
+    def key(self, category: str) -> CategoryKey:
+        """The calibration key of a category (one per model group and category)."""
         key = self._keys.get(category)
         if key is None:
             key = self._keys[category] = CategoryKey(self.model_group, category)
         return key
 
     def prompt_estimate(self, request: SimRequest) -> int:
-        return self.calibrator.estimate_prompt_tokens(self._key(request.category), request.shape)
+        return self.calibrator.estimate_prompt_tokens(self.key(request.category), request.shape)
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
-        self.calibrator.observe(self._key(request.category), request.shape, prompt_tokens)
+        self.calibrator.observe(self.key(request.category), request.shape, prompt_tokens)
 
 
 class StaticRatioRouter(_BudgetRouter):

@@ -115,7 +115,7 @@ def test_the_calibrator_learns_in_the_loop_and_beats_the_static_ratio() -> None:
     router = PolicyRouter(settings, model_group="m")
     learned = simulate(w, dual(), router, seed=2)
     static = simulate(w, dual(), StaticRatioRouter(settings), seed=2)
-    view = router.calibrator.ratio(router._key("code"))
+    view = router.calibrator.ratio(router.key("code"))
     assert view.samples > 1000
     assert 3.1 < view.bytes_per_token < 3.7  # the synthesised code ratio is 3.4
     assert learned.recovered < static.recovered / 3
