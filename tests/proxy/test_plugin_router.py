@@ -1,0 +1,293 @@
+"""The plugin's hooks against a real litellm.Router, with respx standing in for two vLLM pools.
+
+`Env.call` does what the proxy does (its pre-call hook, then the router), so every hook runs as
+in production except the proxy-only streaming iterator, which tests call on the router's stream.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import HTTPException
+from litellm.proxy._types import UserAPIKeyAuth
+
+from litellm_dualpool.core.calibration import Calibrator, CategoryKey
+from tests.proxy.conftest import LONG_LEN, SHORT_LEN, completion_body, tokens_of
+
+# One event loop for the module: LiteLLM's logging worker lives on the loop it first ran on.
+pytestmark = [pytest.mark.litellm_compat, pytest.mark.asyncio(loop_scope="module")]
+
+WORDS = "lorem ipsum dolor sit amet "  # 27 bytes
+
+
+def text_of(n_bytes: int) -> str:
+    return (WORDS * (n_bytes // len(WORDS) + 1))[:n_bytes]
+
+
+async def test_short_request_goes_to_the_short_pool(env) -> None:
+    response, data = await env.call("hello there", max_tokens=64)
+    await env.settle()
+    stash = data["metadata"]["_dualpool"]
+    assert env.pool_hits == ["short"]
+    assert (stash["pool"], stash["reason"]) == ("short", "fits")
+    assert response.choices[0].message.content == "ok"
+    assert env.metric("dualpool_requests_total", model_group="llama", pool="short",
+                      reason="fits") == 1
+    assert env.metric("dualpool_decision_seconds_count") == 1
+    headers = await env.plugin.async_post_call_response_headers_hook(data, None, response)
+    assert headers == {"x-dualpool-pool": "short", "x-dualpool-budget-tokens": str(stash["budget"])}
+
+
+async def test_long_prompt_goes_to_the_long_pool(env) -> None:
+    await env.call(text_of(SHORT_LEN * 5), max_tokens=16)
+    await env.settle()
+    assert env.pool_hits == ["long"]
+
+
+async def test_max_tokens_counts_in_the_budget(env) -> None:
+    _, data = await env.call("hello", max_tokens=SHORT_LEN)
+    await env.settle()
+    assert env.pool_hits == ["long"]
+    assert data["metadata"]["_dualpool"]["budget"] > SHORT_LEN
+
+
+async def test_default_output_budget_applies_without_max_tokens(make_env) -> None:
+    env = make_env({"default_output_tokens": SHORT_LEN})
+    await env.call("hello")
+    await env.settle()
+    assert env.pool_hits == ["long"]
+
+
+async def test_over_everything_is_refused_before_any_backend_call(env) -> None:
+    with pytest.raises(HTTPException) as caught:
+        await env.call("hello", max_tokens=LONG_LEN + 1)
+    assert caught.value.status_code == 400
+    message = caught.value.detail["error"]
+    assert str(LONG_LEN) in message and "estimated" in message
+    assert env.pool_hits == []
+    assert env.metric("dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == 1
+
+
+VLLM_REJECTIONS = {
+    "current": {"error": {"message": "This model's maximum context length is {L} tokens. However, "
+                          "your prompt contains at least {P} input tokens, which exceeds this limit "
+                          "even without any output tokens. Please reduce the length of the input "
+                          "messages.", "type": "BadRequestError", "param": "input_tokens",
+                          "code": 400}},
+    "current_with_output": {"error": {"message": "This model's maximum context length is {L} "
+                                      "tokens. However, you requested 64 output tokens and your "
+                                      "prompt contains at least {P} input tokens, for a total of at "
+                                      "least {T} tokens. Please reduce the length of the input "
+                                      "prompt or the number of requested output tokens.",
+                                      "type": "BadRequestError", "param": "input_tokens",
+                                      "code": 400}},
+    "legacy_flat": {"object": "error", "message": "This model's maximum context length is {L} "
+                    "tokens. However, you requested {T} tokens ({P} in the messages, 64 in the "
+                    "completion). Please reduce the length of the messages or completion.",
+                    "type": "BadRequestError", "param": None, "code": 400},
+    "max_tokens_param": {"error": {"message": "'max_tokens' or 'max_completion_tokens' is too "
+                                   "large: 64. This model's maximum context length is {L} tokens "
+                                   "and your request has {P} input tokens (64 > {L} - {P}).",
+                                   "type": "BadRequestError", "param": "max_tokens", "code": 400}},
+}
+
+
+def _reject_with(template: dict[str, Any], hits: list[str]):
+    def respond(request: httpx.Request) -> httpx.Response:
+        hits.append("short")
+        tokens = tokens_of(request)
+        text = json.dumps(template).replace("{L}", str(SHORT_LEN)).replace(
+            "{P}", str(tokens)).replace("{T}", str(tokens + 64))
+        return httpx.Response(400, content=text, headers={"content-type": "application/json"})
+    return respond
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("wording", sorted(VLLM_REJECTIONS))
+async def test_misroute_is_recovered_on_the_long_pool(make_env, wording: str, stream: bool) -> None:
+    env = make_env()
+    env.short.mock(side_effect=_reject_with(VLLM_REJECTIONS[wording], env.pool_hits))
+    response, data = await env.call("a question that the short pool refuses", max_tokens=64,
+                                    stream=stream)
+    if stream:
+        chunks = [chunk async for chunk in response]
+        assert chunks
+    await env.settle(lambda: env.metric("dualpool_misroutes_recovered_total", model_group="llama",
+                                        from_pool="short", to_pool="long") == 1)
+    stash = data["metadata"]["_dualpool"]
+    assert env.pool_hits == ["short", "long"]
+    assert (stash["pool"], stash["recovered_from"], stash["reason"]) == (
+        "long", "short", "misroute_recovery")
+    assert env.metric("dualpool_misroutes_total", model_group="llama", pool="short") == 1
+    # the rejection's own token count is learned (once per request)
+    assert env.metric("dualpool_learning_samples_total", model_group="llama",
+                      outcome="learned") == 1
+
+
+async def test_the_recovery_group_is_hidden_and_wired_as_a_fallback(env) -> None:
+    names = [d["model_name"] for d in env.router.model_list]
+    recovery = "llama::dualpool-recovery"
+    assert names.count(recovery) == 1  # a copy of the long pool only
+    assert {"llama": [recovery]} in env.router.context_window_fallbacks
+    listed = await env.plugin.async_filter_listed_models(None, ["llama", recovery, "other"])
+    assert list(listed) == ["llama", "other"]
+
+
+async def test_does_not_learn_without_backend_usage(make_env) -> None:
+    env = make_env(usage=False)
+    await env.call("hello there", max_tokens=8)
+    await env.settle(lambda: env.metric("dualpool_learning_samples_total", model_group="llama",
+                                        outcome="no_backend_usage") == 1)
+    assert env.plugin.engine.calibrator.keys() == []
+
+
+async def test_learns_from_usage_the_backend_reported(env) -> None:
+    await env.call("hello there, a prose sentence of some length", max_tokens=8)
+    await env.settle(lambda: env.metric("dualpool_learning_samples_total", model_group="llama",
+                                        outcome="learned") == 1)
+    key = CategoryKey("llama", "prose")
+    assert env.plugin.engine.calibrator.ratio(key).samples == 1
+    assert env.metric("dualpool_prompt_tokens_estimate_error_ratio_count", model_group="llama",
+                      category="prose") == 1
+    assert env.metric("dualpool_learned_bytes_per_token", model_group="llama",
+                      category="prose") > 0
+
+
+def _sse(prompt_tokens: int | None) -> httpx.Response:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": "ok"},
+                                   "finish_reason": None}]),
+              dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])]
+    if prompt_tokens is not None:
+        events.append(dict(base, choices=[], usage={"prompt_tokens": prompt_tokens,
+                                                    "completion_tokens": 1,
+                                                    "total_tokens": prompt_tokens + 1}))
+    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    return httpx.Response(200, content=text, headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("reported", [True, False], ids=["backend_usage", "no_backend_usage"])
+async def test_streams_learn_from_the_backend_usage_chunk_only(make_env, reported: bool) -> None:
+    env = make_env()
+    env.short.mock(side_effect=lambda request: _sse(tokens_of(request) if reported else None))
+    stream, data = await env.call("hello there, streaming", max_tokens=8, stream=True,
+                                  stream_options={"include_usage": True})
+    relayed = [c async for c in env.plugin.async_post_call_streaming_iterator_hook(
+        None, stream, data)]
+    assert relayed
+    await env.settle()
+    outcome = "learned" if reported else "no_backend_usage"
+    assert env.metric("dualpool_learning_samples_total", model_group="llama",
+                      outcome=outcome) == 1
+    assert len(env.plugin.engine.calibrator.keys()) == (1 if reported else 0)
+
+
+async def test_forcing_a_pool_needs_the_keys_permission(env) -> None:
+    override = {"dualpool": {"pool": "long", "category": "code"}}
+    _, data = await env.call("hi", max_tokens=8, metadata=dict(override))
+    assert data["metadata"]["_dualpool"]["pool"] == "short"  # default policy: no forcing
+    assert data["metadata"]["_dualpool"]["category"] == "code"  # categories are allowed
+    allowed = UserAPIKeyAuth(metadata={"dualpool_policy": {"allow_force_pool": True}})
+    _, data = await env.call("hi", max_tokens=8, metadata=dict(override), user=allowed)
+    await env.settle()
+    assert (data["metadata"]["_dualpool"]["pool"], data["metadata"]["_dualpool"]["reason"]) == (
+        "long", "forced")
+    assert env.pool_hits == ["short", "long"]
+
+
+async def test_a_client_cannot_forge_the_plan(env) -> None:
+    forged = {"_dualpool": {"id": "x", "group": "llama", "pool": "long", "budget": 1}}
+    _, data = await env.call("hi", max_tokens=8, metadata=forged)
+    await env.settle()
+    assert env.pool_hits == ["short"]
+    assert data["metadata"]["_dualpool"]["id"] != "x"
+
+
+async def test_spillover_when_the_short_pool_is_saturated(env) -> None:
+    inflight = env.plugin.engine.inflight
+    for i in range(4):  # max_num_seqs 4 -> load 1.0 >= 0.9
+        inflight.open(f"busy{i}", "llama", "short")
+    _, data = await env.call("hi", max_tokens=8)
+    for i in range(4):
+        inflight.close(f"busy{i}")
+    await env.settle()
+    assert (data["metadata"]["_dualpool"]["pool"], data["metadata"]["_dualpool"]["reason"]) == (
+        "long", "spillover")
+    assert env.pool_hits == ["long"]
+    assert env.metric("dualpool_spillovers_total", model_group="llama", from_pool="short",
+                      to_pool="long") == 1
+
+
+async def test_other_groups_are_untouched(env) -> None:
+    from litellm.proxy._types import UserAPIKeyAuth as Auth
+
+    data = {"model": "other", "messages": [{"role": "user", "content": "hi"}], "metadata": {}}
+    data = await env.plugin.async_pre_call_hook(Auth(), None, data, "acompletion")
+    await env.router.acompletion(**data)
+    await env.settle()
+    assert "_dualpool" not in data["metadata"]
+    assert env.pool_hits == ["long"]
+
+
+async def test_a_bare_router_plans_in_the_filter(env) -> None:
+    await env.router.acompletion(model="llama", messages=[{"role": "user", "content": "hi"}])
+    await env.router.acompletion(model="llama",
+                                 messages=[{"role": "user", "content": text_of(SHORT_LEN * 5)}])
+    await env.settle()
+    assert env.pool_hits == ["short", "long"]
+
+
+class _BrokenCalibrator(Calibrator):
+    def observe(self, key: Any, shape: Any, prompt_tokens: int) -> bool:
+        raise RuntimeError("broken on purpose")
+
+
+async def test_a_failing_hook_never_fails_the_request(make_env) -> None:
+    env = make_env()
+    broken = _BrokenCalibrator()
+    env.plugin.engine.calibrator = broken
+    env.plugin.engine.estimator.calibrator = broken
+    response, _ = await env.call("hello", max_tokens=8)
+    assert response.choices[0].message.content == "ok"
+    await env.settle(lambda: env.metric("dualpool_callback_errors_total", hook="success") == 1)
+
+    def failing_load(group: str, pool: Any) -> float:
+        raise RuntimeError("load source down")
+
+    env.plugin.engine.load_source = failing_load
+    response, data = await env.call("hello", max_tokens=8)
+    assert response.choices[0].message.content == "ok"
+    assert env.metric("dualpool_callback_errors_total", hook="pre_call") == 1
+    assert "_dualpool" not in data["metadata"]
+
+
+async def test_strategy_mode_picks_the_least_busy_deployment(make_env) -> None:
+    env = make_env({"routing": "strategy"})
+    await env.call("hello", max_tokens=8)
+    await env.settle()
+    assert env.pool_hits == ["short"]
+    strategy_picks = env.plugin.engine.inflight
+    assert strategy_picks.requests() == 0
+    from litellm_dualpool.proxy import DualPoolRoutingStrategy
+
+    strategy = DualPoolRoutingStrategy(env.router, env.plugin)
+    a = {"model_info": {"id": "a"}}
+    b = {"model_info": {"id": "b"}}
+    strategy_picks.open("r1", "llama", "short", "a")
+    assert strategy.pick([a, b], {}) is b
+    strategy_picks.close("r1")
+
+
+async def test_in_flight_counts_return_to_zero(env) -> None:
+    env.short.mock(side_effect=lambda request: httpx.Response(500, json={"error": "boom"}))
+    with pytest.raises(Exception, match="boom"):
+        await env.call("hello", max_tokens=8)
+    await env.settle()
+    env.short.mock(side_effect=lambda request: httpx.Response(200, json=completion_body(3)))
+    await env.call("hello", max_tokens=8)
+    await env.settle()
+    assert env.metric("dualpool_in_flight_requests", model_group="llama", pool="short") == 0
+    assert env.plugin.engine.inflight.pool("llama", "short") == 0
