@@ -121,3 +121,17 @@ def test_streamed_filler_pieces_concatenate_to_the_whole() -> None:
 def test_max_chars_per_token_is_the_longest_vocabulary_entry() -> None:
     assert LLAMA.max_chars_per_token == 128
     assert QWEN.max_chars_per_token == 128
+
+
+SPECIAL_BITS = ["<|eot_id|>", "<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
+                "<|reserved_special_token_3|>", "<", "|", ">", "<|", "|>"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces=st.lists(st.one_of(st.sampled_from(SPECIAL_BITS), st.text(max_size=12)), max_size=12),
+       tokenizer=st.sampled_from(["llama3", "qwen3"]))
+def test_fast_special_aware_count_equals_quicktok(pieces: list[str], tokenizer: str) -> None:
+    text = "".join(pieces)
+    counter = LLAMA if tokenizer == "llama3" else QWEN
+    expected = len(quicktok.get_encoding(tokenizer).encode(text, allowed_special="all"))
+    assert counter.count_text(text) == expected
