@@ -1,8 +1,11 @@
 """Start emulated vLLM servers as real processes on loopback, for tests, demos and benchmarks.
 
     with start_emulator(max_model_len=4096, instant=True) as emu:
-        client = openai.OpenAI(base_url=emu.base_url + "/v1", api_key="x")
+        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="x")
         emu.set_faults(error_rate=1.0)
+
+    with start_emulators({"max_model_len": 8192}, {"max_model_len": 65536, "max_num_seqs": 16}) as (short, long):
+        ...
 
 Keyword arguments become command-line flags of ``litellm-dualpool emulate``
 (``max_model_len=4096`` -> ``--max-model-len 4096``; ``True`` -> a bare flag; ``False``/``None``
@@ -59,6 +62,13 @@ class RunningEmulator:
     def faults(self) -> dict[str, Any]:
         result: dict[str, Any] = httpx.get(self.base_url + "/admin/faults", timeout=10).json()
         return result
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        """Block until ``/health`` answers 200 (EmulatorStartError, with the log, otherwise)."""
+        try:
+            _wait_for_health(self, time.monotonic() + timeout)
+        except EmulatorStartError as exc:
+            raise EmulatorStartError(f"{exc}\n--- emulator output ---\n{self.log()}") from None
 
     def metrics_text(self) -> str:
         return httpx.get(self.base_url + "/metrics", timeout=10).text
@@ -146,6 +156,21 @@ def start_emulator(**flags: Any) -> Iterator[RunningEmulator]:
         yield emu
     finally:
         emu.stop()
+
+
+@contextmanager
+def start_emulators(*flag_sets: dict[str, Any]) -> Iterator[list[RunningEmulator]]:
+    """Several emulators started in parallel (one dict of flags each), all healthy on entry."""
+    running: list[RunningEmulator] = []
+    try:
+        for flags in flag_sets:
+            running.append(launch_emulator(wait=False, **flags))
+        for emu in running:
+            emu.wait_healthy()
+        yield running
+    finally:
+        for emu in running:
+            emu.stop()
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], ready: Path, deadline: float) -> int:

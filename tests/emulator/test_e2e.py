@@ -16,6 +16,7 @@ from litellm_dualpool.emulator.testing import (
     RunningEmulator,
     launch_emulator,
     start_emulator,
+    start_emulators,
 )
 
 pytestmark = pytest.mark.e2e
@@ -183,6 +184,16 @@ def test_engine_mode_process() -> None:
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 40
         assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 40
         assert 'vllm:num_requests_running{engine="0",model_name="llama-3-70b"} 0.0' in emu.metrics_text()
+
+
+def test_two_pools_in_parallel() -> None:
+    with start_emulators({"instant": True, "max_model_len": 1024},
+                         {"instant": True, "max_model_len": 8192, "tokenizer": "qwen3"}) as (short, long):
+        assert short.port != long.port
+        cards = [httpx.get(e.openai_base_url + "/models").json()["data"][0] for e in (short, long)]
+        assert [c["max_model_len"] for c in cards] == [1024, 8192]
+        resp = _chat(_client(long), "Hello there", max_tokens=1)
+        assert resp.usage is not None and resp.usage.prompt_tokens == 10  # Qwen3 ChatML framing
 
 
 def test_start_refusing_and_bad_flags() -> None:
