@@ -107,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     from litellm_dualpool.emulator.backend import EngineBackend, InstantBackend
     from litellm_dualpool.emulator.server import RefusalController, serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         outputs = OutputLengths.parse(args.output_len_dist)
         faults = Faults(error_rate=args.error_rate, latency_seconds=args.latency_seconds,
@@ -126,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer or _default_tokenizer(args.model),
         seed=args.seed,
     )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     controller = RefusalController(faults)
     state = EmulatorState(settings, backend, faults, outputs, on_faults_changed=controller.changed)
     return serve(build_app(state), host=args.host, port=args.port, controller=controller,
