@@ -22,8 +22,7 @@ _PROMPT = (
 )
 _REQUESTED = re.compile(r"(?:you requested|for a total of at least) (\d+) tokens", re.IGNORECASE)
 #: Words that mark a 400 as a context-length rejection even without the vLLM sentence.
-_MARKERS = ("maximum context length", "context length", "context_length_exceeded",
-            "is too large: ", "contextwindowexceedederror")
+_MARKERS = ("maximum context length", "context length", "context_length_exceeded")
 #: Class names (LiteLLM's and OpenAI's) a context-length rejection arrives as.
 _ERROR_CLASSES = ("ContextWindowExceededError", "BadRequestError")
 

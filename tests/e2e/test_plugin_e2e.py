@@ -1,0 +1,235 @@
+"""The plugin in a real `litellm --config` proxy with two pools of stand-in vLLM backends.
+
+One proxy serves the whole module (it takes 8-16 s to start). The tests run in file order on
+purpose: the first one relies on the deliberately wrong cold-start ratio (8 bytes/token, about
+twice the truth) to force a misroute; the calibration test then teaches the proxy the real ratio.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import quicktok
+
+from tests.e2e.conftest import (
+    deployment,
+    run_proxy_until_exit,
+    start_backend,
+    start_proxy,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.litellm_compat]
+
+SHORT_LEN, LONG_LEN = 2048, 16384
+PROMPTS = Path("/work/shared/data/prompts/mt_bench_question.jsonl")
+CODE = Path("/work/shared/data/prompts/HumanEval.jsonl.gz")
+COLD_BYTES_PER_TOKEN = 8.0
+
+
+def questions() -> list[str]:
+    rows = [json.loads(line) for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line]
+    return [" ".join(row["turns"]) for row in rows if row["category"] in (
+        "writing", "roleplay", "humanities", "stem", "reasoning")]
+
+
+def prose(n_bytes: int, offset: int = 0) -> str:
+    """Real English questions joined until `n_bytes` (a different mix per offset)."""
+    texts, out, i = questions(), [], offset
+    while sum(len(t.encode()) + 1 for t in out) < n_bytes:
+        out.append(texts[i % len(texts)])
+        i += 1
+    return " ".join(out)
+
+
+def code(n_bytes: int) -> str:
+    """Real Python (HumanEval prompts and solutions) joined until `n_bytes`."""
+    with gzip.open(CODE, "rt", encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file if line.strip()]
+    out, i = "", 0
+    while len(out.encode()) < n_bytes:
+        out += rows[i]["prompt"] + rows[i]["canonical_solution"] + "\n"
+        i += 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    logs = tmp_path_factory.mktemp("plugin-e2e")
+    with ExitStack() as stack:
+        short = stack.enter_context(start_backend("short", SHORT_LEN, logs))
+        long = stack.enter_context(start_backend("long", LONG_LEN, logs))
+        blind_short = stack.enter_context(start_backend("blind-short", SHORT_LEN, logs, usage=False))
+        blind_long = stack.enter_context(start_backend("blind-long", LONG_LEN, logs, usage=False))
+        config = {
+            "model_list": [deployment("llama", short, hardware="test-cpu"),
+                           deployment("llama", long),
+                           deployment("blind", blind_short), deployment("blind", blind_long)],
+            "litellm_settings": {"callbacks": ["prometheus",
+                                               "litellm_dualpool.proxy_handler_instance"]},
+            "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+            "dualpool_settings": {
+                "default_output_tokens": 64,
+                "calibration": {"cold_start_bytes_per_token": COLD_BYTES_PER_TOKEN},
+            },
+        }
+        proxy = stack.enter_context(start_proxy(config, logs))
+        yield {"proxy": proxy, "short": short, "long": long, "blind_short": blind_short,
+               "blind_long": blind_long}
+
+
+def served_by(response: httpx.Response) -> str:
+    return response.headers.get("x-litellm-model-api-base", "")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_forced_misroute_is_recovered_without_client_error(stack: dict[str, Any]) -> None:
+    proxy, short, long = stack["proxy"], stack["short"], stack["long"]
+    # Real counts exceed 2048 tokens; the cold 8 bytes/token guesses ~1600: sent short. Each
+    # rejection teaches its category, so the streamed one uses another category (code).
+    text = prose(10_000)
+    before = short.stats()["rejected"]
+    response = proxy.chat("llama", text, max_tokens=16)
+    assert response.status_code == 200, response.text
+    assert served_by(response) == long.api_base
+    assert response.headers["x-dualpool-pool"] == "long"
+    assert response.json()["choices"][0]["message"]["content"] == "ok"
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", headers=proxy.headers, timeout=60,
+                      json={"model": "llama", "stream": True, "max_tokens": 16,
+                            "messages": [{"role": "user", "content": code(10_000)}]}) as stream:
+        assert stream.status_code == 200
+        assert served_by(stream) == long.api_base
+        body = "".join(stream.iter_text())
+    assert '"content":"ok"' in body.replace(" ", "") and "[DONE]" in body
+    assert short.stats()["rejected"] == before + 2
+    metrics = proxy.metrics()
+    assert metric(metrics, "dualpool_misroutes_recovered_total", model_group="llama",
+                  from_pool="short", to_pool="long") == 2
+    assert metric(metrics, "dualpool_misroutes_total", model_group="llama", pool="short") == 2
+
+
+def test_the_learned_ratio_converges_to_the_backend_tokenizer(stack: dict[str, Any]) -> None:
+    proxy = stack["proxy"]
+    encoding = quicktok.get_encoding("llama3")
+    texts = [prose(600 + 180 * i, offset=3 * i) for i in range(36)]
+    for text in texts:
+        assert proxy.chat("llama", text, max_tokens=8).status_code == 200
+    true_ratio = sum(len(t.encode()) for t in texts) / sum(len(encoding.encode(t)) for t in texts)
+    learned = metric(proxy.metrics(), "dualpool_learned_bytes_per_token", model_group="llama",
+                     category="prose")
+    assert learned == pytest.approx(true_ratio, rel=0.05)
+    assert abs(learned - COLD_BYTES_PER_TOKEN) > 2.5
+
+
+def test_short_and_long_requests_land_in_their_pools(stack: dict[str, Any]) -> None:
+    proxy, short, long = stack["proxy"], stack["short"], stack["long"]
+    small = proxy.chat("llama", "What is the capital of France?", max_tokens=32)
+    assert (served_by(small), small.headers["x-dualpool-pool"]) == (short.api_base, "short")
+    big = proxy.chat("llama", prose(30_000), max_tokens=32)  # ~6500 tokens
+    assert (served_by(big), big.headers["x-dualpool-pool"]) == (long.api_base, "long")
+    assert int(big.headers["x-dualpool-budget-tokens"]) > SHORT_LEN
+    borderline = proxy.chat("llama", prose(10_000), max_tokens=16)  # now estimated right
+    assert served_by(borderline) == long.api_base
+
+
+def test_max_tokens_counts_in_the_budget(stack: dict[str, Any]) -> None:
+    proxy, long = stack["proxy"], stack["long"]
+    response = proxy.chat("llama", "Say hi.", max_tokens=SHORT_LEN)
+    assert served_by(response) == long.api_base
+    response = proxy.chat("llama", "Say hi.", max_completion_tokens=SHORT_LEN)
+    assert served_by(response) == long.api_base
+
+
+def test_streaming_is_served_and_learned_from(stack: dict[str, Any]) -> None:
+    proxy, short = stack["proxy"], stack["short"]
+    learned_before = metric(proxy.metrics(), "dualpool_learning_samples_total",
+                            model_group="llama", outcome="learned")
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", headers=proxy.headers, timeout=60,
+                      json={"model": "llama", "stream": True, "max_tokens": 16,
+                            "messages": [{"role": "user", "content": prose(900, 11)}]}) as stream:
+        assert stream.status_code == 200
+        assert served_by(stream) == short.api_base
+        body = "".join(stream.iter_text())
+    assert "[DONE]" in body
+    learned_after = metric(proxy.metrics(), "dualpool_learning_samples_total",
+                           model_group="llama", outcome="learned")
+    assert learned_after == learned_before + 1
+
+
+def test_a_request_larger_than_every_pool_gets_a_clear_400(stack: dict[str, Any]) -> None:
+    proxy = stack["proxy"]
+    requests_before = stack["short"].stats()["requests"] + stack["long"].stats()["requests"]
+    response = proxy.chat("llama", "Say hi.", max_tokens=LONG_LEN + 100)
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert f"{LONG_LEN}" in message and "estimated" in message
+    assert re.search(r"needs an estimated (\d+) tokens", message)
+    assert stack["short"].stats()["requests"] + stack["long"].stats()["requests"] == requests_before
+    assert metric(proxy.metrics(), "dualpool_refusals_total", model_group="llama",
+                  reason="fits_nowhere") == 1
+
+
+def test_backends_without_usage_teach_nothing(stack: dict[str, Any]) -> None:
+    proxy = stack["proxy"]
+    assert proxy.chat("blind", prose(700), max_tokens=8).status_code == 200
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", headers=proxy.headers, timeout=60,
+                      json={"model": "blind", "stream": True, "max_tokens": 8,
+                            "messages": [{"role": "user", "content": prose(800)}]}) as stream:
+        assert stream.status_code == 200
+        "".join(stream.iter_text())
+    metrics = proxy.metrics()
+    assert metric(metrics, "dualpool_learning_samples_total", model_group="blind",
+                  outcome="no_backend_usage") == 2
+    assert metric(metrics, "dualpool_learning_samples_total", model_group="blind",
+                  outcome="learned") == 0
+    assert "dualpool_learned_bytes_per_token{" not in "\n".join(
+        line for line in metrics.splitlines() if 'model_group="blind"' in line)
+
+
+def test_metrics_and_model_list(stack: dict[str, Any]) -> None:
+    proxy = stack["proxy"]
+    metrics = proxy.metrics()
+    assert metric(metrics, "dualpool_requests_total", model_group="llama", pool="short",
+                  reason="fits") > 0
+    assert metric(metrics, "dualpool_requests_total", model_group="llama", pool="long",
+                  reason="misroute_recovery") == 2
+    assert metric(metrics, "dualpool_decision_seconds_count") > 0
+    assert metric(metrics, "dualpool_prompt_tokens_estimate_error_ratio_count",
+                  model_group="llama", category="prose") > 0
+    assert metric(metrics, "dualpool_in_flight_requests", model_group="llama", pool="short") == 0
+    assert metric(metrics, "dualpool_callback_errors_total") == 0
+    models = httpx.get(proxy.url + "/v1/models", headers=proxy.headers, timeout=10).json()
+    names = {m["id"] for m in models["data"]}
+    assert {"llama", "blind"} <= names and not any("recovery" in n for n in names)
+
+
+def test_an_invalid_config_stops_the_proxy_at_start(tmp_path: Path) -> None:
+    config = {
+        "model_list": [{"model_name": "g", "litellm_params": {"model": "hosted_vllm/m",
+                                                              "api_base": "http://127.0.0.1:9/v1"},
+                        "model_info": {"max_model_len": 4096}},
+                       {"model_name": "g", "litellm_params": {"model": "hosted_vllm/m",
+                                                              "api_base": "http://127.0.0.1:9/v1"}}],
+        "litellm_settings": {"callbacks": ["litellm_dualpool.proxy_handler_instance"]},
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+    }
+    code, output = run_proxy_until_exit(config, tmp_path)
+    assert code not in (None, 0)
+    assert "model_list[1].model_info.max_model_len" in output
