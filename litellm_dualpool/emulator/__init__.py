@@ -13,7 +13,8 @@ What a client sees is what a vLLM 0.32 server would give it:
   legacy ``vllm:gpu_cache_usage_perc``, ``vllm:num_preemptions_total``,
   ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, ``vllm:request_success_total``,
   ``vllm:time_to_first_token_seconds``, ``vllm:e2e_request_latency_seconds``,
-  ``vllm:request_time_per_output_token_seconds``; latencies in wall-clock seconds).
+  ``vllm:request_time_per_output_token_seconds``; latencies in emulated seconds, i.e. wall
+  seconds x ``--speedup``, what the emulated GPU server would report).
 * ``usage.prompt_tokens`` exact: the chat template rendered and tokenized with the real Llama-3
   or Qwen3 BPE (:mod:`.prompt`). ``completion_tokens`` equals the tokens of the generated
   filler text. Output length: ``min(max_tokens, natural)``; ``natural`` from

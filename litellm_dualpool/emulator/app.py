@@ -378,10 +378,11 @@ class _Run:
         finally:
             await gen.aclose()
         end = time.monotonic()
+        scale = self.state.backend.time_scale
         self.state.metrics.request_finished(
             prompt_tokens=job.prompt_tokens, generation_tokens=self.generated[pos],
-            finished_reason=job.finish_reason, ttft_seconds=(first or end) - start,
-            e2e_seconds=end - start)
+            finished_reason=job.finish_reason, ttft_seconds=((first or end) - start) * scale,
+            e2e_seconds=(end - start) * scale)
 
 
 async def _watch_disconnect(receive: Receive) -> None:

@@ -37,6 +37,11 @@ class Backend(Protocol):
         """Stop (True) or resume (False) all progress; requests queue meanwhile."""
         ...
 
+    @property
+    def time_scale(self) -> float:
+        """Emulated seconds per wall second (latency metrics are reported in emulated time)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -44,6 +49,8 @@ class Backend(Protocol):
 
 class InstantBackend:
     """Every token at once; load is only the requests in flight."""
+
+    time_scale = 1.0
 
     def __init__(self) -> None:
         self._in_flight = 0
@@ -96,6 +103,7 @@ class EngineBackend:
                  clock: Callable[[], float] = time.monotonic) -> None:
         if speedup <= 0:
             raise ValueError(f"speedup must be > 0, got {speedup}")
+        self.time_scale = speedup
         self.engine = engine
         self._speedup = speedup
         self._clock = clock
