@@ -1,0 +1,626 @@
+"""The analytical cost model: how many GPUs a homogeneous fleet and a split (dual- or N-pool)
+fleet need for a workload, at SLOs, and which short-pool threshold is cheapest.
+
+Three layers, each explainable on its own:
+
+1. **Closed form** (the paper's): ``saving = alpha * (1 - 1/rho)``, alpha the share of requests
+   whose total tokens fit the short pool, rho the per-instance throughput of a short-configured
+   instance over a long-configured one on the *same* (short) requests.
+2. **Discrete sizing**: per pool ``n = ceil(lambda_pool / (u * mu_pool))`` with u the
+   utilisation cap and mu the instance's saturation throughput on the pool's own requests
+   (from the engine model, ``sim.capacity``, or the user's measurements), at least one
+   instance per pool; cost = sum(n * gpus_per_instance * $/GPU-h).
+3. **SLO check** (a queueing model per pool, see :func:`predict_load`): n is raised until the
+   predicted P99 TTFT and P99 TPOT meet the targets. The binding constraint is reported.
+
+vLLM flags per pool are derived, not guessed: ``max_num_batched_tokens`` is the largest token
+count whose step time stays within the TPOT target (a step carrying a full prefill chunk is
+what stalls every decode in it), ``max_num_seqs`` of the short pool is swept for the cheapest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.queueing import WaitDistribution, mgc_wait
+from litellm_dualpool.sim.capacity import saturation_throughput
+from litellm_dualpool.sim.catalog import GpuSpec, ModelSpec, get_gpu, get_model
+from litellm_dualpool.sim.engine import EngineConfig
+from litellm_dualpool.sim.workload import Workload
+
+HOURS_PER_YEAR = 8760.0
+#: Short-pool max_model_len candidates the threshold sweep tries.
+DEFAULT_THRESHOLDS = (2048, 4096, 8192, 16384, 32768)
+#: Utilisation cap: a pool is never planned above this share of its saturation throughput.
+DEFAULT_UTILISATION = 0.9
+#: A full step (decodes + prefill chunk) may use at most this share of the TPOT target, leaving
+#: room for the KV reads of long contexts and scheduling jitter.
+TPOT_STEP_MARGIN = 0.9
+#: Short-pool max_num_seqs candidates (capped by max_num_batched_tokens, as vLLM requires).
+SHORT_SEQS_CANDIDATES = (32, 64, 128, 256)
+#: The paper's long / homogeneous configuration: 16 sequences of the worst-case context.
+DEFAULT_LONG_MAX_NUM_SEQS = 16
+DEFAULT_LONG_MAX_MODEL_LEN = 65536
+#: Granularity and bounds of the derived max_num_batched_tokens.
+BATCH_TOKENS_STEP = 64
+BATCH_TOKENS_MAX = 16384
+#: Monte Carlo samples for the P99 predictions (fixed seed: plans are deterministic).
+_SAMPLES = 4000
+_Q = 0.99
+
+
+# -- inputs ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class LengthMix:
+    """Prompt and output token counts of a workload's requests (the planner's only view of it)."""
+
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.prompt_tokens) != len(self.output_tokens):
+            raise ConfigError("prompt and output arrays differ in length", path="workload")
+
+    def __len__(self) -> int:
+        return len(self.prompt_tokens)
+
+    @property
+    def total_tokens(self) -> np.ndarray:
+        return self.prompt_tokens + self.output_tokens
+
+    def share_within(self, low_exclusive: int, high_inclusive: int) -> float:
+        t = self.total_tokens
+        return float(((t > low_exclusive) & (t <= high_inclusive)).mean()) if len(t) else 0.0
+
+    def within(self, low_exclusive: int, high_inclusive: int) -> LengthMix:
+        t = self.total_tokens
+        mask = (t > low_exclusive) & (t <= high_inclusive)
+        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask])
+
+    @classmethod
+    def from_workload(cls, workload: Workload) -> LengthMix:
+        return cls(workload.prompt_tokens.astype(np.int64), workload.output_tokens.astype(np.int64))
+
+    @classmethod
+    def from_totals(cls, totals: Sequence[int] | np.ndarray, output_fraction: float = 0.15) -> LengthMix:
+        """Split total tokens into prompt and output (Azure 2023 conv: outputs are ~15%)."""
+        t = np.maximum(np.asarray(totals, dtype=np.int64), 2)
+        out = np.maximum(np.round(t * output_fraction).astype(np.int64), 1)
+        return cls(t - out, out)
+
+    @classmethod
+    def from_percentiles(cls, prompt: dict[float, float], output: dict[float, float],
+                         count: int = 20000, seed: int = 0) -> LengthMix:
+        """Sample lengths from percentile summaries ({50: 1020, 90: 2734, 99: 4142, 100: 14050});
+        the quantile function is interpolated log-linearly between the given points."""
+        rng = np.random.default_rng(seed)
+        return cls(_sample_quantiles(prompt, count, rng, "prompt"),
+                   _sample_quantiles(output, count, rng, "output"))
+
+
+def _sample_quantiles(points: dict[float, float], count: int, rng: np.random.Generator,
+                      path: str) -> np.ndarray:
+    if not points:
+        raise ConfigError("needs at least one percentile", path=path)
+    qs = sorted(points)
+    if any(not 0 <= q <= 100 for q in qs) or any(points[q] < 1 for q in qs):
+        raise ConfigError("percentiles in [0, 100] with values >= 1", path=path)
+    values = [float(points[q]) for q in qs]
+    if values != sorted(values):
+        raise ConfigError("percentile values must not decrease", path=path)
+    if qs[0] > 0:  # the minimum: a tenth of the lowest given percentile
+        qs, values = [0.0, *qs], [max(values[0] / 10.0, 1.0), *values]
+    if qs[-1] < 100:  # the maximum: extrapolate the last log-slope to the 100th percentile
+        qs, values = [*qs, 100.0], [*values, values[-1] * 2.0]
+    u = rng.uniform(0.0, 100.0, count)
+    logs = np.interp(u, qs, np.log(values))
+    return np.maximum(np.round(np.exp(logs)).astype(np.int64), 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """Fleet targets: P99 time to first token and P99 of each request's mean time per token."""
+
+    ttft_p99_seconds: float = 2.0
+    tpot_p99_seconds: float = 0.080
+
+    def __post_init__(self) -> None:
+        if not (self.ttft_p99_seconds > 0 and self.tpot_p99_seconds > 0):
+            raise ConfigError("SLO targets must be > 0", path="slo")
+
+
+@dataclass(frozen=True, slots=True)
+class Hardware:
+    """What one instance runs on. ``usd_per_gpu_hour`` defaults to the catalogue anchor."""
+
+    gpu: GpuSpec
+    model: ModelSpec
+    tensor_parallel_size: int
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str = "auto"
+    gpu_memory_utilization: float = 0.9
+    usd_per_gpu_hour: float = 0.0
+
+    @classmethod
+    def build(cls, gpu: str | GpuSpec, model: str | ModelSpec, *, tensor_parallel_size: int | None = None,
+              dtype: str = "bfloat16", kv_cache_dtype: str = "auto",
+              gpu_memory_utilization: float = 0.9, usd_per_gpu_hour: float | None = None,
+              min_kv_tokens: int = 4 * DEFAULT_LONG_MAX_MODEL_LEN) -> Hardware:
+        """``tensor_parallel_size=None`` picks the smallest power of two (up to a node) whose KV
+        cache holds ``min_kv_tokens`` (four worst-case sequences by default)."""
+        g = get_gpu(gpu) if isinstance(gpu, str) else gpu
+        m = get_model(model) if isinstance(model, str) else model
+        price = usd_per_gpu_hour if usd_per_gpu_hour is not None else g.usd_per_gpu_hour
+        if price is None:
+            raise ConfigError(f"no price known for {g.name}; give --price", path="price")
+        hw = cls(g, m, tensor_parallel_size or 1, dtype, kv_cache_dtype, gpu_memory_utilization, price)
+        if tensor_parallel_size is not None:
+            hw.engine(8192, 16, 8192)  # raises ConfigError if the model does not fit
+            return hw
+        tp = 1
+        while tp <= g.gpus_per_node:
+            try:
+                if hw.with_tp(tp).engine(8192, 16, 8192).kv_capacity_tokens >= min_kv_tokens:
+                    return hw.with_tp(tp)
+            except ConfigError:
+                pass
+            tp *= 2
+        raise ConfigError(f"{m.name} does not fit one node of {g.name} with a KV cache of "
+                          f"{min_kv_tokens} tokens", path="tensor_parallel_size")
+
+    def with_tp(self, tp: int) -> Hardware:
+        return replace(self, tensor_parallel_size=tp)
+
+    def engine(self, max_model_len: int, max_num_seqs: int, max_num_batched_tokens: int) -> EngineConfig:
+        return EngineConfig(self.gpu, self.model, tensor_parallel_size=self.tensor_parallel_size,
+                            max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                            max_num_batched_tokens=max_num_batched_tokens,
+                            gpu_memory_utilization=self.gpu_memory_utilization, dtype=self.dtype,
+                            kv_cache_dtype=self.kv_cache_dtype)
+
+    @property
+    def usd_per_instance_year(self) -> float:
+        return self.tensor_parallel_size * self.usd_per_gpu_hour * HOURS_PER_YEAR
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFlags:
+    """The vLLM serve flags that differ between pools."""
+
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+
+# -- the closed form and the discrete sizing --------------------------------------------------
+
+def closed_form_saving(alpha: float, rho: float) -> float:
+    """``alpha * (1 - 1/rho)``: the fraction of a homogeneous fleet's cost a split saves when
+    a share alpha of the traffic runs rho times faster per instance (no ceilings, no SLOs)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}", path="alpha")
+    if rho <= 0:
+        raise ConfigError(f"rho must be > 0, got {rho}", path="rho")
+    return alpha * (1.0 - 1.0 / rho)
+
+
+def instances_for_rate(rate_per_second: float, mu_per_instance: float, utilisation: float,
+                       minimum: int = 1) -> int:
+    """``ceil(lambda / (u * mu))``, at least ``minimum`` (a pool exists even when idle)."""
+    if mu_per_instance <= 0 or not 0 < utilisation <= 1:
+        raise ConfigError("mu must be > 0 and utilisation in (0, 1]", path="utilisation")
+    # the tiny epsilon keeps exact multiples (e.g. 3.0000000001 from float error) from rounding up
+    return max(minimum, math.ceil(rate_per_second / (utilisation * mu_per_instance) - 1e-9))
+
+
+# -- the queueing check -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LoadPrediction:
+    """What the queueing model predicts for a pool of ``instances`` at ``rate_per_second``."""
+
+    instances: int
+    rate_per_second: float
+    ttft_p99_seconds: float
+    tpot_mean_seconds: float
+    tpot_p99_seconds: float
+    decode_batch: float  # mean requests decoding per instance
+    prefill_busy_ratio: float  # share of time an instance spends on steps carrying prefill
+    prefill_wait_p99_seconds: float
+    slot_wait_p99_seconds: float
+
+    def meets(self, slo: Slo) -> bool:
+        return self.ttft_p99_seconds <= slo.ttft_p99_seconds and self.tpot_p99_seconds <= slo.tpot_p99_seconds
+
+
+def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[float, float]:
+    """(decode-only step, step with a full prefill chunk) at a decode batch of ``batch``."""
+    b = max(round(batch), 0)
+    ctx = int(mix.prompt_tokens.mean() + mix.output_tokens.mean() / 2)
+    st = engine.step_time
+    chunk = max(engine.max_num_batched_tokens - b, 1)
+    offset = int(mix.prompt_tokens.mean() / 2)
+    return (st.step_seconds(max(b, 1), max(b, 1) * ctx, ()),
+            st.step_seconds(b, b * ctx, ((offset, chunk),)))
+
+
+def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
+                 *, seed: int = 0) -> LoadPrediction:
+    """Queueing model of one pool (n instances, least-loaded balancing).
+
+    Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
+    (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
+    pure decodes of t_dec. The prefill "server" therefore runs at r = (C - B) / t_full
+    tokens/s and is busy rho_p = lambda_i * E[prompt] / r of the time; TPOT = 1 / (steps per
+    second) = 1 / (rho_p / t_full + (1 - rho_p) / t_dec), and B = lambda_i * E[output] * TPOT
+    (Little), solved by fixed point. Two waits precede the first token, each an M/G/c queue
+    (Allen-Cunneen): prompts queue for the n prefill servers (service = prompt / r), and, if the
+    decode batch nears ``max_num_seqs``, requests queue for the n * max_num_seqs slots (service =
+    the request's residence). P99 TTFT = P99 of (prefill wait + slot wait + own prefill time),
+    and P99 TPOT = P99 over requests of the mean of o steps of which Binomial(o, phi) are full
+    (phi = share of steps carrying prefill); both by Monte Carlo on the pool's own lengths.
+    """
+    lam = rate_per_second / instances
+    p_mean = float(mix.prompt_tokens.mean())
+    o_mean = float(mix.output_tokens.mean())
+    seqs = engine.max_num_seqs
+    batch, rho_p, t_dec, t_full, tpot = 0.0, 0.0, 0.0, 0.0, 0.0
+    for _ in range(30):
+        t_dec, t_full = _step_times(engine, mix, batch)
+        rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
+        rho_p = lam * p_mean / rate_tokens
+        if rho_p >= 1.0:
+            return _unstable(instances, rate_per_second, batch)
+        tpot = 1.0 / (rho_p / t_full + (1.0 - rho_p) / t_dec)
+        new_batch = min(float(seqs), lam * o_mean * tpot)
+        if abs(new_batch - batch) < 0.05:
+            batch = new_batch
+            break
+        batch = 0.5 * (batch + new_batch)
+    rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
+    service = mix.prompt_tokens / rate_tokens
+    s_mean = float(service.mean())
+    cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
+    prefill_wait = mgc_wait(instances, rate_per_second, s_mean, cv2)
+    residence = s_mean + prefill_wait.mean_seconds + o_mean * tpot
+    out = mix.output_tokens.astype(np.float64)
+    res_cv2 = float((out * tpot).var() / residence**2) if residence > 0 else 0.0
+    slot_wait = mgc_wait(instances * seqs, rate_per_second, residence, res_cv2)
+    if not (math.isfinite(prefill_wait.mean_if_waiting_seconds)
+            and math.isfinite(slot_wait.mean_if_waiting_seconds)):
+        return _unstable(instances, rate_per_second, batch)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(mix), _SAMPLES)
+    ttft = service[idx] + _draw(prefill_wait, rng) + _draw(slot_wait, rng)
+    phi = (rho_p / t_full) * tpot
+    o = np.maximum(mix.output_tokens[idx] - 1, 1)
+    full = rng.binomial(o, min(max(phi, 0.0), 1.0))
+    tpot_samples = (full * t_full + (o - full) * t_dec) / o
+    return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
+                          float(np.quantile(tpot_samples, _Q)), batch, rho_p,
+                          prefill_wait.quantile(_Q), slot_wait.quantile(_Q))
+
+
+def _draw(wait: WaitDistribution, rng: np.random.Generator) -> np.ndarray:
+    waits = rng.random(_SAMPLES) < wait.p_wait
+    return np.where(waits, rng.exponential(max(wait.mean_if_waiting_seconds, 1e-12), _SAMPLES), 0.0)
+
+
+def _unstable(instances: int, rate: float, batch: float) -> LoadPrediction:
+    return LoadPrediction(instances, rate, math.inf, math.inf, math.inf, batch, 1.0, math.inf, math.inf)
+
+
+# -- flags -----------------------------------------------------------------------------------
+
+def batch_tokens_for_tpot(hardware: Hardware, mix: LengthMix, slo: Slo, max_model_len: int) -> int:
+    """The largest max_num_batched_tokens (a multiple of 64) whose full step — that many tokens,
+    decodes and a prefill chunk — stays within TPOT_STEP_MARGIN of the TPOT target."""
+    probe = hardware.engine(max_model_len, 1, max(BATCH_TOKENS_STEP, 1))
+    st = probe.step_time
+    offset = int(mix.prompt_tokens.mean() / 2) if len(mix) else 0
+    budget = TPOT_STEP_MARGIN * slo.tpot_p99_seconds
+    best = BATCH_TOKENS_STEP
+    for tokens in range(BATCH_TOKENS_STEP, BATCH_TOKENS_MAX + 1, BATCH_TOKENS_STEP):
+        if st.step_seconds(0, 0, ((offset, tokens),)) > budget:
+            break
+        best = tokens
+    return best
+
+
+# -- pools and fleets -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """One sized pool: it serves requests with ``low_tokens < total <= flags.max_model_len``."""
+
+    name: str
+    flags: PoolFlags
+    low_tokens: int
+    share: float
+    rate_per_second: float
+    mu_per_instance: float
+    instances: int
+    gpus: int
+    usd_per_year: float
+    utilisation: float
+    binding: str  # "minimum", "utilisation", "slo" or "slo_infeasible"
+    prediction: LoadPrediction | None
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["flags"] = asdict(self.flags)
+        d["prediction"] = None if self.prediction is None else {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in asdict(self.prediction).items()}
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPlan:
+    pools: tuple[PoolPlan, ...]
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.pools)
+
+    @property
+    def instances(self) -> int:
+        return sum(p.instances for p in self.pools)
+
+    @property
+    def usd_per_year(self) -> float:
+        return sum(p.usd_per_year for p in self.pools)
+
+    @property
+    def slo_met(self) -> bool:
+        return all(p.binding != "slo_infeasible" for p in self.pools)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"gpus": self.gpus, "instances": self.instances, "usd_per_year": self.usd_per_year,
+                "slo_met": self.slo_met, "pools": [p.to_dict() for p in self.pools]}
+
+
+@dataclass
+class Planner:
+    """Sizes pools for one workload on one hardware at one SLO. Engine-model throughputs are
+    cached per (flags, pool range); ``measured_mu`` replaces them: ``{"short": 11.2, "long":
+    2.8}`` req/s per instance (e.g. from ``vllm bench serve``), which also skips the
+    queueing check (a measured goodput already includes the SLO)."""
+
+    mix: LengthMix
+    rate_per_second: float
+    hardware: Hardware
+    slo: Slo = field(default_factory=Slo)
+    utilisation: float = DEFAULT_UTILISATION
+    long_max_model_len: int = DEFAULT_LONG_MAX_MODEL_LEN
+    long_max_num_seqs: int = DEFAULT_LONG_MAX_NUM_SEQS
+    measured_mu: dict[str, float] | None = None
+    check_slo: bool = True
+    saturation_requests: int = 1200
+    _mu_cache: dict[tuple[PoolFlags, int, int], float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.rate_per_second <= 0:
+            raise ConfigError("must be > 0", path="rate")
+        if not 0 < self.utilisation <= 1:
+            raise ConfigError("must be in (0, 1]", path="utilisation")
+        biggest = int(self.mix.total_tokens.max())
+        if biggest > self.long_max_model_len:
+            self.long_max_model_len = 1 << math.ceil(math.log2(biggest))
+
+    # -- throughput --
+    def mu(self, flags: PoolFlags, low: int, high: int, role: str) -> float:
+        if self.measured_mu and role in self.measured_mu:
+            return self.measured_mu[role]
+        key = (flags, low, high)
+        if key not in self._mu_cache:
+            sub = self.mix.within(low, high)
+            if len(sub) == 0:
+                sub = self.mix.within(0, high)
+            engine = self.hardware.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
+            tp = saturation_throughput(engine, sub.prompt_tokens, sub.output_tokens,
+                                       requests=self.saturation_requests)
+            self._mu_cache[key] = float(tp.requests_per_second)
+        return self._mu_cache[key]
+
+    def flags_for(self, max_model_len: int, seqs: int, low: int) -> PoolFlags:
+        sub = self.mix.within(low, max_model_len)
+        sub = sub if len(sub) else self.mix
+        tokens = batch_tokens_for_tpot(self.hardware, sub, self.slo, max_model_len)
+        seqs = min(seqs, tokens)
+        return PoolFlags(max_model_len, seqs, max(tokens, seqs))
+
+    # -- one pool --
+    def size_pool(self, name: str, flags: PoolFlags, low: int, role: str) -> PoolPlan:
+        share = self.mix.share_within(low, flags.max_model_len)
+        rate = self.rate_per_second * share
+        mu = self.mu(flags, low, flags.max_model_len, role)
+        n = instances_for_rate(rate, mu, self.utilisation)
+        binding = "minimum" if n == 1 and rate < self.utilisation * mu else "utilisation"
+        prediction = None
+        if self.check_slo and not (self.measured_mu and role in self.measured_mu) and rate > 0:
+            n, prediction, binding = self._meet_slo(flags, low, rate, n, binding)
+        usd = n * self.hardware.usd_per_instance_year
+        return PoolPlan(name, flags, low, share, rate, mu, n, n * self.hardware.tensor_parallel_size,
+                        usd, rate / (n * mu), binding, prediction)
+
+    def _meet_slo(self, flags: PoolFlags, low: int, rate: float, n: int,
+                  binding: str) -> tuple[int, LoadPrediction, str]:
+        engine = self.hardware.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
+        sub = self.mix.within(low, flags.max_model_len)
+
+        def at(count: int) -> LoadPrediction:
+            return predict_load(engine, sub, rate, count)
+
+        first = at(n)
+        if first.meets(self.slo):
+            return n, first, binding
+        hi = n * 2
+        while not at(hi).meets(self.slo):
+            if hi > 64 * n + 64:
+                return n, first, "slo_infeasible"
+            hi *= 2
+        lo = hi // 2 if hi // 2 > n else n
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if at(mid).meets(self.slo):
+                hi = mid
+            else:
+                lo = mid
+        return hi, at(hi), "slo"
+
+    # -- fleets --
+    def homogeneous(self) -> FleetPlan:
+        flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, 0)
+        return FleetPlan((self.size_pool("homogeneous", flags, 0, "long"),))
+
+    def split(self, boundaries: Sequence[int]) -> FleetPlan:
+        """Pools at ``boundaries`` (ascending short-pool max_model_len values) plus the long pool.
+        The smallest pool sweeps max_num_seqs; middle pools use 64 sequences."""
+        bounds = sorted(b for b in boundaries if b < self.long_max_model_len)
+        pools: list[PoolPlan] = []
+        low = 0
+        for i, b in enumerate(bounds):
+            name = "short" if i == 0 else f"ctx{b}"
+            role = "short" if i == 0 else "middle"
+            seqs_options = SHORT_SEQS_CANDIDATES if i == 0 else (64,)
+            options = [self.size_pool(name, self.flags_for(b, s, low), low, role) for s in seqs_options]
+            pools.append(min(options, key=lambda p: (p.instances, -p.flags.max_num_seqs)))
+            low = b
+        flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, low)
+        pools.append(self.size_pool("long", flags, low, "long"))
+        return FleetPlan(tuple(pools))
+
+    def rho(self, short: PoolFlags) -> float:
+        """Short-configured over long-configured throughput on the short pool's requests."""
+        if self.measured_mu and {"short", "long"} <= set(self.measured_mu):
+            return self.measured_mu["short"] / self.measured_mu["long"]
+        long_flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, 0)
+        on_short = self.mu(long_flags, 0, short.max_model_len, "long-on-short")
+        return self.mu(short, 0, short.max_model_len, "short") / on_short
+
+
+# -- the whole plan ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ThresholdOption:
+    threshold: int
+    alpha: float
+    rho: float
+    closed_form_saving_fraction: float
+    saving_fraction: float
+    fleet: FleetPlan
+
+    def to_dict(self) -> dict[str, object]:
+        return {"threshold": self.threshold, "alpha": self.alpha, "rho": self.rho,
+                "closed_form_saving_fraction": self.closed_form_saving_fraction,
+                "saving_fraction": self.saving_fraction, "gpus": self.fleet.gpus,
+                "usd_per_year": self.fleet.usd_per_year, "slo_met": self.fleet.slo_met}
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraPool:
+    """The best split with one more pool than the previous row, and what it adds."""
+
+    pools: int
+    boundaries: tuple[int, ...]
+    gpus: int
+    saving_fraction: float
+    marginal_saving_fraction: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    threshold: int
+    homogeneous: FleetPlan
+    dual_pool: FleetPlan
+    saving_fraction: float
+    closed_form_saving_fraction: float
+    alpha: float
+    rho: float
+    sweep: tuple[ThresholdOption, ...]
+    extra_pools: tuple[ExtraPool, ...]
+    rate_per_second: float
+    hardware: Hardware
+    slo: Slo
+    utilisation: float
+
+    def to_dict(self) -> dict[str, object]:
+        hw = self.hardware
+        return {
+            "threshold": self.threshold,
+            "homogeneous": self.homogeneous.to_dict(),
+            "dual_pool": self.dual_pool.to_dict(),
+            "saving_fraction": self.saving_fraction,
+            "closed_form_saving_fraction": self.closed_form_saving_fraction,
+            "alpha": self.alpha, "rho": self.rho,
+            "sweep": [o.to_dict() for o in self.sweep],
+            "extra_pools": [asdict(e) for e in self.extra_pools],
+            "rate_per_second": self.rate_per_second,
+            "hardware": {"gpu": hw.gpu.name, "model": hw.model.name,
+                         "tensor_parallel_size": hw.tensor_parallel_size, "dtype": hw.dtype,
+                         "kv_cache_dtype": hw.kv_cache_dtype, "usd_per_gpu_hour": hw.usd_per_gpu_hour},
+            "slo": asdict(self.slo), "utilisation": self.utilisation,
+        }
+
+
+def _saving(base: FleetPlan, other: FleetPlan) -> float:
+    return 1.0 - other.usd_per_year / base.usd_per_year
+
+
+def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+              max_pools: int = 3) -> Plan:
+    """Sweep the short-pool threshold, keep the cheapest split that meets the SLOs (else the
+    cheapest; ties: the larger threshold, which misroutes less), then try adding pools at the remaining candidates for the marginal gain."""
+    base = planner.homogeneous()
+    options: list[ThresholdOption] = []
+    candidates = [t for t in sorted(set(thresholds)) if t < planner.long_max_model_len]
+    if not candidates:
+        raise ConfigError("no threshold below the long pool's max_model_len", path="thresholds")
+    for t in candidates:
+        fleet = planner.split([t])
+        alpha = planner.mix.share_within(0, t)
+        rho = planner.rho(fleet.pools[0].flags)
+        options.append(ThresholdOption(t, alpha, rho, closed_form_saving(alpha, rho),
+                                       _saving(base, fleet), fleet))
+    best = min(options, key=lambda o: (not o.fleet.slo_met, o.fleet.usd_per_year, -o.threshold))
+    extras = [ExtraPool(2, (best.threshold,), best.fleet.gpus, best.saving_fraction, best.saving_fraction)]
+    bounds = [best.threshold]
+    for pools in range(3, max_pools + 1):
+        trials = [(sorted([*bounds, t]), planner.split(sorted([*bounds, t])))
+                  for t in candidates if t not in bounds]
+        if not trials:
+            break
+        b, fleet = min(trials, key=lambda bt: bt[1].usd_per_year)
+        s = _saving(base, fleet)
+        extras.append(ExtraPool(pools, tuple(b), fleet.gpus, s, s - extras[-1].saving_fraction))
+        bounds = b
+    return Plan(best.threshold, base, best.fleet, best.saving_fraction, best.closed_form_saving_fraction,
+                best.alpha, best.rho, tuple(options), tuple(extras), planner.rate_per_second,
+                planner.hardware, planner.slo, planner.utilisation)
+
+
+def predict_saving(
+    token_totals: Sequence[int] | np.ndarray,
+    rate_per_second: float,
+    gpu: str = "a100",
+    model: str = "llama-3-70b",
+    *,
+    output_fraction: float = 0.15,
+    tensor_parallel_size: int | None = None,
+    threshold: int | None = None,
+    slo: Slo | None = None,
+) -> float:
+    """Predicted dual-pool saving (fraction of the homogeneous fleet's $/year) for requests of
+    these total token counts at this rate; ``threshold=None`` lets the sweep choose it."""
+    planner = Planner(LengthMix.from_totals(token_totals, output_fraction), rate_per_second,
+                      Hardware.build(gpu, model, tensor_parallel_size=tensor_parallel_size),
+                      slo=slo or Slo())
+    plan = make_plan(planner, [threshold] if threshold else DEFAULT_THRESHOLDS, max_pools=2)
+    return plan.saving_fraction

@@ -1,0 +1,213 @@
+"""`litellm-dualpool plan`: size a homogeneous and a split fleet for a workload, pick the
+threshold, print the plan (rich table; ``--json``: one JSON object on the last line) and, with
+``--emit-config DIR``, write the LiteLLM YAML and the vLLM commands per pool.
+
+Examples::
+
+    litellm-dualpool plan --trace AzureLLMInferenceTrace_conv.csv --rate 1000 --gpu a100 \\
+        --model llama-3-70b --json
+    litellm-dualpool plan --prompt-percentiles 50=1020,90=2734,99=4142,100=14050 \\
+        --output-percentiles 50=129,90=424,99=601,100=1000 --rate 1000
+    litellm-dualpool plan --trace conv.csv --rate 1000 --short-throughput 11.2 --long-throughput 2.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.planner import (
+    DEFAULT_LONG_MAX_MODEL_LEN,
+    DEFAULT_LONG_MAX_NUM_SEQS,
+    DEFAULT_THRESHOLDS,
+    DEFAULT_UTILISATION,
+    Hardware,
+    LengthMix,
+    Plan,
+    Planner,
+    Slo,
+    make_plan,
+)
+from litellm_dualpool.sim.catalog import GIB, GpuSpec, ModelSpec, get_gpu, get_model
+from litellm_dualpool.sim.workload import read_trace
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--trace", help="trace file (Azure 2023 CSV, Mooncake JSONL, generic CSV/JSONL)")
+    src.add_argument("--prompt-percentiles", metavar="Q=TOKENS,...",
+                     help="prompt length percentiles, e.g. 50=1020,90=2734,99=4142,100=14050")
+    parser.add_argument("--output-percentiles", metavar="Q=TOKENS,...", default="50=128,90=400,100=1000",
+                        help="output length percentiles (with --prompt-percentiles)")
+    parser.add_argument("--rate", type=float, help="requests/s to plan for (default: the trace's)")
+    parser.add_argument("--gpu", default="a100", help="catalogue GPU (a100, h100, h200, mi300x, mi325x)")
+    parser.add_argument("--gpu-spec", metavar="KEY=VALUE,...",
+                        help="custom GPU: memory_gib, bandwidth_tbps, bf16_tflops[, fp8=1, name]")
+    parser.add_argument("--model", default="llama-3-70b", help="catalogue model")
+    parser.add_argument("--model-spec", metavar="KEY=VALUE,...",
+                        help="custom dense model: layers, hidden, heads, kv_heads, head_dim, params_b[, name]")
+    parser.add_argument("--tp", type=int, help="tensor parallel size (default: smallest that fits)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "bfloat16", "fp8"])
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue anchor)")
+    parser.add_argument("--slo-ttft", type=float, default=2.0, help="P99 TTFT target, seconds")
+    parser.add_argument("--slo-tpot", type=float, default=0.080, help="P99 TPOT target, seconds")
+    parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
+                        help="utilisation cap per pool (share of saturation throughput)")
+    parser.add_argument("--thresholds", default=",".join(map(str, DEFAULT_THRESHOLDS)),
+                        help="short-pool max_model_len candidates")
+    parser.add_argument("--max-pools", type=int, default=3, help="show the gain of up to N pools")
+    parser.add_argument("--long-max-model-len", type=int, default=DEFAULT_LONG_MAX_MODEL_LEN)
+    parser.add_argument("--long-max-num-seqs", type=int, default=DEFAULT_LONG_MAX_NUM_SEQS)
+    parser.add_argument("--short-throughput", type=float, metavar="REQ_S",
+                        help="measured req/s of one short-configured instance (skips the engine model)")
+    parser.add_argument("--long-throughput", type=float, metavar="REQ_S",
+                        help="measured req/s of one long-configured instance")
+    parser.add_argument("--no-slo-check", action="store_true", help="size by the utilisation cap only")
+    parser.add_argument("--emit-config", metavar="DIR", help="write litellm_config.yaml and vLLM commands")
+    parser.add_argument("--model-group", help="model_name of the emitted deployments (default: the model)")
+    parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+
+
+def _pairs(text: str, path: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"expected KEY=VALUE, got {part!r}", path=path)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _percentiles(text: str, path: str) -> dict[float, float]:
+    try:
+        return {float(k): float(v) for k, v in _pairs(text, path).items()}
+    except ValueError:
+        raise ConfigError(f"expected Q=TOKENS numbers, got {text!r}", path=path) from None
+
+
+def _gpu(args: argparse.Namespace) -> GpuSpec:
+    if not args.gpu_spec:
+        return get_gpu(args.gpu)
+    f = _pairs(args.gpu_spec, "gpu_spec")
+    try:
+        return GpuSpec(f.get("name", "custom-gpu"), f.get("vendor", "custom"),
+                       int(float(f["memory_gib"]) * GIB), float(f["bandwidth_tbps"]) * 1e12,
+                       float(f["bf16_tflops"]) * 1e12, f.get("fp8", "0") in ("1", "true", "yes"),
+                       float(f["price"]) if "price" in f else None, int(f.get("gpus_per_node", 8)))
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"needs memory_gib, bandwidth_tbps, bf16_tflops ({error})", path="gpu_spec") from None
+
+
+def _model(args: argparse.Namespace) -> ModelSpec:
+    if not args.model_spec:
+        return get_model(args.model)
+    f = _pairs(args.model_spec, "model_spec")
+    try:
+        params = float(f["params_b"]) * 1e9
+        return ModelSpec(f.get("name", "custom-model"), int(f["layers"]), int(f["hidden"]), int(f["heads"]),
+                         int(f["kv_heads"]), int(f["head_dim"]), params, params)
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"needs layers, hidden, heads, kv_heads, head_dim, params_b ({error})",
+                          path="model_spec") from None
+
+
+def build_planner(args: argparse.Namespace) -> Planner:
+    if args.trace:
+        workload = read_trace(args.trace)
+        mix = LengthMix.from_workload(workload)
+        rate = args.rate or workload.rate_per_second
+    else:
+        if not args.rate:
+            raise ConfigError("a percentile summary needs --rate", path="rate")
+        mix = LengthMix.from_percentiles(_percentiles(args.prompt_percentiles, "prompt_percentiles"),
+                                         _percentiles(args.output_percentiles, "output_percentiles"))
+        rate = args.rate
+    hardware = Hardware.build(_gpu(args), _model(args), tensor_parallel_size=args.tp, dtype=args.dtype,
+                              kv_cache_dtype=args.kv_cache_dtype,
+                              gpu_memory_utilization=args.gpu_memory_utilization,
+                              usd_per_gpu_hour=args.price, min_kv_tokens=4 * args.long_max_model_len)
+    measured = {k: v for k, v in (("short", args.short_throughput), ("long", args.long_throughput)) if v}
+    return Planner(mix, rate, hardware, slo=Slo(args.slo_ttft, args.slo_tpot), utilisation=args.utilisation,
+                   long_max_model_len=args.long_max_model_len, long_max_num_seqs=args.long_max_num_seqs,
+                   measured_mu=measured or None, check_slo=not args.no_slo_check)
+
+
+def _thresholds(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}", path="thresholds") from None
+    if not values or min(values) < 1:
+        raise ConfigError("needs positive token counts", path="thresholds")
+    return values
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None or not math.isfinite(seconds) else f"{seconds * 1e3:.0f}"
+
+
+def render(plan: Plan, console: Console) -> None:
+    hw = plan.hardware
+    console.print(f"[bold]{hw.model.name}[/] on {hw.tensor_parallel_size}x {hw.gpu.name} per instance, "
+                  f"{plan.rate_per_second:g} req/s, SLO P99 TTFT <= {plan.slo.ttft_p99_seconds:g} s, "
+                  f"P99 TPOT <= {plan.slo.tpot_p99_seconds * 1e3:g} ms, ${hw.usd_per_gpu_hour}/GPU-h")
+    table = Table(title=f"Recommended threshold: {plan.threshold} tokens")
+    for col in ("fleet", "pool", "tokens", "share", "req/s", "mu", "inst", "GPUs", "$/year", "util",
+                "max_num_seqs", "batched tok", "P99 TTFT ms", "P99 TPOT ms", "sized by"):
+        table.add_column(col, justify="right")
+    for label, fleet in (("homogeneous", plan.homogeneous), ("dual pool", plan.dual_pool)):
+        for pool in fleet.pools:
+            pred = pool.prediction
+            table.add_row(label, pool.name, f"{pool.low_tokens}-{pool.flags.max_model_len}",
+                          f"{pool.share:.1%}", f"{pool.rate_per_second:.1f}", f"{pool.mu_per_instance:.2f}",
+                          str(pool.instances), str(pool.gpus), f"{pool.usd_per_year / 1e6:.2f}M",
+                          f"{pool.utilisation:.0%}", str(pool.flags.max_num_seqs),
+                          str(pool.flags.max_num_batched_tokens),
+                          _ms(pred.ttft_p99_seconds if pred else None),
+                          _ms(pred.tpot_p99_seconds if pred else None), pool.binding)
+    console.print(table)
+    sweep = Table(title="Threshold sweep")
+    for col in ("threshold", "alpha", "rho", "closed form", "GPUs", "$/year", "saving", "SLO met"):
+        sweep.add_column(col, justify="right")
+    for o in plan.sweep:
+        sweep.add_row(str(o.threshold), f"{o.alpha:.2%}", f"{o.rho:.2f}", f"{o.closed_form_saving_fraction:.1%}",
+                      str(o.fleet.gpus), f"{o.fleet.usd_per_year / 1e6:.2f}M", f"{o.saving_fraction:.1%}",
+                      "yes" if o.fleet.slo_met else "no")
+    console.print(sweep)
+    for e in plan.extra_pools:
+        console.print(f"{e.pools} pools at {list(e.boundaries)}: {e.gpus} GPUs, saving "
+                      f"{e.saving_fraction:.1%} (marginal {e.marginal_saving_fraction:+.1%})")
+    console.print(f"[bold]GPUs {plan.homogeneous.gpus} -> {plan.dual_pool.gpus}; "
+                  f"${plan.homogeneous.usd_per_year / 1e6:.2f}M -> ${plan.dual_pool.usd_per_year / 1e6:.2f}M "
+                  f"per year; saving {plan.saving_fraction:.1%} (closed form alpha*(1-1/rho) = "
+                  f"{plan.alpha:.3f}*(1-1/{plan.rho:.2f}) = {plan.closed_form_saving_fraction:.1%})[/]")
+    if not (plan.homogeneous.slo_met and plan.dual_pool.slo_met):
+        console.print("[yellow]Some pool cannot meet the SLO at any size (e.g. prompts whose "
+                      "prefill alone exceeds the TTFT target); it is sized by the utilisation cap.[/]")
+
+
+def run(args: argparse.Namespace) -> int:
+    from litellm_dualpool.emit import emit
+
+    try:
+        planner = build_planner(args)
+        plan = make_plan(planner, _thresholds(args.thresholds), max_pools=max(args.max_pools, 2))
+        written = emit(plan, args.emit_config, model_group=args.model_group) if args.emit_config else []
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    console = Console(file=sys.stderr if args.json else sys.stdout, width=160)
+    render(plan, console)
+    for path in written:
+        console.print(f"wrote {path}")
+    if args.json:
+        print(json.dumps(plan.to_dict(), separators=(",", ":")))
+    return 0
