@@ -35,6 +35,7 @@ from litellm_dualpool.proxy.engine import STASH_KEY, DualPoolEngine, LoadSource
 from litellm_dualpool.proxy.inflight import InFlight
 from litellm_dualpool.proxy.install import proxy_config_path, proxy_router
 from litellm_dualpool.proxy.policy import PolicyResolver, TenantPolicy, resolve_policy
+from litellm_dualpool.proxy.vllm_load import VllmLoadPoller
 
 logger = logging.getLogger("litellm_dualpool")
 
@@ -112,6 +113,12 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
                  router_provider: Callable[[], Any | None] = proxy_router,
                  load_source: LoadSource | None = None, inflight: InFlight | None = None) -> None:
         super().__init__()
+        polling = config.settings.spillover.vllm_metrics
+        self.poller = VllmLoadPoller(
+            polling, default_capacity=config.settings.spillover.default_max_in_flight_per_deployment
+        ) if polling.enabled else None
+        if load_source is None and self.poller is not None:
+            load_source = self.poller.load
         self.engine = engine or DualPoolEngine(config, metrics=metrics, load_source=load_source,
                                                inflight=inflight)
         self.settings = config.settings
@@ -171,6 +178,14 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
 
         install(router, self)
         self._prepared_router = router
+        if self.poller is not None:
+            for name, group in self.engine.groups.items():
+                deployments = [dict(d) for d in router.get_model_list(model_name=name) or []]
+                self.poller.set_targets(group, deployments, self.engine.pool_of)
+            try:
+                self.poller.start()
+            except RuntimeError:  # no running loop (a bare Router in synchronous code)
+                logger.warning("litellm-dualpool: vLLM metrics polling needs a running event loop")
 
     # -- hooks -----------------------------------------------------------------------------
     def _count_error(self, hook: str, error: BaseException) -> None:

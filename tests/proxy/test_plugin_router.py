@@ -291,3 +291,44 @@ async def test_in_flight_counts_return_to_zero(env) -> None:
     await env.settle()
     assert env.metric("dualpool_in_flight_requests", model_group="llama", pool="short") == 0
     assert env.plugin.engine.inflight.pool("llama", "short") == 0
+
+
+async def test_a_tenant_without_long_pool_rights_gets_a_clear_400(env) -> None:
+    short_only = UserAPIKeyAuth(metadata={"dualpool_policy": {"allowed_pools": ["short"]}})
+    _, data = await env.call("hi", max_tokens=8, user=short_only)
+    assert data["metadata"]["_dualpool"]["pool"] == "short"
+    with pytest.raises(HTTPException) as caught:
+        await env.call("hi", max_tokens=SHORT_LEN + 10, user=short_only)
+    await env.settle()
+    assert caught.value.status_code == 400
+    assert env.pool_hits == ["short"]
+    assert env.metric("dualpool_refusals_total", model_group="llama", reason="not_allowed") == 1
+
+
+VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{{model_name="m"}} {running}
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{{model_name="m"}} {waiting}
+"""
+
+
+async def test_backend_metrics_drive_spillover(make_env) -> None:
+    env = make_env({"spillover": {"vllm_metrics": {"enabled": True, "interval_seconds": 60}}})
+    env.plugin.prepare(env.router)
+    env.mock.get("http://short.vllm.test/metrics").mock(return_value=httpx.Response(
+        200, text=VLLM_METRICS.format(running=3, waiting=2)))
+    env.mock.get("http://long.vllm.test/metrics").mock(return_value=httpx.Response(
+        200, text=VLLM_METRICS.format(running=0, waiting=0)))
+    await env.plugin.poller.poll_once()
+    _, data = await env.call("hi", max_tokens=8)
+    await env.settle()
+    assert (data["metadata"]["_dualpool"]["pool"], data["metadata"]["_dualpool"]["reason"]) == (
+        "long", "spillover")
+    env.mock.get("http://short.vllm.test/metrics").mock(return_value=httpx.Response(
+        200, text=VLLM_METRICS.format(running=1, waiting=0)))
+    await env.plugin.poller.poll_once()
+    _, data = await env.call("hi", max_tokens=8)
+    await env.settle()
+    assert data["metadata"]["_dualpool"]["pool"] == "short"
+    assert env.pool_hits == ["long", "short"]

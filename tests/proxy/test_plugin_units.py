@@ -78,3 +78,14 @@ def test_policy_defaults_then_team_then_key() -> None:
                                   allowed_pools=frozenset({"short"}), default_output_tokens=64)
     wrong = SimpleNamespace(metadata={"dualpool_policy": {"allow_force_pool": "yes"}})
     assert resolve_policy(wrong, settings).allow_force_pool is False
+
+
+def test_vllm_load_is_read_from_its_metrics() -> None:
+    from litellm_dualpool.proxy.vllm_load import metrics_url, parse_vllm_load
+
+    text = ('vllm:num_requests_running{model_name="m"} 3.0\n'
+            'vllm:num_requests_waiting{model_name="m"} 4.0\n'
+            'vllm:num_requests_running_total 99\nvllm:kv_cache_usage_perc 0.5\n')
+    assert parse_vllm_load(text) == 7
+    assert parse_vllm_load("other 1\n") is None
+    assert metrics_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000/metrics"
