@@ -129,7 +129,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         self._startup_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_proxy_environment(cls) -> DualPoolCallback:
+    def from_proxy_environment(cls, *, metrics: DualPoolMetrics | None = None) -> DualPoolCallback:
         """Validate the proxy's YAML and build the plugin; ConfigError (aborting the proxy's
         start) when the file cannot be found or is invalid."""
         path = proxy_config_path()
@@ -140,7 +140,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         if not config.groups:
             raise ConfigError("no model group declares pools: set model_info.max_model_len on "
                               "the deployments of at least one model group", path=path)
-        plugin = cls(config)
+        plugin = cls(config, metrics=metrics)
         plugin.start_preparing()
         groups = ", ".join(f"{g.model_group}: " + " < ".join(
             f"{p.name}({p.max_model_len})" for p in g.pools) for g in config.groups.values())

@@ -166,6 +166,7 @@ def test_streaming_is_served_and_learned_from(stack: dict[str, Any]) -> None:
                             "messages": [{"role": "user", "content": prose(900, 11)}]}) as stream:
         assert stream.status_code == 200
         assert served_by(stream) == short.api_base
+        assert stream.headers["x-dualpool-pool"] == "short"
         body = "".join(stream.iter_text())
     assert "[DONE]" in body
     learned_after = metric(proxy.metrics(), "dualpool_learning_samples_total",

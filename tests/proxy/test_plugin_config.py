@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from litellm_dualpool.cli import main
 from litellm_dualpool.config import (
@@ -16,6 +18,7 @@ from litellm_dualpool.config import (
     parse_pools,
 )
 from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.metrics import DualPoolMetrics
 
 
 def deployment(group: str, **info: Any) -> dict[str, Any]:
@@ -125,3 +128,23 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                    "dualpool_settings": {"unknown_knob": 1}}))
     assert main(["check-config", str(bad)]) == 1
     assert "dualpool_settings.unknown_knob" in capsys.readouterr().err
+
+
+@pytest.mark.litellm_compat
+def test_the_proxy_instance_is_built_from_the_proxy_config(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from litellm_dualpool.proxy import DualPoolCallback
+    from litellm_dualpool.proxy.install import proxy_config_path
+
+    path = tmp_path / "litellm.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [deployment("g", max_model_len=8192),
+                                                   deployment("g", max_model_len=65536)]}))
+    monkeypatch.delenv("LITELLM_DUALPOOL_CONFIG", raising=False)
+    monkeypatch.delenv("CONFIG_FILE_PATH", raising=False)
+    monkeypatch.setenv("WORKER_CONFIG", json.dumps({"config": str(path), "debug": False}))
+    assert proxy_config_path() == str(path)
+    plugin = DualPoolCallback.from_proxy_environment(metrics=DualPoolMetrics(CollectorRegistry()))
+    assert [p.name for p in plugin.engine.groups["g"].pools] == ["short", "long"]
+    monkeypatch.setenv("LITELLM_DUALPOOL_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        DualPoolCallback.from_proxy_environment(metrics=DualPoolMetrics(CollectorRegistry()))
