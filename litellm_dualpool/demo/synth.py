@@ -8,7 +8,10 @@ what the emulated vLLM server reports), is within a few tokens of ``spec.prompt_
 - prose: a one- to three-turn conversation over licence and documentation paragraphs;
 - cjk: a summarisation request in Chinese over Chinese/Japanese/Korean passages;
 - tools: tool definitions built from stdlib functions, an assistant tool call and a JSON tool
-  result (the shape of agent traffic), then the user's follow-up.
+  result (the shape of agent traffic), then the user's follow-up;
+- log: a prose question (longer than the plugin's 1 KB classification sample) followed by a
+  pasted CSV access log in the Azure trace's own format, its rows drawn from the committed
+  Azure length table.
 Texts are deterministic for a given seed and request index.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 import quicktok
 
 from litellm_dualpool.demo import corpus
+from litellm_dualpool.demo.lengths import azure_tables
 from litellm_dualpool.demo.workload import Category, RequestSpec
 from litellm_dualpool.tokenize import count_prompt_tokens
 
@@ -33,18 +37,30 @@ TOKENS_PER_PROMPT = 5
 TOOLS_DEFINITION_SHARE = 0.5
 #: tokens one tool definition takes, roughly (sets how many definitions a request carries)
 TOKENS_PER_TOOL_GUESS = 90
+#: a small tools request uses functions with a summary this short (keeps small requests small)
+SMALL_TOOL_SUMMARY_CHARS = 80
+#: requests wanting at most this many definitions draw them from the short ones
+SMALL_TOOLS_COUNT = 3
+#: the prose part of a pasted-log request: this share of it, at least LOG_MIN_PROSE_TOKENS
+LOG_PROSE_SHARE = 0.2
+LOG_MIN_PROSE_TOKENS = 400
+LOG_HEADER = ("\n\nHere is the access log of our gateway (timestamp, context tokens, generated "
+              "tokens). Which requests would not fit a model with an 8K context window?\n\n"
+              "TIMESTAMP,ContextTokens,GeneratedTokens\n")
 
 SYSTEM_PROMPTS: Mapping[Category, str] = {
     Category.CODE: "You are a code completion engine. Continue the code exactly where it stops.",
     Category.PROSE: "You are a helpful assistant. Answer precisely and cite the text you were given.",
     Category.CJK: "你是一个乐于助人的助手，请用简洁的中文回答。",
     Category.TOOLS: "You are an agent. Call the tools you are given when they help; answer in JSON.",
+    Category.LOG: "You are a helpful assistant. Answer precisely and cite the text you were given.",
 }
 USER_PREFIX: Mapping[Category, str] = {
     Category.CODE: "Complete the following Python module:\n\n",
     Category.PROSE: "Read this and tell me what it requires of me:\n\n",
     Category.CJK: "请阅读下面的文字并总结要点：\n\n",
     Category.TOOLS: "Find the standard library function that fits my task and show how to call it.",
+    Category.LOG: "",
 }
 
 
@@ -61,6 +77,10 @@ class Synthesizer:
             Category.CJK: corpus.TextPool(corpus.cjk_pieces(), self.tokenizer),
         }
         self.functions = corpus.function_docs()
+        self.small_functions = [f for f in self.functions
+                                if len(f.summary) <= SMALL_TOOL_SUMMARY_CHARS and len(f.parameters) <= 2]
+        if not self.small_functions:
+            raise ValueError("no stdlib function small enough to define a minimal tool")
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode_ordinary(text))
@@ -73,6 +93,8 @@ class Synthesizer:
         rng = random.Random(self.seed * 1_000_003 + spec.index)
         if spec.category is Category.TOOLS:
             messages, tools = self._tools_request(spec.prompt_tokens, rng)
+        elif spec.category is Category.LOG:
+            messages, tools = self._log_request(spec.prompt_tokens, rng), None
         else:
             messages, tools = self._text_request(spec.category, spec.prompt_tokens, rng), None
         body: dict[str, Any] = {"model": model, "messages": messages,
@@ -110,6 +132,30 @@ class Synthesizer:
         messages.append({"role": "user", "content": prefix + pool.text(shares[-1], rng)})
         return messages
 
+    # -- pasted log -------------------------------------------------------------------------
+
+    def _log_request(self, target: int, rng: random.Random) -> list[dict[str, Any]]:
+        system = {"role": "system", "content": SYSTEM_PROMPTS[Category.LOG]}
+        prose_tokens = max(LOG_MIN_PROSE_TOKENS, round(target * LOG_PROSE_SHARE))
+        user = {"role": "user", "content": self.pools[Category.PROSE].text(prose_tokens, rng)
+                + LOG_HEADER}
+        messages = [system, user]
+        budget = target - self.count_prompt({"messages": messages})
+        rows: list[str] = []
+        stamp = 0.0
+        table = azure_tables()["conv" if rng.random() < 0.7 else "code"]
+        while budget > 0:
+            stamp += rng.expovariate(5.0)
+            context, generated = table.sample(rng)
+            minute, second = divmod(stamp, 60.0)
+            row = f"2023-11-16 18:{int(minute) % 60:02d}:{second:010.7f},{context},{generated}\n"
+            rows.append(row)
+            budget -= self.count(row)
+        user["content"] += "".join(rows)
+        while len(rows) > 1 and self.count_prompt({"messages": messages}) > target:
+            user["content"] = user["content"][: -len(rows.pop())]
+        return messages
+
     # -- tool calling --------------------------------------------------------------------------
 
     def _tool(self, doc: corpus.FunctionDoc) -> dict[str, Any]:
@@ -129,7 +175,9 @@ class Synthesizer:
         tokens than the request's compact JSON), then corrected once."""
         wanted = max(1, min(len(self.functions),
                             round(target * TOOLS_DEFINITION_SHARE / TOKENS_PER_TOOL_GUESS)))
-        docs = rng.sample(self.functions, wanted)
+        # small requests carry short definitions, so they can stay small
+        candidates = self.small_functions if wanted <= SMALL_TOOLS_COUNT else self.functions
+        docs = rng.sample(candidates, min(wanted, len(candidates)))
         called = docs[0]
         arguments = json.dumps({name: f"<{name}>" for name in called.required or called.parameters})
         call_id = f"call_{rng.randrange(16**8):08x}"

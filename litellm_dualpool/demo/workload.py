@@ -3,10 +3,11 @@
 Built-in: lengths drawn from the committed Azure 2023 table (:mod:`lengths`), code and
 conversation traces mixed in their trace proportions (8,819 : 19,366), conversation split into
 prose, CJK and tool-calling requests; Poisson arrivals at a chosen rate. A few requests are
-placed on purpose: long ones (> 8K tokens) so the long pool serves traffic, borderline ones just
-around the short pool's limit in the categories a cold 4.0 bytes/token estimate under-counts
-(CJK, tools; so misroute recovery is exercised before calibration converges), and one larger than
-every pool (the plugin must refuse it with a clear 400).
+placed on purpose: long ones (> 8K tokens) so the long pool serves traffic, borderline ones
+around the short pool's limit (CJK and tool calls just below or above it; prose questions with a
+pasted CSV log just above it, whose digits a prose ratio under-counts, so some are misrouted to
+the short pool and must be recovered), and one larger than every pool (the plugin must refuse it
+with a clear 400).
 
 ``load_trace`` replays an Azure CSV (TIMESTAMP, ContextTokens, GeneratedTokens) or a Mooncake
 JSONL (timestamp ms, input_length, output_length) as it is, optionally rescaled to a rate.
@@ -34,6 +35,9 @@ class Category(StrEnum):
     CODE = "code"
     CJK = "cjk"
     TOOLS = "tools"
+    #: a prose question with a pasted CSV access log: classified as prose by its first KB, but
+    #: digits tokenize ~3x denser than words, so a class-average ratio under-counts it
+    LOG = "log"
 
 
 class Kind(StrEnum):
@@ -91,6 +95,8 @@ CONVERSATION_MIX = ((Category.PROSE, 0.6), (Category.CJK, 0.2), (Category.TOOLS,
 SPECIAL_MAX_TOKENS = (32, 256)
 #: the oversize request's prompt is this multiple of the largest pool's limit
 OVERSIZE_FACTOR = 1.25
+#: borderline totals as fractions of the short limit: (other categories, pasted logs)
+BORDERLINE_SPAN = {False: (0.95, 1.07), True: (1.03, 1.25)}
 #: share of the borderline requests placed in the first fifth of the run (cold calibration)
 EARLY_BORDERLINE_SHARE = 0.6
 
@@ -140,8 +146,8 @@ def _special_indices(settings: WorkloadSettings, rng: random.Random) -> dict[int
     return special
 
 
-def _special_request(kind: Kind, settings: WorkloadSettings,
-                     rng: random.Random) -> tuple[Category, int, int]:
+def _special_request(kind: Kind, settings: WorkloadSettings, rng: random.Random,
+                     category: Category | None = None) -> tuple[Category, int, int]:
     max_tokens = rng.randint(*SPECIAL_MAX_TOKENS)
     if kind is Kind.OVERSIZE:
         return Category.PROSE, math.ceil(settings.largest_limit_tokens * OVERSIZE_FACTOR), 64
@@ -150,11 +156,13 @@ def _special_request(kind: Kind, settings: WorkloadSettings,
         high = max(low + 1, settings.long_max_prompt_tokens)
         prompt = round(math.exp(rng.uniform(math.log(low), math.log(high))))
         return rng.choice((Category.PROSE, Category.CODE)), prompt, max_tokens
-    # borderline: prompt + output within about +-6% of the short limit, mostly just above it,
-    # where an estimate with a too-high bytes/token ratio routes short and the backend refuses.
-    total = round(settings.short_limit_tokens * rng.uniform(0.95, 1.07))
+    # borderline: CJK / tool calls within about +-6% of the short limit; pasted logs 3-25% above
+    # it, where an estimate with the prose ratio routes short and the backend refuses.
     max_tokens = rng.randint(16, 96)
-    return rng.choice((Category.CJK, Category.TOOLS)), max(1, total - max_tokens), max_tokens
+    category = category or rng.choice((Category.LOG, Category.LOG, Category.CJK, Category.TOOLS))
+    low, high = BORDERLINE_SPAN[category is Category.LOG]
+    total = round(settings.short_limit_tokens * rng.uniform(low, high))
+    return category, max(1, total - max_tokens), max_tokens
 
 
 def builtin_workload(settings: WorkloadSettings) -> list[RequestSpec]:
@@ -166,6 +174,7 @@ def builtin_workload(settings: WorkloadSettings) -> list[RequestSpec]:
     arrivals = _arrivals(settings.requests, settings.rate_per_s, rng)
     special = _special_indices(settings, rng)
     specs = []
+    first_borderline = min((i for i, k in special.items() if k is Kind.BORDERLINE), default=None)
     for index, arrival in enumerate(arrivals):
         kind = special.get(index, Kind.TYPICAL)
         if kind is Kind.TYPICAL:
@@ -173,7 +182,9 @@ def builtin_workload(settings: WorkloadSettings) -> list[RequestSpec]:
             prompt, output = tables["code" if is_code else "conv"].sample(rng)
             category = Category.CODE if is_code else _conversation_category(rng)
         else:
-            category, prompt, output = _special_request(kind, settings, rng)
+            # the first borderline request is a pasted log: every run shows a misroute attempt
+            forced = Category.LOG if index == first_borderline else None
+            category, prompt, output = _special_request(kind, settings, rng, forced)
         stream = kind is not Kind.OVERSIZE and rng.random() < settings.stream_fraction
         specs.append(RequestSpec(index, arrival, category, kind, prompt, output, stream))
     return specs

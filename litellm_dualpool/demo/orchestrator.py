@@ -1,0 +1,260 @@
+"""Start and stop the demo's processes: emulated vLLM instances and the real LiteLLM proxy.
+
+Every process runs in its own process group (``start_new_session``) with its output in a log
+file; :meth:`Stack.stop` terminates each group (SIGTERM, then SIGKILL after a grace period) and
+is called from a ``finally`` block, so Ctrl-C, SIGTERM or a failure stops everything that was
+started. Backends are found by the proxy through environment variables that
+``proxy_config/demo.yaml`` names as ``api_base: os.environ/DUALPOOL_DEMO_<POOL>_<i>_API_BASE``
+(LiteLLM resolves ``os.environ/`` anywhere in its config), so the shipped YAML is the one used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from litellm_dualpool.emulator.testing import emulator_command
+
+#: a fresh LiteLLM proxy takes 8-16 s here to import and load its config; allow for a busy box
+PROXY_START_TIMEOUT_SECONDS = 150.0
+EMULATOR_START_TIMEOUT_SECONDS = 60.0
+STOP_GRACE_SECONDS = 8.0
+#: the environment LiteLLM needs offline (no cost-map fetch, no hub tokenizer download)
+OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true",
+               "HF_HUB_OFFLINE": "1"}
+
+
+class StackError(RuntimeError):
+    """A process of the demo did not start; the message names it and ends with its log tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """One pool of emulated vLLM instances (vLLM serve flags)."""
+
+    name: str
+    instances: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+    def env_name(self, instance: int) -> str:
+        return f"DUALPOOL_DEMO_{self.name.upper()}_{instance}_API_BASE"
+
+
+#: The paper's Llama-3-70B/A100 configuration: short 8K / 128 seqs / 16K batched tokens,
+#: long 64K / 16 seqs / 8K batched tokens; proxy_config/demo.yaml declares the same pools.
+DEMO_POOLS = (
+    PoolSpec("short", instances=2, max_model_len=8192, max_num_seqs=128,
+             max_num_batched_tokens=16384),
+    PoolSpec("long", instances=1, max_model_len=65536, max_num_seqs=16,
+             max_num_batched_tokens=8192),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFlags:
+    """What every emulated instance runs: model, GPU, tensor parallelism, wall-clock speed-up."""
+
+    model: str = "llama-3-70b"
+    gpu: str = "a100"
+    tensor_parallel_size: int = 4
+    speedup: float = 20.0
+    seed: int = 7
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group, with its output in ``log_path``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(grace_seconds)
+
+
+def _spawn(name: str, argv: list[str], log_dir: Path, env: Mapping[str, str]) -> ManagedProcess:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=dict(env),
+                                   start_new_session=True)
+    return ManagedProcess(name, process, log_path)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the proxy has no ready file to report its own)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def litellm_executable() -> str:
+    """The ``litellm`` console script of this interpreter's environment."""
+    beside = Path(sys.executable).with_name("litellm")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("litellm")
+    if found is None:
+        raise StackError("the `litellm` command is not installed (pip install 'litellm[proxy]')")
+    return found
+
+
+def default_master_key() -> str:
+    """LITELLM_MASTER_KEY from the environment, else a fresh strong one (weak keys are refused)."""
+    return os.environ.get("LITELLM_MASTER_KEY") or "sk-demo-" + secrets.token_urlsafe(24)
+
+
+@dataclass
+class Stack:
+    """The demo's processes. ``start()`` brings them up in order; ``stop()`` is idempotent."""
+
+    config_path: Path
+    log_dir: Path
+    pools: tuple[PoolSpec, ...] = DEMO_POOLS
+    engine: EngineFlags = field(default_factory=EngineFlags)
+    master_key: str = field(default_factory=default_master_key)
+    processes: list[ManagedProcess] = field(default_factory=list)
+    #: pool name -> the instances' OpenAI base URLs (``http://127.0.0.1:P/v1``)
+    backends: dict[str, list[str]] = field(default_factory=dict)
+    proxy_url: str = ""
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Make a ``start()`` running in another thread give up waiting (raises StackError)."""
+        self._cancelled.set()
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.start_emulators()
+        self.start_proxy()
+
+    # -- emulated vLLM ----------------------------------------------------------------------
+
+    def start_emulators(self) -> None:
+        pending: list[tuple[PoolSpec, ManagedProcess, Path]] = []
+        for pool in self.pools:
+            for i in range(pool.instances):
+                ready = self.log_dir / f"{pool.name}-{i}.ready.json"
+                ready.unlink(missing_ok=True)
+                argv = emulator_command(
+                    model=self.engine.model, gpu=self.engine.gpu,
+                    tensor_parallel_size=self.engine.tensor_parallel_size,
+                    max_model_len=pool.max_model_len, max_num_seqs=pool.max_num_seqs,
+                    max_num_batched_tokens=pool.max_num_batched_tokens,
+                    speedup=self.engine.speedup, seed=self.engine.seed + i,
+                    served_model_name=self.engine.model, host="127.0.0.1", port=0,
+                    ready_file=str(ready))
+                process = _spawn(f"emulator-{pool.name}-{i}", argv, self.log_dir, os.environ)
+                self.processes.append(process)
+                pending.append((pool, process, ready))
+        deadline = time.monotonic() + EMULATOR_START_TIMEOUT_SECONDS
+        for pool, process, ready in pending:
+            port = _wait_for_ready_file(process, ready, deadline, self._cancelled)
+            base = f"http://127.0.0.1:{port}"
+            _wait_for_http(process, base + "/health", deadline, self._cancelled)
+            self.backends.setdefault(pool.name, []).append(base + "/v1")
+
+    def backend_env(self) -> dict[str, str]:
+        """The variables demo.yaml's ``api_base: os.environ/...`` entries read."""
+        pools = {pool.name: pool for pool in self.pools}
+        return {pools[name].env_name(i): url
+                for name, urls in self.backends.items() for i, url in enumerate(urls)}
+
+    def pool_of_api_base(self) -> dict[str, str]:
+        """Backend base URL (as LiteLLM reports it in x-litellm-model-api-base) -> pool name."""
+        return {url.rstrip("/"): name for name, urls in self.backends.items() for url in urls}
+
+    # -- the LiteLLM proxy -------------------------------------------------------------------
+
+    def proxy_env(self) -> dict[str, str]:
+        return {**os.environ, **OFFLINE_ENV, **self.backend_env(),
+                "LITELLM_MASTER_KEY": self.master_key}
+
+    def start_proxy(self) -> None:
+        port = free_port()
+        argv = [litellm_executable(), "--config", str(self.config_path),
+                "--host", "127.0.0.1", "--port", str(port)]
+        if self._cancelled.is_set():
+            raise StackError("cancelled")
+        process = _spawn("litellm-proxy", argv, self.log_dir, self.proxy_env())
+        self.processes.append(process)
+        self.proxy_url = f"http://127.0.0.1:{port}"
+        _wait_for_http(process, self.proxy_url + "/health/liveliness",
+                       time.monotonic() + PROXY_START_TIMEOUT_SECONDS, self._cancelled)
+
+    def check_alive(self) -> list[str]:
+        """Names of started processes that have exited."""
+        return [p.name for p in self.processes if not p.alive()]
+
+    def stop(self) -> None:
+        # the proxy first (it holds connections to the backends), then the backends
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def _wait_for_ready_file(process: ManagedProcess, ready: Path, deadline: float,
+                         cancelled: threading.Event) -> int:
+    while time.monotonic() < deadline and not cancelled.is_set():
+        if ready.exists():
+            with contextlib.suppress(json.JSONDecodeError, KeyError):
+                return int(json.loads(ready.read_text())["port"])
+        if not process.alive():
+            raise StackError(f"{process.name} exited with status {process.process.returncode} "
+                             f"before listening:\n{process.log_tail()}")
+        time.sleep(0.05)
+    if cancelled.is_set():
+        raise StackError("cancelled")
+    raise StackError(f"{process.name} did not start listening in time:\n{process.log_tail()}")
+
+
+def _wait_for_http(process: ManagedProcess, url: str, deadline: float,
+                   cancelled: threading.Event) -> None:
+    while time.monotonic() < deadline and not cancelled.is_set():
+        if not process.alive():
+            raise StackError(f"{process.name} exited with status {process.process.returncode}:"
+                             f"\n{process.log_tail()}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    if cancelled.is_set():
+        raise StackError("cancelled")
+    raise StackError(f"{process.name} did not answer {url} in time:\n{process.log_tail()}")
