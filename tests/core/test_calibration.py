@@ -1,0 +1,218 @@
+"""The calibrator: convergence under noise, warm start, safety rules, keys, snapshot, threads."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from litellm_dualpool.core.calibration import (
+    OVERFLOW_CATEGORY,
+    CalibrationSettings,
+    Calibrator,
+    CategoryKey,
+)
+from litellm_dualpool.core.shape import ContentClass, RequestShape
+from litellm_dualpool.errors import ConfigError
+
+KEY = CategoryKey("llama", "prose")
+
+
+def shape(text_bytes: int, messages: int = 1, **kw: object) -> RequestShape:
+    base = RequestShape(text_bytes, 0, messages, 0, 0, 0, None, ContentClass.PROSE)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def truth(text_bytes: int, messages: int, ratio: float, noise: float, rng: random.Random) -> int:
+    """A template-like backend: text at `ratio` bytes/token (+-noise), 5/message, 4 fixed."""
+    return round(text_bytes / ratio * (1 + rng.uniform(-noise, noise))) + 5 * messages + 4
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(2.0, 6.0), st.integers(0, 2**32 - 1))
+def test_converges_under_noise(ratio: float, seed: int) -> None:
+    rng = random.Random(seed)
+    cal = Calibrator()
+    for _ in range(150):
+        b, m = rng.randint(200, 40_000), rng.randint(1, 12)
+        cal.observe(KEY, shape(b, m), truth(b, m, ratio, 0.05, rng))
+    for b in (2_000, 30_000):
+        exact = b / ratio + 5 * 3 + 4
+        point = cal.estimate_point_tokens(KEY, shape(b, 3))
+        assert abs(point - exact) / exact < 0.03
+        assert cal.estimate_prompt_tokens(KEY, shape(b, 3)) >= point
+    assert abs(cal.ratio(KEY).bytes_per_token - ratio) / ratio < 0.05
+
+
+def test_warm_start_is_useful_after_a_handful() -> None:
+    rng = random.Random(1)
+    cal = Calibrator()
+    for _ in range(5):
+        b = rng.randint(1_000, 20_000)
+        cal.observe(KEY, shape(b), truth(b, 1, 3.0, 0.0, rng))
+    exact = 10_000 / 3.0 + 9
+    assert abs(cal.estimate_point_tokens(KEY, shape(10_000)) - exact) / exact < 0.05
+
+
+def test_cold_start_uses_the_configured_ratio_conservatively() -> None:
+    cal = Calibrator(CalibrationSettings(cold_start_bytes_per_token=4.0))
+    point, cons = cal.estimate_both(KEY, shape(40_000))
+    assert 10_000 <= point <= 10_020
+    assert cons > point
+
+
+def test_tiny_prompts_do_not_skew_the_ratio() -> None:
+    rng = random.Random(2)
+    cal = Calibrator()
+    for _ in range(200):  # mostly tiny prompts dominated by framing
+        b = rng.randint(10, 200) if rng.random() < 0.8 else rng.randint(5_000, 20_000)
+        cal.observe(KEY, shape(b), truth(b, 1, 4.5, 0.02, rng))
+    assert abs(cal.ratio(KEY).bytes_per_token - 4.5) < 0.2
+
+
+@given(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(1, 50))
+def test_estimate_is_monotonic_in_bytes(a: int, b: int, messages: int) -> None:
+    rng = random.Random(0)
+    cal = Calibrator()
+    for _ in range(20):
+        n = rng.randint(100, 5000)
+        cal.observe(KEY, shape(n), truth(n, 1, 3.7, 0.05, rng))
+    lo, hi = sorted((a, b))
+    for fn in (cal.estimate_prompt_tokens, cal.estimate_point_tokens):
+        assert fn(KEY, shape(lo, messages)) <= fn(KEY, shape(hi, messages))
+
+
+def test_media_and_token_ids_are_not_learned() -> None:
+    cal = Calibrator()
+    assert not cal.observe(KEY, shape(1000, image_count=1), 2000)
+    assert not cal.observe(KEY, shape(0, exact_prompt_tokens=50), 50)
+    assert not cal.observe(KEY, shape(1000), 0)
+    assert cal.ratio(KEY).samples == 0
+    est = cal.estimate_prompt_tokens(KEY, shape(0, image_count=2, exact_prompt_tokens=7))
+    assert est == 2 * CalibrationSettings().image_tokens + 7
+
+
+def test_outliers_are_rejected_and_a_regime_change_is_followed() -> None:
+    rng = random.Random(3)
+    cal = Calibrator()
+    for _ in range(30):
+        b = rng.randint(2000, 8000)
+        cal.observe(KEY, shape(b), truth(b, 1, 4.0, 0.02, rng))
+    before = cal.ratio(KEY).bytes_per_token
+    assert not cal.observe(KEY, shape(4000), 3000)  # 1.3 bytes/token: an outlier
+    assert not cal.observe(KEY, shape(4000), 40_000)  # below min bytes/token
+    assert cal.ratio(KEY).bytes_per_token == before
+    for _ in range(80):  # the backend really changed: 2.5 bytes/token from now on
+        b = rng.randint(2000, 8000)
+        cal.observe(KEY, shape(b), truth(b, 1, 2.5, 0.02, rng))
+    assert abs(cal.ratio(KEY).bytes_per_token - 2.5) < 0.15
+
+
+def test_one_observation_moves_the_estimate_boundedly() -> None:
+    s = CalibrationSettings()
+    cal = Calibrator(s)
+    before = cal.estimate_point_tokens(KEY, shape(4000))
+    cal.observe(KEY, shape(4000), 3900)  # ~1.03 bytes/token, inside the bounds
+    after = cal.estimate_point_tokens(KEY, shape(4000))
+    assert after <= before * (1 + s.max_step_fraction) + 1
+
+
+def test_keys_are_bounded() -> None:
+    cal = Calibrator(CalibrationSettings(max_keys=4))
+    for i in range(50):
+        cal.observe(CategoryKey("g", f"tenant-{i}"), shape(1000), 250)
+    keys = cal.keys()
+    assert len(keys) <= 5
+    assert CategoryKey("g", OVERFLOW_CATEGORY) in keys or len(keys) == 4
+
+
+def test_a_new_caller_category_borrows_the_content_class_state() -> None:
+    cal = Calibrator()
+    for _ in range(20):
+        cal.observe(CategoryKey("g", "prose"), shape(10_000), 10_000 // 2 + 9)
+    borrowed = cal.estimate_point_tokens(CategoryKey("g", "tenant-x"), shape(10_000))
+    assert borrowed == cal.estimate_point_tokens(CategoryKey("g", "prose"), shape(10_000))
+    assert borrowed != Calibrator().estimate_point_tokens(CategoryKey("g", "prose"), shape(10_000))
+
+
+def test_snapshot_round_trip() -> None:
+    rng = random.Random(4)
+    cal = Calibrator()
+    for i in range(60):
+        key = CategoryKey("g", ["prose", "code", "cjk"][i % 3])
+        b = rng.randint(500, 9000)
+        cal.observe(key, shape(b, rng.randint(1, 5)), truth(b, 2, 3.5, 0.05, rng))
+    snap = json.loads(json.dumps(cal.snapshot()))
+    assert snap["version"] == 1
+    assert len(json.dumps(snap)) < 4096
+    other = Calibrator()
+    other.restore(snap)
+    learned = cal.keys()
+    assert other.keys() == learned
+    for key in learned:
+        assert other.ratio(key) == cal.ratio(key)
+        assert other.estimate_both(key, shape(7777, 3)) == cal.estimate_both(key, shape(7777, 3))
+    # and it keeps learning identically
+    for c in (cal, other):
+        c.observe(CategoryKey("g", "prose"), shape(5000), 1300)
+    assert other.snapshot() == cal.snapshot()
+
+
+@pytest.mark.parametrize(("mutate", "path"), [
+    (lambda s: s.update(version=99), "snapshot.version"),
+    (lambda s: s.update(keys={}), "snapshot.keys"),
+    (lambda s: s["keys"][0].update(theta=[1, 2]), "snapshot.keys[0].theta"),
+    (lambda s: s["keys"][0].update(samples=-1), "snapshot.keys[0].samples"),
+    (lambda s: s["keys"][0].update(dev_sum="x"), "snapshot.keys[0].dev_sum"),
+    (lambda s: s["keys"][0]["a"][1].__setitem__(2, float("inf")), "snapshot.keys[0].a[1][2]"),
+])
+def test_restore_rejects_bad_snapshots(mutate, path: str) -> None:  # type: ignore[no-untyped-def]
+    cal = Calibrator()
+    cal.observe(KEY, shape(1000), 260)
+    snap = json.loads(json.dumps(cal.snapshot()))
+    mutate(snap)
+    with pytest.raises(ConfigError) as info:
+        Calibrator().restore(snap)
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize("kwargs", [{"ema_beta": 1.0}, {"gamma": -1}, {"max_keys": 0},
+                                    {"min_bytes_per_token": 5, "max_bytes_per_token": 4},
+                                    {"cold_start_bytes_per_token": 20}])
+def test_bad_settings(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        CalibrationSettings(**kwargs)
+
+
+def test_thread_safety_smoke() -> None:
+    cal = Calibrator()
+    errors: list[BaseException] = []
+    accepted = [0] * 8
+
+    def worker(i: int) -> None:
+        rng = random.Random(i)
+        try:
+            for _ in range(300):
+                key = CategoryKey("g", ["prose", "code"][i % 2])
+                b = rng.randint(100, 5000)
+                accepted[i] += cal.observe(key, shape(b), truth(b, 1, 4.0, 0.03, rng))
+                cal.estimate_both(key, shape(b))
+                cal.snapshot()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    learned = cal.keys()
+    total = sum(cal.ratio(k).samples for k in learned)
+    assert total == sum(accepted)
+    assert abs(cal.ratio(CategoryKey("g", "prose")).bytes_per_token - 4.0) < 0.3
