@@ -1,4 +1,4 @@
-"""Fixtures for the plugin's end-to-end tests: stand-in vLLM backends and a real `litellm` proxy,
+"""Helpers for the plugin's end-to-end tests: stand-in vLLM backends and a real `litellm` proxy,
 all on 127.0.0.1 with ephemeral ports, started from the interpreter running the tests (so the
 same tests run on .venv and .venv-litellm110) and always stopped."""
 

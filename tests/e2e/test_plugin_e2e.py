@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import quicktok
-
-from tests.e2e.conftest import (
+from plugin_stack import (
     deployment,
     run_proxy_until_exit,
     start_backend,

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi import HTTPException
 from litellm.proxy._types import UserAPIKeyAuth
+from plugin_env import LONG_LEN, SHORT_LEN, completion_body, tokens_of
 
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
-from tests.proxy.conftest import LONG_LEN, SHORT_LEN, completion_body, tokens_of
 
 # One event loop for the module: LiteLLM's logging worker lives on the loop it first ran on.
 pytestmark = [pytest.mark.litellm_compat, pytest.mark.asyncio(loop_scope="module")]
