@@ -59,3 +59,29 @@ class DualPoolMetrics:
         self.in_flight = Gauge(
             "dualpool_in_flight_requests", "Requests the plugin has sent to a pool and not seen end.",
             ["model_group", "pool"], registry=registry)
+        # Shared calibration state (litellm_dualpool/state). Gauges name how workers' values
+        # combine under PROMETHEUS_MULTIPROC_DIR (ignored in a single process).
+        self.state_backend_up = Gauge(
+            "dualpool_state_backend_up",
+            "1 while the calibration state backend is reachable (worst worker under multiprocess).",
+            ["backend"], registry=registry, multiprocess_mode="livemin")
+        self.state_sync_errors = Counter(
+            "dualpool_state_sync_errors",
+            "Failed operations against the state backend (routing continues on local state).",
+            ["operation"], registry=registry)
+        self.state_observations = Counter(
+            "dualpool_state_observations",
+            "Observations applied to this worker's calibrator, by origin (local/remote) and outcome.",
+            ["origin", "outcome"], registry=registry)
+        self.state_pending = Gauge(
+            "dualpool_state_pending_observations",
+            "Observations waiting to be shared with the other workers.",
+            registry=registry, multiprocess_mode="livesum")
+        self.state_dropped = Counter(
+            "dualpool_state_dropped_observations",
+            "Observations never shared because the pending queue overflowed during an outage.",
+            registry=registry)
+        self.state_last_sync = Gauge(
+            "dualpool_state_last_sync_timestamp_seconds",
+            "Wall time of the last successful sync with the backend (oldest worker).",
+            registry=registry, multiprocess_mode="livemin")

@@ -1,0 +1,88 @@
+"""One learnable observation and its wire form: what a worker shares about a finished request.
+
+An observation is everything the calibrator needs to learn (the calibration key, the request's
+shape without its text, the backend's prompt token count) plus who sent it (the tenant hash and
+its trust) and where it was made (worker id and sequence number, unique together). The wire form
+is one compact JSON array, versioned, so that a stream entry is ~150 bytes and a worker of another
+version skips what it cannot read instead of learning garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from litellm_dualpool.core.calibration import CategoryKey
+from litellm_dualpool.core.shape import ContentClass, RequestShape
+from litellm_dualpool.tenancy import ObservationTrust
+
+WIRE_VERSION = 1
+#: Longest string field accepted from the wire (model groups, categories, ids).
+_MAX_TEXT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A backend-reported prompt token count for a request of a given shape and tenant."""
+
+    key: CategoryKey
+    shape: RequestShape
+    prompt_tokens: int
+    tenant: str
+    trust: ObservationTrust
+    origin: str
+    seq: int
+    time_ms: int
+
+    @property
+    def learnable(self) -> bool:
+        """Text-only shapes with a positive count; media and token-id prompts never are."""
+        s = self.shape
+        return (self.prompt_tokens > 0 and s.media_count == 0 and s.exact_prompt_tokens is None
+                and s.total_bytes > 0)
+
+
+def encode(obs: Observation) -> str:
+    """The wire form (a JSON array)."""
+    s = obs.shape
+    return json.dumps([
+        WIRE_VERSION, obs.key.model_group, obs.key.category, s.text_bytes, s.structured_bytes,
+        s.message_count, s.tool_count, s.content_class.value, int(s.chat_template),
+        int(s.has_tools), obs.prompt_tokens, obs.tenant, obs.trust.value, obs.origin, obs.seq,
+        obs.time_ms], separators=(",", ":"))
+
+
+def _int(value: object, minimum: int = 0) -> int:
+    if type(value) is not int or value < minimum:
+        raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise ValueError(f"expected a string of at most {_MAX_TEXT} characters")
+    return value
+
+
+def decode(data: str | bytes) -> Observation:
+    """Parse the wire form; ValueError for anything malformed or of another version."""
+    try:
+        items = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"not JSON: {error}") from None
+    if not isinstance(items, list) or len(items) != 16 or items[0] != WIRE_VERSION:
+        raise ValueError("not an observation of wire version 1")
+    (_, group, category, text_bytes, structured_bytes, messages, tools, content, template,
+     has_tools, prompt_tokens, tenant, trust, origin, seq, time_ms) = items
+    if isinstance(time_ms, float) and math.isfinite(time_ms):
+        time_ms = int(time_ms)
+    shape = RequestShape(
+        text_bytes=_int(text_bytes), structured_bytes=_int(structured_bytes),
+        message_count=_int(messages), tool_count=_int(tools), image_count=0, audio_count=0,
+        exact_prompt_tokens=None, content_class=ContentClass(content),
+        chat_template=bool(_int(template)), has_tools=bool(_int(has_tools)))
+    return Observation(
+        key=CategoryKey(_text(group), _text(category)), shape=shape,
+        prompt_tokens=_int(prompt_tokens, 1), tenant=_text(tenant),
+        trust=ObservationTrust(trust), origin=_text(origin), seq=_int(seq), time_ms=_int(time_ms))
