@@ -49,6 +49,11 @@ DEFAULT_LONG_MAX_MODEL_LEN = 65536
 #: Granularity and bounds of the derived max_num_batched_tokens.
 BATCH_TOKENS_STEP = 64
 BATCH_TOKENS_MAX = 16384
+#: Window over which the burstiness of a pool's arrivals is measured (about a few prefills).
+BURST_WINDOW_SECONDS = 1.0
+#: Least-loaded balancing pools prefill queues only partly (it sees in-flight counts, not
+#: queued prompt tokens): the model treats a pool as independent groups of this many servers.
+BALANCER_POOLING = 2
 #: Monte Carlo samples for the P99 predictions (fixed seed: plans are deterministic).
 _SAMPLES = 4000
 _Q = 0.99
@@ -58,10 +63,12 @@ _Q = 0.99
 
 @dataclass(frozen=True, eq=False)
 class LengthMix:
-    """Prompt and output token counts of a workload's requests (the planner's only view of it)."""
+    """Prompt and output token counts of a workload's requests (the planner's view of it) and,
+    from a trace, their arrival times (for the burstiness of each pool's arrival stream)."""
 
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    arrival_seconds: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompt_tokens) != len(self.output_tokens):
@@ -81,11 +88,29 @@ class LengthMix:
     def within(self, low_exclusive: int, high_inclusive: int) -> LengthMix:
         t = self.total_tokens
         mask = (t > low_exclusive) & (t <= high_inclusive)
-        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask])
+        arrivals = None if self.arrival_seconds is None else self.arrival_seconds[mask]
+        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals)
+
+    def arrival_dispersion(self, window_seconds: float = 1.0) -> float:
+        """Index of dispersion of arrival counts (variance / mean of the number of arrivals per
+        ``window_seconds``): 1 for Poisson arrivals and the default without arrival times; far
+        above 1 when requests of this pool come in clusters (long conversations do). Used as
+        the arrival variability ca^2 of the queueing check."""
+        if self.arrival_seconds is None or len(self.arrival_seconds) < 3:
+            return 1.0
+        a = np.sort(self.arrival_seconds)
+        bins = max(int((a[-1] - a[0]) / window_seconds), 1)
+        if bins < 5:
+            return 1.0
+        counts = np.histogram(a, bins=bins, range=(a[0], a[0] + bins * window_seconds))[0]
+        mean = float(counts.mean())
+        return max(float(counts.var() / mean), 1.0) if mean > 0 else 1.0
 
     @classmethod
     def from_workload(cls, workload: Workload) -> LengthMix:
-        return cls(workload.prompt_tokens.astype(np.int64), workload.output_tokens.astype(np.int64))
+        """Scale the workload to the planned rate first: burstiness is measured per second."""
+        return cls(workload.prompt_tokens.astype(np.int64), workload.output_tokens.astype(np.int64),
+                   workload.arrival_seconds.astype(np.float64))
 
     @classmethod
     def from_totals(cls, totals: Sequence[int] | np.ndarray, output_fraction: float = 0.15) -> LengthMix:
@@ -254,6 +279,13 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
                  *, seed: int = 0) -> LoadPrediction:
     """Queueing model of one pool (n instances, least-loaded balancing).
 
+    Arrivals are as bursty as the pool's own stream in the trace: Allen-Cunneen's G/G/c factor
+    (ca^2 + cs^2) / 2 takes ca^2 = the index of dispersion of the pool's arrival counts per
+    second (1 without a trace), which captures clustered long requests that inter-arrival
+    gaps alone miss. Least-loaded balancing is modelled as pooling over BALANCER_POOLING
+    instances (between independent instances and one pooled M/G/n queue; the constant was
+    chosen against the fleet simulator on Azure 2023 conv, see docs/evaluation.md).
+
     Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
     (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
     pure decodes of t_dec. The prefill "server" therefore runs at r = (C - B) / t_full
@@ -287,11 +319,17 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     service = mix.prompt_tokens / rate_tokens
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
-    prefill_wait = mgc_wait(instances, rate_per_second, s_mean, cv2)
+    burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS)
+    # the balancer sees in-flight counts, not queued prefill work, so queues pool only over
+    # small groups of instances (G/G/g at g*lambda/n); splitting a bursty stream over n/g groups
+    # leaves each with g/n of its excess dispersion
+    group = min(BALANCER_POOLING, instances)
+    prefill_wait = mgc_wait(group, lam * group, s_mean, cv2, 1.0 + (burst - 1.0) * group / instances)
     residence = s_mean + prefill_wait.mean_seconds + o_mean * tpot
     out = mix.output_tokens.astype(np.float64)
     res_cv2 = float((out * tpot).var() / residence**2) if residence > 0 else 0.0
-    slot_wait = mgc_wait(instances * seqs, rate_per_second, residence, res_cv2)
+    # slots, in contrast, are exactly what the balancer equalises: one pool of n * seqs slots
+    slot_wait = mgc_wait(instances * seqs, rate_per_second, residence, res_cv2, burst)
     if not (math.isfinite(prefill_wait.mean_if_waiting_seconds)
             and math.isfinite(slot_wait.mean_if_waiting_seconds)):
         return _unstable(instances, rate_per_second, batch)

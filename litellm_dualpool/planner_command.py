@@ -122,8 +122,8 @@ def _model(args: argparse.Namespace) -> ModelSpec:
 def build_planner(args: argparse.Namespace) -> Planner:
     if args.trace:
         workload = read_trace(args.trace)
-        mix = LengthMix.from_workload(workload)
         rate = args.rate or workload.rate_per_second
+        mix = LengthMix.from_workload(workload.scaled_to_rate(rate))  # burstiness at this rate
     else:
         if not args.rate:
             raise ConfigError("a percentile summary needs --rate", path="rate")

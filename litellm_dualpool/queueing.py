@@ -3,8 +3,8 @@ approximation of an M/G/c queue's waiting time, with an exponential tail.
 
 Why these: a pool of n identical servers fed by one stream and balanced least-loaded behaves
 close to one M/G/c queue (join-the-shortest-queue is near-optimal), and Allen-Cunneen is the
-textbook correction of M/M/c for general service times: the mean wait scales by (1 + cs^2)/2,
-where cs is the service time's coefficient of variation. Given a wait, its tail in M/M/c is
+textbook correction of M/M/c for general arrivals and service times: the mean wait scales by
+(ca^2 + cs^2)/2, the squared coefficients of variation of inter-arrival and service times. Given a wait, its tail in M/M/c is
 exponential with rate (c*mu - lambda); the same scaling is applied to it. Pure math, numpy only.
 """
 
@@ -66,12 +66,13 @@ class WaitDistribution:
 
 
 def mgc_wait(servers: int, arrival_rate: float, mean_service_seconds: float,
-             service_cv2: float) -> WaitDistribution:
-    """Allen-Cunneen M/G/c wait: Erlang C probability of waiting; conditional mean wait
-    E[S] / (c - a) scaled by (1 + cs^2) / 2. Infinite when the queue is unstable."""
+             service_cv2: float, arrival_cv2: float = 1.0) -> WaitDistribution:
+    """Allen-Cunneen G/G/c wait: Erlang C probability of waiting; conditional mean wait
+    E[S] / (c - a) scaled by (ca^2 + cs^2) / 2 (ca^2 = 1: Poisson arrivals, M/G/c).
+    Infinite when the queue is unstable."""
     load = arrival_rate * mean_service_seconds
     if load >= servers:
         return WaitDistribution(1.0, math.inf)
     p_wait = erlang_c(servers, load)
-    mean_if_waiting = mean_service_seconds / (servers - load) * (1.0 + service_cv2) / 2.0
+    mean_if_waiting = mean_service_seconds / (servers - load) * (arrival_cv2 + service_cv2) / 2.0
     return WaitDistribution(p_wait, mean_if_waiting)

@@ -72,6 +72,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    configure_reporting(parser)
+
+
+def configure_reporting(parser: argparse.ArgumentParser) -> None:
+    """Progress bar, baseline runs and figures (added with the planner, issue 5)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also simulate a homogeneous fleet of the largest pool's configuration "
+                        "with the same number of GPUs")
+    parser.add_argument("--plots", metavar="DIR", help="write PNG figures (budget CDF, savings vs "
+                        "threshold, TTFT per pool, preemptions per pool) to DIR")
 
 
 def parse_pool(text: str, index: int) -> dict[str, str]:
@@ -158,10 +169,73 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = simulate(workload, pools, router, balancer=args.balancer, max_tokens=args.max_tokens,
-                      recovery=not args.no_recovery, seed=args.seed,
-                      slo=SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot))
+    slo = SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot)
+    result = simulate_with_progress(workload, pools, router, args, slo, label=args.router)
     print(render(result))
+    baselines = []
+    if getattr(args, "baseline", False) and len(pools) > 1:
+        homogeneous = homogeneous_pools(pools)
+        baselines.append(simulate_with_progress(workload, homogeneous, make_router(
+            "homogeneous", homogeneous, args.spillover, args.model), args, slo, label="homogeneous"))
+        print(render(baselines[0]))
+    payload = result.to_dict()
+    if baselines:
+        payload["baselines"] = [b.to_dict() for b in baselines]
+    if getattr(args, "plots", None):
+        payload["plots"] = [str(p) for p in write_plots(result, baselines, workload, pools, args)]
+        for path in payload["plots"]:  # type: ignore[union-attr]
+            print(f"wrote {path}")
     if args.json:
-        print(json.dumps(result.to_dict(), separators=(",", ":")))
+        print(json.dumps(payload, separators=(",", ":")))
     return 0
+
+
+def simulate_with_progress(workload: Workload, pools: Sequence[PoolSpec], router: Router,
+                           args: argparse.Namespace, slo: SloTargets, *, label: str) -> FleetResult:
+    """``simulate`` with a rich progress bar on stderr (unless --no-progress)."""
+    kwargs = dict(balancer=args.balancer, max_tokens=args.max_tokens, recovery=not args.no_recovery,
+                  seed=args.seed, slo=slo)
+    if getattr(args, "no_progress", True):
+        return simulate(workload, pools, router, **kwargs)  # type: ignore[arg-type]
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"simulating {label}", total=len(workload))
+        return simulate(workload, pools, router, progress=lambda done, _n: bar.update(task, completed=done),
+                        **kwargs)  # type: ignore[arg-type]
+
+
+def homogeneous_pools(pools: Sequence[PoolSpec]) -> list[PoolSpec]:
+    """The largest pool's configuration with as many instances as the split fleet's GPUs allow."""
+    largest = max(pools, key=lambda p: p.engine.max_model_len)
+    gpus = sum(p.instances * p.engine.num_gpus for p in pools)
+    return [PoolSpec("homogeneous", largest.engine, max(gpus // largest.engine.num_gpus, 1),
+                     largest.usd_per_gpu_hour)]
+
+
+def write_plots(result: FleetResult, baselines: Sequence[FleetResult], workload: Workload,
+                pools: Sequence[PoolSpec], args: argparse.Namespace) -> list[object]:
+    """The four figures; the savings curve comes from the planner on the same workload."""
+    from litellm_dualpool import plots
+    from litellm_dualpool.planner import (
+        DEFAULT_THRESHOLDS,
+        Hardware,
+        LengthMix,
+        Planner,
+        Slo,
+        make_plan,
+    )
+
+    engine = pools[0].engine
+    hardware = Hardware.build(engine.gpu, engine.model, tensor_parallel_size=engine.tensor_parallel_size,
+                              dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+                              usd_per_gpu_hour=pools[0].price or 1.0)
+    planner = Planner(LengthMix.from_workload(workload), workload.rate_per_second, hardware,
+                      slo=Slo(args.slo_ttft, args.slo_tpot),
+                      long_max_model_len=max(p.engine.max_model_len for p in pools))
+    plan = make_plan(planner, DEFAULT_THRESHOLDS, max_pools=2)
+    savings = [(o.threshold, o.saving_fraction, o.closed_form_saving_fraction) for o in plan.sweep]
+    limits = sorted(p.engine.max_model_len for p in pools)[:-1] or [pools[0].engine.max_model_len]
+    return list(plots.write_all(result, args.plots, thresholds=limits, savings=savings, baselines=baselines))

@@ -1,0 +1,82 @@
+"""`litellm-dualpool plan` and `simulate --plots` end to end: the JSON contract, the emitted
+LiteLLM YAML read back by the plugin's own validator, and the figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from litellm_dualpool.cli import main
+from litellm_dualpool.config import load_plugin_config_file
+from litellm_dualpool.plots import FILES
+
+REPO = Path(__file__).resolve().parents[2]
+TRACES = REPO.parent / "shared" / "data" / "traces"
+CONV = TRACES / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def test_plan_json_contract_end_to_end() -> None:
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "litellm_dualpool.cli", "plan", "--trace", str(CONV), "--rate", "1000",
+         "--gpu", "a100", "--model", "llama-3-70b", "--json"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(plan["threshold"], int) and plan["threshold"] in (2048, 4096, 8192, 16384, 32768)
+    homogeneous, dual = plan["homogeneous"], plan["dual_pool"]
+    for fleet in (homogeneous, dual):
+        assert isinstance(fleet["gpus"], int) and fleet["gpus"] > 0
+        assert fleet["usd_per_year"] == pytest.approx(fleet["gpus"] * 2.21 * 8760)
+    assert [p["name"] for p in dual["pools"]] == ["short", "long"]
+    assert dual["pools"][0]["flags"]["max_model_len"] == plan["threshold"]
+    assert sum(p["gpus"] for p in dual["pools"]) == dual["gpus"]
+    assert plan["saving_fraction"] == pytest.approx(1 - dual["usd_per_year"] / homogeneous["usd_per_year"])
+    assert 0.0 < plan["closed_form_saving_fraction"] < 1.0
+    assert dual["gpus"] < homogeneous["gpus"]  # Azure conv: the split pays off
+
+
+def test_emit_config_is_accepted_by_the_plugin(tmp_path: Path) -> None:
+    code = main(["plan", "--prompt-percentiles", "50=1000,90=2700,99=4100,100=14000",
+                 "--output-percentiles", "50=130,90=420,100=1000", "--rate", "50", "--gpu", "h100",
+                 "--model", "llama-3.1-8b", "--tp", "1", "--thresholds", "4096,8192",
+                 "--emit-config", str(tmp_path), "--model-group", "chat"])
+    assert code == 0
+    config = load_plugin_config_file(tmp_path / "litellm_config.yaml")
+    group = config.groups["chat"]
+    assert [p.name for p in group.pools] == ["short", "long"]
+    assert group.pools[0].max_model_len in (4096, 8192) and group.pools[1].max_model_len == 65536
+    text = (tmp_path / "litellm_config.yaml").read_text()
+    assert "litellm_dualpool.proxy_handler_instance" in text
+    assert "os.environ/LITELLM_MASTER_KEY" in text
+    for script, marker in (("vllm_serve_cuda.sh", "--gpus all"), ("vllm_serve_rocm.sh", "/dev/kfd")):
+        body = (tmp_path / script).read_text()
+        assert marker in body and body.count("--max-model-len") == 4  # bare + docker, two pools
+        assert f"--max-model-len {group.pools[0].max_model_len}" in body
+        assert os.access(tmp_path / script, os.X_OK)
+
+
+def test_plan_refuses_bad_input_with_a_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--prompt-percentiles", "50=1000", "--gpu", "h100"]) == 2  # no --rate
+    assert "rate" in capsys.readouterr().err
+    assert main(["plan", "--trace", str(CONV), "--gpu", "b200"]) == 2
+    assert "unknown gpu" in capsys.readouterr().err
+
+
+def test_simulate_writes_plots_and_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", "--synthetic", "1500", "--rate", "40", "--gpu", "h100", "--model", "llama-3.1-8b",
+                 "--tp", "1", "--no-progress", "--baseline", "--plots", str(tmp_path), "--json",
+                 "--pool", "name=short,max_model_len=8192,max_num_seqs=64,max_num_batched_tokens=1024,instances=2",
+                 "--pool", "name=long,max_model_len=65536,max_num_seqs=16,max_num_batched_tokens=1024,instances=1"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["baselines"][0]["router"] == "homogeneous"
+    assert payload["baselines"][0]["fleet"]["gpus"] == payload["fleet"]["gpus"] == 3
+    for name in FILES:
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

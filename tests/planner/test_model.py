@@ -1,0 +1,165 @@
+"""The analytical model against hand computations: closed form, ceilings, queueing formulas, the
+TPOT-derived batch size, and the threshold sweep on constructed workloads."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.planner import (
+    TPOT_STEP_MARGIN,
+    Hardware,
+    LengthMix,
+    Planner,
+    Slo,
+    batch_tokens_for_tpot,
+    closed_form_saving,
+    instances_for_rate,
+    make_plan,
+    predict_load,
+    predict_saving,
+)
+from litellm_dualpool.queueing import erlang_c, mgc_wait
+
+
+@pytest.mark.parametrize(("alpha", "rho", "expected"), [
+    (0.9, 4.0, 0.675),       # 0.9 * (1 - 1/4)
+    (0.95, 11.2 / 2.8, 0.7125),
+    (1.0, 1.0, 0.0),         # no speed-up, no saving
+    (0.5, 0.5, -0.5),        # a slower short pool costs more
+])
+def test_closed_form_matches_hand_computation(alpha: float, rho: float, expected: float) -> None:
+    assert closed_form_saving(alpha, rho) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("alpha", "rho"), [(-0.1, 2.0), (1.1, 2.0), (0.5, 0.0)])
+def test_closed_form_rejects_nonsense(alpha: float, rho: float) -> None:
+    with pytest.raises(ConfigError):
+        closed_form_saving(alpha, rho)
+
+
+@pytest.mark.parametrize(("rate", "mu", "u", "expected"), [
+    (1000.0, 11.2, 0.9, 100),   # 1000 / 10.08 = 99.2 -> 100
+    (100.8, 11.2, 0.9, 10),     # an exact multiple does not round up
+    (100.9, 11.2, 0.9, 11),
+    (1000.0, 2.8, 1.0, 358),    # the paper's homogeneous fleet: 357.1 -> 358
+    (0.0, 2.8, 0.9, 1),         # an idle pool keeps one instance
+])
+def test_discrete_sizing_is_a_ceiling_at_the_utilisation_cap(rate: float, mu: float, u: float,
+                                                             expected: int) -> None:
+    assert instances_for_rate(rate, mu, u) == expected
+
+
+def test_erlang_c_hand_cases() -> None:
+    assert erlang_c(1, 0.6) == pytest.approx(0.6)  # M/M/1: P(wait) = rho
+    # c = 2, a = 1: Erlang B = (1/2) / (1 + 1 + 1/2) = 0.2; C = 0.2 / (1 - 0.5 * 0.8) = 1/3
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(4, 4.0) == 1.0
+    # the normal approximation above the exact range is continuous with the recursion
+    assert erlang_c(5000, 4900.0) == pytest.approx(erlang_c(4096, 4096 * 0.98), abs=0.15)
+
+
+def test_mgc_wait_tail_of_mm1() -> None:
+    wait = mgc_wait(1, 0.5, 1.0, 1.0)  # M/M/1, rho 0.5: waits w.p. 0.5, then Exp(mean 2)
+    assert wait.p_wait == pytest.approx(0.5)
+    assert wait.mean_if_waiting_seconds == pytest.approx(2.0)
+    assert wait.quantile(0.99) == pytest.approx(2.0 * math.log(50.0))
+    assert wait.quantile(0.4) == 0.0
+    assert mgc_wait(1, 2.0, 1.0, 1.0).quantile(0.99) == math.inf  # unstable
+    # burstier arrivals wait longer (Allen-Cunneen factor (ca^2 + cs^2) / 2)
+    assert mgc_wait(2, 1.5, 1.0, 0.5, 4.0).mean_seconds > mgc_wait(2, 1.5, 1.0, 0.5, 1.0).mean_seconds
+
+
+def test_length_mix_from_percentiles_and_dispersion() -> None:
+    mix = LengthMix.from_percentiles({50: 1000, 90: 3000, 100: 8000}, {50: 100, 100: 500}, count=20000)
+    assert np.median(mix.prompt_tokens) == pytest.approx(1000, rel=0.05)
+    assert np.percentile(mix.prompt_tokens, 90) == pytest.approx(3000, rel=0.05)
+    assert mix.prompt_tokens.max() <= 8000 and mix.arrival_dispersion() == 1.0
+    rng = np.random.default_rng(0)
+    poisson = np.cumsum(rng.exponential(0.01, 20000))
+    clustered = np.sort(np.concatenate([rng.uniform(t, t + 0.05, 50) for t in rng.uniform(0, 200, 400)]))
+    ones = np.ones(20000, dtype=np.int64)
+    assert LengthMix(ones, ones, poisson).arrival_dispersion() == pytest.approx(1.0, abs=0.2)
+    assert LengthMix(ones, ones, clustered).arrival_dispersion() > 5.0
+    with pytest.raises(ConfigError):
+        LengthMix.from_percentiles({50: 1000, 90: 500}, {50: 10})
+
+
+HW = Hardware.build("h100", "llama-3.1-8b", tensor_parallel_size=1)
+
+
+def _mix(seed: int = 0, n: int = 4000, long_share: float = 0.05) -> LengthMix:
+    rng = np.random.default_rng(seed)
+    short = rng.integers(300, 1500, n)
+    long = rng.integers(12000, 28000, n)
+    prompts = np.where(rng.random(n) < long_share, long, short)
+    return LengthMix(prompts, rng.integers(50, 300, n))
+
+
+@pytest.mark.parametrize("slo_ms", [40, 80, 160])
+def test_batch_tokens_keep_a_full_step_within_the_tpot_target(slo_ms: int) -> None:
+    mix = _mix()
+    slo = Slo(2.0, slo_ms / 1000)
+    tokens = batch_tokens_for_tpot(HW, mix, slo, 8192)
+    st = HW.engine(8192, 1, 64).step_time
+    offset = int(mix.prompt_tokens.mean() / 2)
+    assert st.step_seconds(0, 0, ((offset, tokens),)) <= TPOT_STEP_MARGIN * slo.tpot_p99_seconds
+    assert tokens % 64 == 0
+    if tokens < 16384:  # the next size up breaks the budget
+        assert st.step_seconds(0, 0, ((offset, tokens + 64),)) > TPOT_STEP_MARGIN * slo.tpot_p99_seconds
+
+
+def test_queueing_check_improves_with_instances_and_flags_unstable_load() -> None:
+    mix = _mix()
+    engine = HW.engine(32768, 64, 1024)
+    few, many = predict_load(engine, mix, 60.0, 4), predict_load(engine, mix, 60.0, 16)
+    assert many.ttft_p99_seconds < few.ttft_p99_seconds
+    assert many.prefill_busy_ratio < few.prefill_busy_ratio
+    assert predict_load(engine, mix, 1e5, 1).ttft_p99_seconds == math.inf
+
+
+def test_sweep_with_measured_throughputs_matches_hand_sizing() -> None:
+    """50% of requests fit 2K, 95% fit 8K; measured mu short 10, long 2 (rho 5). At 100 req/s
+    and u = 0.9: homogeneous ceil(100/1.8) = 56; at 8K short ceil(95/9) = 11 and long
+    ceil(5/1.8) = 3, so 14 instances, saving 1 - 14/56 = 75%; closed form 0.95 * 0.8 = 76%."""
+    n = 1000
+    prompts = np.array([1000] * 500 + [5000] * 450 + [20000] * 50)
+    mix = LengthMix(prompts, np.full(n, 100))
+    planner = Planner(mix, 100.0, HW, measured_mu={"short": 10.0, "long": 2.0})
+    plan = make_plan(planner, [2048, 8192], max_pools=2)
+    assert plan.threshold == 8192
+    assert plan.homogeneous.instances == 56
+    assert [p.instances for p in plan.dual_pool.pools] == [11, 3]
+    assert plan.saving_fraction == pytest.approx(0.75)
+    assert plan.closed_form_saving_fraction == pytest.approx(0.76)
+    at_2k = next(o for o in plan.sweep if o.threshold == 2048)
+    assert at_2k.fleet.instances == math.ceil(50 / 9) + math.ceil(50 / 1.8)  # 6 + 28 = 34
+    assert plan.dual_pool.usd_per_year < at_2k.fleet.usd_per_year
+
+
+def test_engine_model_plan_is_consistent() -> None:
+    planner = Planner(_mix(), 200.0, HW)
+    plan = make_plan(planner, [2048, 8192], max_pools=3)
+    assert plan.threshold in (2048, 8192)
+    cheapest = min((o for o in plan.sweep if o.fleet.slo_met), key=lambda o: o.fleet.usd_per_year)
+    assert plan.dual_pool.usd_per_year == cheapest.fleet.usd_per_year
+    assert plan.saving_fraction == pytest.approx(1 - plan.dual_pool.usd_per_year / plan.homogeneous.usd_per_year)
+    for pool in (*plan.homogeneous.pools, *plan.dual_pool.pools):
+        assert pool.flags.max_num_batched_tokens >= pool.flags.max_num_seqs
+        assert pool.gpus == pool.instances * HW.tensor_parallel_size
+        if pool.binding == "slo":
+            assert pool.prediction is not None and pool.prediction.meets(planner.slo)
+    assert [e.pools for e in plan.extra_pools] == [2, 3]
+    assert plan.extra_pools[1].marginal_saving_fraction == pytest.approx(
+        plan.extra_pools[1].saving_fraction - plan.extra_pools[0].saving_fraction)
+
+
+def test_predict_saving_for_the_demo() -> None:
+    totals = _mix().total_tokens
+    saving = predict_saving(totals, 100.0, "h100", "llama-3.1-8b", tensor_parallel_size=1, threshold=4096)
+    assert -1.0 < saving < 1.0
+    assert saving == pytest.approx(predict_saving(totals, 100.0, "h100", "llama-3.1-8b",
+                                                  tensor_parallel_size=1, threshold=4096))
