@@ -302,6 +302,12 @@ class RedisStore(StateStore):
             self._client = self._client_factory()
         await self._cycle(self._client)
 
+    async def checkpoint(self) -> bool:
+        """Write the snapshot now; False when skipped or refused (a newer one is stored)."""
+        if self._client is None:
+            self._client = self._client_factory()
+        return await self._write_snapshot(self._client)
+
     async def _run(self) -> None:
         client = self._client
         if client is None:

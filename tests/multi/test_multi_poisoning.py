@@ -100,7 +100,7 @@ def test_the_attack_moves_an_unguarded_calibrator_but_only_within_bounds(
     calibrator, feed = unguarded()
     run(feed, ATTACKS[attack])
     point, _ = relative_change(calibrator, baseline)
-    assert point > 0.1
+    assert point > 0.05
     assert decisions(calibrator) != decisions(baseline)
     settings = calibrator.settings
     assert settings.min_bytes_per_token <= calibrator.ratio(KEY).bytes_per_token <= (

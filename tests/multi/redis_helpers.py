@@ -1,0 +1,102 @@
+"""Redis for the multi-worker tests: a unique key prefix on the machine's shared Redis (cleaned
+up afterwards), and private redis-server processes that a test may stop and restart."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+SHARED_HOST, SHARED_PORT = "127.0.0.1", 6379
+START_SECONDS = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique_prefix(label: str) -> str:
+    return f"dualpool-test:{label}:{uuid.uuid4().hex[:10]}"
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    for key in client.scan_iter(match=f"{prefix}*", count=500):
+        client.delete(key)
+
+
+@contextlib.contextmanager
+def shared_prefix(label: str) -> Iterator[str]:
+    """A fresh key prefix on the shared Redis; its keys are deleted on exit."""
+    prefix = unique_prefix(label)
+    client = redis.Redis(host=SHARED_HOST, port=SHARED_PORT)
+    try:
+        client.ping()
+        yield prefix
+    finally:
+        delete_prefix(client, prefix)
+        client.close()
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of the test's own (no persistence), stoppable and restartable on its port."""
+
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--daemonize", "no"],
+                stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if self.client().ping():
+                    return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+@contextlib.contextmanager
+def private_redis(log_dir: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(free_port(), log_dir / "redis.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
