@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace, stack: Stack, console: Console, errors: Conso
     metrics = rpt.parse_metrics(_scrape(stack.proxy_url + "/metrics", stack.master_key))
     backend_metrics = {f"{pool}-{i}": rpt.parse_metrics(_scrape(url.removesuffix("/v1") + "/metrics"))
                        for pool, urls in stack.backends.items() for i, url in enumerate(urls)}
-    saving = rpt.closed_form_saving(specs, min(p.max_model_len for p in stack.pools))
+    saving = rpt.predicted_saving(specs, min(p.max_model_len for p in stack.pools))
     report = rpt.summary(specs=specs, outcomes=outcomes, metrics=metrics,
                          pool_instances={p.name: p.instances for p in stack.pools},
                          snapshots=snapshots, saving=saving, true_ratios=true_ratios,

@@ -73,7 +73,9 @@ def test_demo_short_run_reports_zero_lost_and_stops_everything(tmp_path: Path) -
         assert report["misroutes_recovered"] == report["misroutes"]
         assert report["reasons"].get("long/misroute_recovery") == report["misroutes_recovered"]
         assert {"prose", "code", "cjk"} <= set(report["learned_bytes_per_token"])
-        assert 0.0 < report["predicted_saving_fraction"] < 0.75
+        # the planner's prediction (a fraction of the homogeneous fleet's cost; it may be < 0)
+        assert report["predicted_saving"]["source"].startswith("planner")
+        assert -1.0 < report["predicted_saving_fraction"] < 0.75
         # the gateway stays up for manual use: it answers with the plugin's headers
         gateway = report["gateway"]["url"]
         key = next(line.split("Bearer ")[1].split("'")[0] for line in lines if "Bearer " in line)
