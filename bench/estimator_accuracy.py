@@ -57,6 +57,8 @@ CATEGORIES = ("prose", "cjk", "code", "function_calling")
 MAX_TOKENS = 1024
 LONG_POOL = 65536
 SHORT_POOLS = (8192, 4096)
+#: requests at least this long (exact prompt tokens) are reported apart in the details
+LONG_TOKENS = 1024
 #: rough bytes/token per category, only to size the synthetic conversations
 _SIZE_BPT = {"prose": 4.5, "cjk": 4.0, "code": 3.4, "function_calling": 3.9}
 
@@ -278,6 +280,8 @@ class AsymmetricTracker(Method):
 class Tally:
     n: int = 0
     ape: list[tuple[int, float]] = field(default_factory=list)  # (index, abs pct error)
+    ape_long: list[tuple[int, float]] = field(default_factory=list)  # exact >= 1024 tokens
+    ape_short: list[tuple[int, float]] = field(default_factory=list)  # exact < 1024 tokens
     ape_routing: list[float] = field(default_factory=list)
     under: int = 0
     misroute: dict[int, int] = field(default_factory=lambda: dict.fromkeys(SHORT_POOLS, 0))
@@ -293,6 +297,7 @@ def evaluate(stream: list[tuple[str, dict[str, Any]]], shapes: list[RequestShape
         t = tallies[cat]
         point, routing = method.estimate(body, shape)
         t.ape.append((t.n, abs(point - truth) / truth))
+        (t.ape_long if truth >= LONG_TOKENS else t.ape_short).append(t.ape[-1])
         t.ape_routing.append(abs(routing - truth) / truth)
         t.under += routing < truth
         for limit in SHORT_POOLS:
@@ -306,8 +311,8 @@ def evaluate(stream: list[tuple[str, dict[str, Any]]], shapes: list[RequestShape
     return tallies
 
 
-def _mape(t: Tally, after: int) -> float | None:
-    errs = [e for i, e in t.ape if i >= after]
+def _mape(t: Tally, after: int, which: str = "ape") -> float | None:
+    errs = [e for i, e in getattr(t, which) if i >= after]
     return round(sum(errs) / len(errs), 5) if errs else None
 
 
@@ -324,6 +329,9 @@ def summarize(t: Tally) -> dict[str, Any]:
 def details(t: Tally) -> dict[str, Any]:
     return {
         "requests": t.n,
+        "requests_1k_plus": len(t.ape_long),
+        "mape_after_50_1k_plus": _mape(t, 50, "ape_long"),
+        "mape_after_50_under_1k": _mape(t, 50, "ape_short"),
         "routing_mape": round(sum(t.ape_routing) / t.n, 5),
         "overroute_rate_8192": round(t.overroute[8192] / t.n, 5),
         "overroute_rate_4096": round(t.overroute[4096] / t.n, 5),

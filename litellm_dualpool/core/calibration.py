@@ -4,10 +4,17 @@ The model. A backend's prompt token count is the text's bytes over a bytes-per-t
 the chat template's framing, which a pure ratio gets wrong for short prompts (a 200-byte
 question carries ~10 framing tokens, 20% of its count). Per key we therefore learn
 
-    prompt_tokens ~ theta . x,   x = (bytes/1000, messages, tool items, 1, has_tools)
+    prompt_tokens ~ theta . x,
+    x = (KB, spaces, newlines, digits, punctuation, capitals, multi-byte extra bytes   [/1000],
+         messages, tool items, 1, has_tools)
 
-(tokens per KB, per message frame, per tool definition or call, per request, and the tool
-preamble a template adds once when tools are defined), plus fixed costs for media parts.
+i.e. tokens per KB, the extra (or saved) tokens per thousand characters of each class (a
+space mostly merges into the next word, digits split, punctuation and capitals often stand
+alone: with them the per-prompt error on real text roughly halves against bytes alone), per
+message frame, per tool definition or call, per request, and the preamble a template adds once
+when tools are defined; plus fixed costs for media parts. The character counts come from the
+shape (`core.content`); a shape without them (e.g. rebuilt from a log) gets the key's running
+mean densities, which makes the model degrade to a pure ratio for it.
 
 The update. An exponentially weighted least-squares fit: sufficient statistics `A = sum w x x'`,
 `b = sum w x y` decay by `ema_beta` per observation, so the fit forgets like the paper's EMA
@@ -35,20 +42,28 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from litellm_dualpool.core.linalg import solve
+from litellm_dualpool.core.linalg import solve, solve_spd
 from litellm_dualpool.core.shape import RequestShape
 from litellm_dualpool.errors import ConfigError
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 SNAPSHOT_KIND = "litellm_dualpool.calibration"
 
 #: Feature vector layout (see the module docstring).
-_F_KB, _F_MSG, _F_TOOL, _F_FIXED, _F_TOOLSET = range(5)
-_N = 5
+_F_KB = 0
+_F_CHARS = range(1, 7)  # spaces, newlines, digits, punctuation, uppercase, multibyte extra
+_F_MSG, _F_TOOL, _F_FIXED, _F_TOOLSET = 7, 8, 9, 10
+_N = 11
+#: Character densities (per byte) assumed before a key has seen character counts.
+DEFAULT_DENSITIES = (0.15, 0.01, 0.01, 0.03, 0.02, 0.0)
 #: Observations below this many tokens weigh as if they had this many (1/y^2 weights).
 _MIN_WEIGHT_TOKENS = 32.0
 #: A key with fewer samples borrows the (model group, content class) key's state when richer.
 _MIN_OWN_SAMPLES = 3
+#: The fit is re-solved after every observation up to this many samples, then every
+#: `_REFIT_EVERY`-th (a solve costs ~0.1 ms of Python; the window is ~1/(1-beta) samples).
+_REFIT_EVERY_AFTER = 64
+_REFIT_EVERY = 4
 #: Key name of the shared key used once max_keys is reached.
 OVERFLOW_CATEGORY = "_overflow"
 
@@ -75,12 +90,14 @@ class CalibrationSettings:
     image_tokens / audio_tokens / file_tokens: fixed cost per media part.
     cold_start_sigma: the spread assumed before data (worth `prior_sigma_samples` samples).
     message_tokens / tool_tokens / request_tokens: framing priors (Llama-3/Qwen3 use ~5/~4/~5).
-    outlier_factor / outlier_min_fraction / outlier_warmup / outlier_streak: rejection rule.
+    outlier_factor / outlier_min_fraction / outlier_warmup / outlier_streak: rejection rule
+        (after `outlier_streak` rejections in a row the next one is accepted, and the old
+        statistics are scaled by `regime_change_keep`: a regime change, not noise).
     min_sigma: floor of the spread used for routing.
     """
 
     cold_start_bytes_per_token: float = 4.0
-    ema_beta: float = 0.95
+    ema_beta: float = 0.99
     gamma: float = 2.0
     min_bytes_per_token: float = 1.0
     max_bytes_per_token: float = 8.0
@@ -98,6 +115,7 @@ class CalibrationSettings:
     outlier_min_fraction: float = 0.15
     outlier_warmup: int = 8
     outlier_streak: int = 5
+    regime_change_keep: float = 0.1
     min_sigma: float = 0.005
 
     def __post_init__(self) -> None:
@@ -115,6 +133,7 @@ class CalibrationSettings:
             ("cold_start_sigma", self.cold_start_sigma >= 0.0),
             ("prior_sigma_samples", self.prior_sigma_samples > 0.0),
             ("outlier_factor", self.outlier_factor > 0.0),
+            ("regime_change_keep", 0.0 <= self.regime_change_keep <= 1.0),
             ("min_sigma", self.min_sigma >= 0.0),
         ]
         for name, ok in checks:
@@ -139,19 +158,29 @@ class RatioView:
     tool_preamble_tokens: float = 0.0
 
 
-def features(shape: RequestShape) -> tuple[float, float, float, float, float]:
-    """The regression inputs of a shape (exact token ids and media excluded)."""
+def features(shape: RequestShape,
+             densities: tuple[float, ...] | list[float] = DEFAULT_DENSITIES) -> list[float]:
+    """The regression inputs of a shape (exact token ids and media excluded); `densities`
+    stand in for missing character counts."""
+    kb = shape.total_bytes / 1000.0
+    c = shape.char_counts
+    if c is None:
+        chars = [d * kb for d in densities]
+    else:
+        chars = [c.spaces / 1000.0, c.newlines / 1000.0, c.digits / 1000.0,
+                 c.punctuation / 1000.0, c.uppercase / 1000.0, c.multibyte_extra_bytes / 1000.0]
     messages = float(shape.message_count) if shape.chat_template else 0.0
-    return (shape.total_bytes / 1000.0, messages, float(shape.tool_count), 1.0,
-            1.0 if shape.has_tools else 0.0)
+    return [kb, *chars, messages, float(shape.tool_count), 1.0, 1.0 if shape.has_tools else 0.0]
 
 
 class _KeyState:
     """Sufficient statistics of one key; mutated only under the calibrator's lock."""
 
-    __slots__ = ("a", "b", "dev_sum", "dev_weight", "rejected_streak", "samples", "theta")
+    __slots__ = ("a", "b", "densities", "dev_sum", "dev_weight", "rejected_streak", "samples",
+                 "theta", "version")
 
     def __init__(self, settings: CalibrationSettings) -> None:
+        self.densities = list(DEFAULT_DENSITIES)
         self.a = [[0.0] * _N for _ in range(_N)]
         self.b = [0.0] * _N
         self.theta = _prior_theta(settings)
@@ -159,28 +188,35 @@ class _KeyState:
         self.dev_sum = settings.cold_start_sigma * settings.prior_sigma_samples
         self.dev_weight = settings.prior_sigma_samples
         self.rejected_streak = 0
+        self.version = 0  # bumped per refit; a slower concurrent refit never overwrites a newer
 
     def sigma(self, settings: CalibrationSettings) -> float:
         return max(self.dev_sum / self.dev_weight, settings.min_sigma)
 
 
 def _prior_theta(s: CalibrationSettings) -> list[float]:
-    return [1000.0 / s.cold_start_bytes_per_token, s.message_tokens, s.tool_tokens,
-            s.request_tokens, 0.0]
+    return [1000.0 / s.cold_start_bytes_per_token, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            s.message_tokens, s.tool_tokens, s.request_tokens, 0.0]
 
 
 def _prior_precision(s: CalibrationSettings) -> list[float]:
     """Ridge strength per coefficient, in units of relative-error observations.
 
-    (noise / prior sd)^2 with an assumed 5% per-observation noise: tokens/KB sd 100 (weak),
-    message framing sd 2, tool item sd 4, fixed sd 5, tool preamble sd 300 (weak: learned).
+    (noise / prior sd)^2 with an assumed 5% per-observation noise: tokens/KB sd 100 and per
+    thousand characters of a class sd 150 (weak: learned), message framing sd 2, tool item
+    sd 4, fixed sd 5, tool preamble sd 300 (weak: learned).
     """
     noise = 0.05
-    sds = (100.0, 2.0, 4.0, 5.0, 300.0)
+    sds = (100.0, 150.0, 150.0, 150.0, 150.0, 150.0, 150.0, 2.0, 4.0, 5.0, 300.0)
     return [(noise / sd) ** 2 for sd in sds]
 
 
-def _dot(theta: list[float], x: tuple[float, ...]) -> float:
+def _tokens_per_kb(theta: list[float], densities: list[float] | tuple[float, ...]) -> float:
+    """Marginal tokens per KB of text with the key's usual character mix."""
+    return theta[_F_KB] + sum(theta[j] * d for j, d in zip(_F_CHARS, densities, strict=True))
+
+
+def _dot(theta: list[float], x: list[float]) -> float:
     return sum(t * v for t, v in zip(theta, x, strict=True))
 
 
@@ -229,8 +265,9 @@ class Calibrator:
         with self._lock:
             state = self._lookup(key, shape)
             theta = state.theta if state else self._prior
+            densities = state.densities if state else DEFAULT_DENSITIES
             sigma = state.sigma(self.settings) if state else self._cold_sigma()
-        return self._combine(theta, sigma, shape)
+            return self._combine(theta, densities, sigma, shape)
 
     def _estimate(self, key: CategoryKey, shape: RequestShape, *, conservative: bool) -> int:
         point, cons = self.estimate_both(key, shape)
@@ -239,12 +276,13 @@ class Calibrator:
     def _cold_sigma(self) -> float:
         return max(self.settings.cold_start_sigma, self.settings.min_sigma)
 
-    def _combine(self, theta: list[float], sigma: float, shape: RequestShape) -> tuple[int, int]:
+    def _combine(self, theta: list[float], densities: list[float] | tuple[float, ...],
+                 sigma: float, shape: RequestShape) -> tuple[int, int]:
         fixed = self._media_tokens(shape) + (shape.exact_prompt_tokens or 0)
         if shape.total_bytes == 0 and shape.exact_prompt_tokens is not None:
             text = 0.0  # a pure token-id prompt: exact, no framing to add
         else:
-            text = max(_dot(theta, features(shape)), 0.0)
+            text = max(_dot(theta, features(shape, densities)), 0.0)
         point = fixed + math.ceil(text)
         cons = fixed + math.ceil(text * (1.0 + self.settings.gamma * sigma))
         return point, cons
@@ -253,9 +291,10 @@ class Calibrator:
         with self._lock:
             state = self._states.get(key)
             theta = list(state.theta) if state else list(self._prior)
+            densities = list(state.densities) if state else list(DEFAULT_DENSITIES)
             sigma = state.sigma(self.settings) if state else self._cold_sigma()
             samples = state.samples if state else 0
-        bpt = 1000.0 / theta[_F_KB]
+        bpt = 1000.0 / _tokens_per_kb(theta, densities)
         return RatioView(
             bytes_per_token=bpt,
             conservative_bytes_per_token=bpt / (1.0 + self.settings.gamma * sigma),
@@ -277,12 +316,12 @@ class Calibrator:
             return False
         if shape.media_count or shape.exact_prompt_tokens is not None or shape.total_bytes == 0:
             return False
-        x = features(shape)
         y = float(prompt_tokens)
         s = self.settings
         with self._lock:
             state = self._slot(key, shape)
-            framing = _dot(state.theta, (0.0, *x[1:]))
+            x = features(shape, state.densities)
+            framing = _dot(state.theta, [0.0] * 7 + x[7:])
             text_tokens = y - framing
             if text_tokens > 0 and shape.total_bytes >= 64:
                 implied = shape.total_bytes / text_tokens
@@ -293,6 +332,12 @@ class Calibrator:
             if (state.samples >= s.outlier_warmup and state.rejected_streak < s.outlier_streak
                     and error > max(s.outlier_factor * state.sigma(s), s.outlier_min_fraction)):
                 return self._reject(state)
+            if state.rejected_streak >= s.outlier_streak and state.samples >= s.outlier_warmup:
+                # a streak of "outliers" is a regime change (new tokenizer, new template):
+                # keep only a fraction of the old statistics so the fit follows quickly
+                keep = s.regime_change_keep
+                state.a = [[keep * v for v in row] for row in state.a]
+                state.b = [keep * v for v in state.b]
             state.rejected_streak = 0
             beta = s.ema_beta
             state.dev_sum = beta * state.dev_sum + error
@@ -300,13 +345,27 @@ class Calibrator:
             lo, hi = predicted / (1.0 + s.max_step_fraction), predicted * (1.0 + s.max_step_fraction)
             y_used = min(max(y, lo), hi)
             weight = 1.0 / max(y_used, _MIN_WEIGHT_TOKENS) ** 2
-            for i in range(_N):
-                row, wxi = state.a[i], weight * x[i]
-                for j in range(_N):
-                    row[j] = beta * row[j] + wxi * x[j]
+            a = state.a
+            for i in range(_N):  # symmetric: update the upper triangle, mirror it
+                row, wxi = a[i], weight * x[i]
+                for j in range(i, _N):
+                    row[j] = a[j][i] = beta * row[j] + wxi * x[j]
                 state.b[i] = beta * state.b[i] + wxi * y_used
             state.samples += 1
-            self._refit(state)
+            if shape.char_counts is not None and shape.total_bytes:
+                kb = x[_F_KB]
+                for d, j in enumerate(_F_CHARS):
+                    state.densities[d] = beta * state.densities[d] + (1 - beta) * x[j] / kb
+            if state.samples > _REFIT_EVERY_AFTER and state.samples % _REFIT_EVERY:
+                return True
+            state.version += 1
+            version, a_copy = state.version, [row[:] for row in state.a]
+            b_copy, densities = state.b[:], state.densities[:]
+        theta = self._fit(a_copy, b_copy, densities)  # outside the lock: ~0.1 ms of Python
+        if theta is not None:
+            with self._lock:
+                if state.version == version:
+                    state.theta = theta
         return True
 
     def _reject(self, state: _KeyState) -> bool:
@@ -328,22 +387,32 @@ class Calibrator:
         self._states[key] = state
         return state
 
-    def _refit(self, state: _KeyState) -> None:
+    def _fit(self, stats_a: list[list[float]], stats_b: list[float],
+             densities: list[float]) -> list[float] | None:
+        """Solve the ridge-regularised normal equations, then clamp (None if degenerate)."""
         prior, precision = self._prior, self._precision
-        a = [[state.a[i][j] + (precision[i] if i == j else 0.0) for j in range(_N)]
+        a = [[stats_a[i][j] + (precision[i] if i == j else 0.0) for j in range(_N)]
              for i in range(_N)]
-        b = [state.b[i] + precision[i] * prior[i] for i in range(_N)]
-        theta = solve(a, b)
+        b = [stats_b[i] + precision[i] * prior[i] for i in range(_N)]
+        theta = solve_spd(a, b) or solve(a, b)
         if theta is None or not all(math.isfinite(t) for t in theta):
-            return
+            return None
         s = self.settings
-        theta[_F_KB] = min(max(theta[_F_KB], 1000.0 / s.max_bytes_per_token),
-                           1000.0 / s.min_bytes_per_token)
+        # monotone in every count: a character of any class adds >= 0 tokens
+        kb = theta[_F_KB] = min(max(theta[_F_KB], 0.0), 1000.0 / s.min_bytes_per_token)
+        for j in _F_CHARS:
+            floor = -1.5 * kb if j == _F_CHARS[-1] else -kb
+            theta[j] = min(max(theta[j], floor), 1000.0)
+        # the ratio at the key's usual character mix stays within [min, max] bytes per token
+        per_kb = _tokens_per_kb(theta, densities)
+        lo, hi = 1000.0 / s.max_bytes_per_token, 1000.0 / s.min_bytes_per_token
+        if not lo <= per_kb <= hi:
+            theta[_F_KB] += min(max(per_kb, lo), hi) - per_kb
         theta[_F_MSG] = min(max(theta[_F_MSG], 0.0), 64.0)
         theta[_F_TOOL] = min(max(theta[_F_TOOL], 0.0), 256.0)
         theta[_F_FIXED] = min(max(theta[_F_FIXED], -64.0), 1024.0)
         theta[_F_TOOLSET] = min(max(theta[_F_TOOLSET], 0.0), 8192.0)
-        state.theta = theta
+        return theta
 
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -354,9 +423,10 @@ class Calibrator:
                     "model_group": key.model_group,
                     "category": key.category,
                     "samples": st.samples,
-                    "a": [list(row) for row in st.a],
+                    "a_upper": [st.a[i][j] for i in range(_N) for j in range(i, _N)],
                     "b": list(st.b),
                     "theta": list(st.theta),
+                    "densities": list(st.densities),
                     "dev_sum": st.dev_sum,
                     "dev_weight": st.dev_weight,
                     "rejected_streak": st.rejected_streak,
@@ -406,12 +476,22 @@ class Calibrator:
         if not isinstance(group, str) or not isinstance(category, str):
             raise ConfigError("model_group and category must be strings", path=path)
         state = _KeyState(self.settings)
-        a = entry.get("a")
-        if not isinstance(a, list) or len(a) != _N:
-            raise ConfigError(f"must be a {_N}x{_N} matrix", path=f"{path}.a")
-        state.a = [vector(f"a[{i}]", row) for i, row in enumerate(a)]
+        upper = entry.get("a_upper")
+        size = _N * (_N + 1) // 2
+        if not isinstance(upper, list) or len(upper) != size:
+            raise ConfigError(f"must be a list of {size} numbers (the upper triangle of the "
+                              f"{_N}x{_N} statistics matrix, row by row)", path=f"{path}.a_upper")
+        values = iter([number(f"a_upper[{k}]", v) for k, v in enumerate(upper)])
+        for i in range(_N):
+            for j in range(i, _N):
+                state.a[i][j] = state.a[j][i] = next(values)
         state.b = vector("b", entry.get("b"))
         state.theta = vector("theta", entry.get("theta"))
+        densities = entry.get("densities")
+        if not isinstance(densities, list) or len(densities) != len(DEFAULT_DENSITIES):
+            raise ConfigError(f"must be a list of {len(DEFAULT_DENSITIES)} numbers",
+                              path=f"{path}.densities")
+        state.densities = [number(f"densities[{j}]", v) for j, v in enumerate(densities)]
         samples = entry.get("samples")
         if type(samples) is not int or samples < 0:
             raise ConfigError("must be a non-negative integer", path=f"{path}.samples")

@@ -3,6 +3,7 @@ so that the core needs no numpy."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -30,4 +31,38 @@ def solve(matrix: Sequence[Sequence[float]], rhs: Sequence[float]) -> list[float
     for r in range(n - 1, -1, -1):
         acc = a[r][n] - sum(a[r][c] * x[c] for c in range(r + 1, n))
         x[r] = acc / a[r][r]
+    return x
+
+
+def solve_spd(matrix: Sequence[Sequence[float]], rhs: Sequence[float]) -> list[float] | None:
+    """Solve `matrix @ x = rhs` for a symmetric positive definite matrix (Cholesky).
+
+    Returns None when the matrix is not (numerically) positive definite.
+    """
+    n = len(rhs)
+    low: list[list[float]] = []
+    for i in range(n):
+        row_i = matrix[i]
+        li: list[float] = []
+        for j in range(i):
+            lj = low[j]
+            acc = row_i[j]
+            for k in range(j):
+                acc -= li[k] * lj[k]
+            li.append(acc / lj[j])
+        diag = row_i[i] - sum(v * v for v in li)
+        if not diag > 0.0:
+            return None
+        li.append(math.sqrt(diag))
+        low.append(li)
+    y: list[float] = []
+    for i in range(n):
+        li = low[i]
+        y.append((rhs[i] - sum(li[k] * y[k] for k in range(i))) / li[i])
+    x = [0.0] * n
+    for i in range(n - 1, -1, -1):
+        acc = y[i]
+        for k in range(i + 1, n):
+            acc -= low[k][i] * x[k]
+        x[i] = acc / low[i][i]
     return x

@@ -5,7 +5,10 @@ Responses-API `input`/`instructions` and embeddings `input` once, together with 
 `functions` and `response_format`, and measures UTF-8 bytes without encoding large strings:
 an ASCII string's UTF-8 length is its `len` (checked with `str.isascii`, which copies nothing);
 only non-ASCII strings are encoded, in bounded chunks, so a 10 MB prompt never allocates another
-10 MB. The content class is read from a bounded sample of the text already visited.
+10 MB. The walk keeps references to the strings it meets; afterwards the content class and
+the character counts (`core.content`) are read from a bounded, evenly spread sample of them.
+Field paths for errors are only formatted when an error is raised (a chat message of the
+common `{"role": str, "content": str}` form takes a fast path).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from litellm_dualpool.core.content import classify_sample
+from litellm_dualpool.core.content import ZERO_COUNTS, CharCounts, classify, measure, sample
 from litellm_dualpool.errors import InvalidRequestError
 
 
@@ -45,6 +48,8 @@ class RequestShape:
     chat_template: True when a chat template frames the text (messages, Responses input);
         False for raw completions prompts and embeddings inputs.
     has_tools: the request defines tools/functions (templates add a fixed tool preamble).
+    char_counts: estimated character counts of all strings (None when unknown, e.g. a shape
+        rebuilt from a log line; the calibrator then assumes the key's usual mix).
     """
 
     text_bytes: int
@@ -58,6 +63,7 @@ class RequestShape:
     file_count: int = 0
     chat_template: bool = True
     has_tools: bool = False
+    char_counts: CharCounts | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -70,9 +76,8 @@ class RequestShape:
 
 #: Non-ASCII strings longer than this are encoded chunk by chunk (bounded extra memory).
 _ENCODE_CHUNK_CHARS = 1 << 16
-#: Characters of text kept (as prefixes of the strings visited) to classify the content.
-_SAMPLE_BUDGET_CHARS = 4096
-_SAMPLE_PER_STRING_CHARS = 1024
+#: Characters of structured strings (JSON leaves, tool arguments) sampled for char counts.
+_STRUCTURED_SAMPLE_CHARS = 2048
 #: Nesting deeper than this in a JSON payload is rejected (protects the recursion).
 _MAX_JSON_DEPTH = 64
 
@@ -85,7 +90,7 @@ _FILE_PART_TYPES = frozenset({"file", "input_file", "document"})
 
 def utf8_len(text: str) -> int:
     """UTF-8 byte length of `text` without a full copy (lone surrogates count 3 bytes)."""
-    if text.isascii():
+    if text.isascii():  # O(1): CPython keeps an "ascii" flag on every str
         return len(text)
     n = len(text)
     if n <= _ENCODE_CHUNK_CHARS:
@@ -99,13 +104,22 @@ def utf8_len(text: str) -> int:
 class _Walker:
     """Accumulates one body's measurements; one instance per call (not shared)."""
 
-    __slots__ = ("audio", "chars", "files", "has_tools", "images", "messages", "sample",
-                 "sample_left", "structured", "text", "token_ids", "tools")
+    __slots__ = ("audio", "files", "has_tools", "images", "messages", "struct_chars",
+                 "struct_str_bytes", "struct_strings", "structured", "syntax_digits",
+                 "syntax_punct", "syntax_spaces", "text", "text_chars", "text_strings",
+                 "token_ids", "tools")
 
     def __init__(self) -> None:
         self.text = 0
-        self.chars = 0
+        self.text_chars = 0
+        self.text_strings: list[str] = []
         self.structured = 0
+        self.struct_chars = 0
+        self.struct_str_bytes = 0
+        self.struct_strings: list[str] = []
+        self.syntax_punct = 0
+        self.syntax_spaces = 0
+        self.syntax_digits = 0
         self.messages = 0
         self.tools = 0
         self.images = 0
@@ -113,19 +127,14 @@ class _Walker:
         self.files = 0
         self.token_ids: int | None = None
         self.has_tools = False
-        self.sample: list[str] = []
-        self.sample_left = _SAMPLE_BUDGET_CHARS
 
     # -- leaves -------------------------------------------------------------------------
     def add_text(self, value: object, field: str) -> None:
         if not isinstance(value, str):
             raise InvalidRequestError(f"expected a string, got {type(value).__name__}", field=field)
-        self.text += utf8_len(value)
-        self.chars += len(value)
-        if self.sample_left > 0 and value:
-            take = min(self.sample_left, _SAMPLE_PER_STRING_CHARS)
-            self.sample.append(value[:take])
-            self.sample_left -= min(take, len(value))
+        self.text += len(value) if value.isascii() else utf8_len(value)
+        self.text_chars += len(value)
+        self.text_strings.append(value)
 
     def add_optional_text(self, value: object, field: str) -> None:
         if value is not None:
@@ -134,10 +143,59 @@ class _Walker:
     def add_structured_text(self, value: object, field: str) -> None:
         if not isinstance(value, str):
             raise InvalidRequestError(f"expected a string, got {type(value).__name__}", field=field)
-        self.structured += utf8_len(value)
+        size = utf8_len(value)
+        self.structured += size
+        self.struct_str_bytes += size
+        self.struct_chars += len(value)
+        self.struct_strings.append(value)
 
     def add_json(self, value: object, field: str) -> None:
-        self.structured += json_size(value, field)
+        self.structured += self.json(value, field, 0)
+
+    def json(self, value: object, field: str, depth: int) -> int:
+        """Size of `value` as `json.dumps` writes it (", " / ": " separators, escapes not
+        counted); remembers its strings and syntax characters for the character counts."""
+        if depth > _MAX_JSON_DEPTH:
+            raise InvalidRequestError("JSON nested too deeply", field=field)
+        if isinstance(value, str):
+            size = utf8_len(value)
+            self.struct_str_bytes += size
+            self.struct_chars += len(value)
+            self.struct_strings.append(value)
+            self.syntax_punct += 2
+            return size + 2
+        if value is None or value is True:
+            return 4
+        if value is False:
+            return 5
+        if isinstance(value, int | float):
+            size = len(repr(value))
+            self.syntax_digits += size
+            return size
+        if isinstance(value, Mapping):
+            n = len(value)
+            seps = max(n - 1, 0)
+            size = 2 + 2 * seps
+            self.syntax_punct += 2 + seps + 3 * n  # braces, commas, quotes + colon per key
+            self.syntax_spaces += seps + n
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidRequestError("JSON object keys must be strings", field=field)
+                key_size = utf8_len(key)
+                self.struct_str_bytes += key_size
+                self.struct_chars += len(key)
+                self.struct_strings.append(key)
+                size += key_size + 4 + self.json(item, f"{field}.{key}", depth + 1)
+            return size
+        if isinstance(value, list | tuple):
+            seps = max(len(value) - 1, 0)
+            size = 2 + 2 * seps
+            self.syntax_punct += 2 + seps
+            self.syntax_spaces += seps
+            for i, item in enumerate(value):
+                size += self.json(item, f"{field}[{i}]", depth + 1)
+            return size
+        raise InvalidRequestError(f"not a JSON value: {type(value).__name__}", field=field)
 
     def add_token_ids(self, ids: Sequence[object], field: str) -> None:
         for i, tok in enumerate(ids):
@@ -145,6 +203,22 @@ class _Walker:
                 raise InvalidRequestError("token ids must be non-negative integers",
                                           field=f"{field}[{i}]")
         self.token_ids = (self.token_ids or 0) + len(ids)
+
+    def char_counts(self) -> tuple[CharCounts, str]:
+        """(estimated counts over all strings, content class) from bounded samples."""
+        text_stats = measure(sample(self.text_strings, self.text_chars)) if self.text_chars else None
+        counts = ZERO_COUNTS
+        if text_stats is not None:
+            counts = text_stats.scaled(self.text_chars, self.text - self.text_chars)
+        if self.struct_chars:
+            struct_stats = measure(sample(self.struct_strings, self.struct_chars,
+                                          _STRUCTURED_SAMPLE_CHARS))
+            counts = counts + struct_stats.scaled(self.struct_chars,
+                                                  self.struct_str_bytes - self.struct_chars)
+        if self.syntax_punct or self.syntax_spaces or self.syntax_digits:
+            counts = counts + CharCounts(self.syntax_spaces, 0, self.syntax_digits,
+                                         self.syntax_punct, 0, 0)
+        return counts, classify(text_stats, self.text, self.structured)
 
     # -- chat ---------------------------------------------------------------------------
     def content(self, content: object, field: str) -> None:
@@ -221,7 +295,16 @@ class _Walker:
             raise InvalidRequestError("messages must be a list", field=field)
         if not messages:
             raise InvalidRequestError("messages must not be empty", field=field)
+        strings = self.text_strings
         for i, msg in enumerate(messages):
+            if type(msg) is dict and len(msg) == 2:  # fast path: {"role": str, "content": str}
+                content = msg.get("content")
+                if type(content) is str and type(msg.get("role")) is str:
+                    self.messages += 1
+                    self.text += len(content) if content.isascii() else utf8_len(content)
+                    self.text_chars += len(content)
+                    strings.append(content)
+                    continue
             self.message(msg, f"{field}[{i}]")
 
     # -- completions / embeddings / Responses --------------------------------------------
@@ -314,34 +397,12 @@ class _Walker:
             self.add_json(text_cfg["format"].get("schema"), "text.format.schema")
 
 
-def json_size(value: object, field: str, _depth: int = 0) -> int:
+def json_size(value: object, field: str) -> int:
     """UTF-8 size of `value` as `json.dumps` (default separators) writes it, without building it.
 
     Escapes are not counted (they are rare in schemas); non-JSON values raise InvalidRequestError.
     """
-    if _depth > _MAX_JSON_DEPTH:
-        raise InvalidRequestError("JSON nested too deeply", field=field)
-    if isinstance(value, str):
-        return utf8_len(value) + 2
-    if value is None or value is True:
-        return 4
-    if value is False:
-        return 5
-    if isinstance(value, int | float):
-        return len(repr(value))
-    if isinstance(value, Mapping):
-        size = 2 + 2 * max(len(value) - 1, 0)
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidRequestError("JSON object keys must be strings", field=field)
-            size += utf8_len(key) + 4 + json_size(item, f"{field}.{key}", _depth + 1)
-        return size
-    if isinstance(value, list | tuple):
-        size = 2 + 2 * max(len(value) - 1, 0)
-        for i, item in enumerate(value):
-            size += json_size(item, f"{field}[{i}]", _depth + 1)
-        return size
-    raise InvalidRequestError(f"not a JSON value: {type(value).__name__}", field=field)
+    return _Walker().json(value, field, 0)
 
 
 def shape_request(body: Mapping[str, Any]) -> RequestShape:
@@ -378,7 +439,7 @@ def shape_request(body: Mapping[str, Any]) -> RequestShape:
         walker.definitions(body)
     except RecursionError:
         raise InvalidRequestError("request nested too deeply", field="body") from None
-    content_class = classify_sample(walker.sample, walker.text, walker.chars, walker.structured)
+    counts, content_class = walker.char_counts()
     return RequestShape(
         text_bytes=walker.text,
         structured_bytes=walker.structured,
@@ -391,4 +452,5 @@ def shape_request(body: Mapping[str, Any]) -> RequestShape:
         file_count=walker.files,
         chat_template=chat_template,
         has_tools=walker.has_tools,
+        char_counts=counts,
     )

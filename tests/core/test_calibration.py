@@ -148,8 +148,8 @@ def test_snapshot_round_trip() -> None:
         b = rng.randint(500, 9000)
         cal.observe(key, shape(b, rng.randint(1, 5)), truth(b, 2, 3.5, 0.05, rng))
     snap = json.loads(json.dumps(cal.snapshot()))
-    assert snap["version"] == 1
-    assert len(json.dumps(snap)) < 4096
+    assert snap["version"] == 2
+    assert len(json.dumps(snap)) < 3 * 2048  # three keys
     other = Calibrator()
     other.restore(snap)
     learned = cal.keys()
@@ -169,7 +169,10 @@ def test_snapshot_round_trip() -> None:
     (lambda s: s["keys"][0].update(theta=[1, 2]), "snapshot.keys[0].theta"),
     (lambda s: s["keys"][0].update(samples=-1), "snapshot.keys[0].samples"),
     (lambda s: s["keys"][0].update(dev_sum="x"), "snapshot.keys[0].dev_sum"),
-    (lambda s: s["keys"][0]["a"][1].__setitem__(2, float("inf")), "snapshot.keys[0].a[1][2]"),
+    (lambda s: s["keys"][0]["a_upper"].__setitem__(2, float("inf")),
+     "snapshot.keys[0].a_upper[2]"),
+    (lambda s: s["keys"][0].update(a_upper=[0.0] * 5), "snapshot.keys[0].a_upper"),
+    (lambda s: s["keys"][0].update(densities=None), "snapshot.keys[0].densities"),
 ])
 def test_restore_rejects_bad_snapshots(mutate, path: str) -> None:  # type: ignore[no-untyped-def]
     cal = Calibrator()
