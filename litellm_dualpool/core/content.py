@@ -118,10 +118,16 @@ def measure(text: str) -> SampleStats:
     )
 
 
-def classify(stats: SampleStats | None, text_bytes: int, structured_bytes: int) -> str:
-    """One of "prose", "code", "cjk", "structured" (the values of shape.ContentClass)."""
+def classify(stats: SampleStats | None, text_bytes: int, structured_bytes: int,
+             tools: bool = False) -> str:
+    """One of "prose", "code", "cjk", "structured" (the values of shape.ContentClass).
+
+    `tools`: the request defines tools or carries tool calls. Such requests are "structured"
+    whatever their text: chat templates frame them very differently (a tool preamble, call
+    wrappers), which a key that never saw tools cannot know.
+    """
     total = text_bytes + structured_bytes
-    if total and structured_bytes >= STRUCTURED_BYTE_FRACTION * total:
+    if tools or (total and structured_bytes >= STRUCTURED_BYTE_FRACTION * total):
         return "structured"
     if stats is None or not stats.chars:
         return "prose"

@@ -218,7 +218,8 @@ class _Walker:
         if self.syntax_punct or self.syntax_spaces or self.syntax_digits:
             counts = counts + CharCounts(self.syntax_spaces, 0, self.syntax_digits,
                                          self.syntax_punct, 0, 0)
-        return counts, classify(text_stats, self.text, self.structured)
+        return counts, classify(text_stats, self.text, self.structured,
+                                self.has_tools or self.tools > 0)
 
     # -- chat ---------------------------------------------------------------------------
     def content(self, content: object, field: str) -> None:
