@@ -5,8 +5,8 @@ the chat template's framing, which a pure ratio gets wrong for short prompts (a 
 question carries ~10 framing tokens, 20% of its count). Per key we therefore learn
 
     prompt_tokens ~ theta . x,
-    x = (KB, spaces, newlines, digits, punctuation, capitals, multi-byte extra bytes   [/1000],
-         messages, tool items, 1, has_tools)
+    x = (KB, spaces, newlines, digits, punctuation, capitals, multi-byte extra bytes,
+         4-space runs, kana   [all /1000],  messages, tool items, 1, has_tools)
 
 i.e. tokens per KB, the extra (or saved) tokens per thousand characters of each class (a
 space mostly merges into the next word, digits split, punctuation and capitals often stand
@@ -51,11 +51,17 @@ SNAPSHOT_KIND = "litellm_dualpool.calibration"
 
 #: Feature vector layout (see the module docstring).
 _F_KB = 0
-_F_CHARS = range(1, 7)  # spaces, newlines, digits, punctuation, uppercase, multibyte extra
-_F_MSG, _F_TOOL, _F_FIXED, _F_TOOLSET = 7, 8, 9, 10
-_N = 11
+#: spaces, newlines, digits, punctuation, uppercase, multibyte extra bytes, 4-space runs, kana
+_F_CHARS = range(1, 9)
+_F_MSG, _F_TOOL, _F_FIXED, _F_TOOLSET = 9, 10, 11, 12
+_N = 13
 #: Character densities (per byte) assumed before a key has seen character counts.
-DEFAULT_DENSITIES = (0.15, 0.01, 0.01, 0.03, 0.02, 0.0)
+DEFAULT_DENSITIES = (0.15, 0.01, 0.01, 0.03, 0.02, 0.0, 0.005, 0.0)
+#: Lowest token cost per thousand characters of each class relative to tokens/KB (so that
+#: adding any character never lowers the estimate): a class character is one byte (-1), a
+#: multi-byte character adds 1-2 extra bytes (-1.5), a 4-space run is four spaces (-4),
+#: a kana character is three bytes (-3).
+_CHAR_FLOORS = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.5, -4.0, -3.0)
 #: Observations below this many tokens weigh as if they had this many (1/y^2 weights).
 _MIN_WEIGHT_TOKENS = 32.0
 #: A key with fewer samples borrows the (model group, content class) key's state when richer.
@@ -168,7 +174,8 @@ def features(shape: RequestShape,
         chars = [d * kb for d in densities]
     else:
         chars = [c.spaces / 1000.0, c.newlines / 1000.0, c.digits / 1000.0,
-                 c.punctuation / 1000.0, c.uppercase / 1000.0, c.multibyte_extra_bytes / 1000.0]
+                 c.punctuation / 1000.0, c.uppercase / 1000.0, c.multibyte_extra_bytes / 1000.0,
+                 c.space_runs / 1000.0, c.kana / 1000.0]
     messages = float(shape.message_count) if shape.chat_template else 0.0
     return [kb, *chars, messages, float(shape.tool_count), 1.0, 1.0 if shape.has_tools else 0.0]
 
@@ -195,7 +202,7 @@ class _KeyState:
 
 
 def _prior_theta(s: CalibrationSettings) -> list[float]:
-    return [1000.0 / s.cold_start_bytes_per_token, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    return [1000.0 / s.cold_start_bytes_per_token, *([0.0] * len(_F_CHARS)),
             s.message_tokens, s.tool_tokens, s.request_tokens, 0.0]
 
 
@@ -207,7 +214,7 @@ def _prior_precision(s: CalibrationSettings) -> list[float]:
     sd 4, fixed sd 5, tool preamble sd 300 (weak: learned).
     """
     noise = 0.05
-    sds = (100.0, 150.0, 150.0, 150.0, 150.0, 150.0, 150.0, 2.0, 4.0, 5.0, 300.0)
+    sds = (100.0, *([150.0] * len(_F_CHARS)), 2.0, 4.0, 5.0, 300.0)
     return [(noise / sd) ** 2 for sd in sds]
 
 
@@ -321,7 +328,7 @@ class Calibrator:
         with self._lock:
             state = self._slot(key, shape)
             x = features(shape, state.densities)
-            framing = _dot(state.theta, [0.0] * 7 + x[7:])
+            framing = _dot(state.theta, [0.0] * _F_MSG + x[_F_MSG:])
             text_tokens = y - framing
             if text_tokens > 0 and shape.total_bytes >= 64:
                 implied = shape.total_bytes / text_tokens
@@ -400,9 +407,8 @@ class Calibrator:
         s = self.settings
         # monotone in every count: a character of any class adds >= 0 tokens
         kb = theta[_F_KB] = min(max(theta[_F_KB], 0.0), 1000.0 / s.min_bytes_per_token)
-        for j in _F_CHARS:
-            floor = -1.5 * kb if j == _F_CHARS[-1] else -kb
-            theta[j] = min(max(theta[j], floor), 1000.0)
+        for j, floor in zip(_F_CHARS, _CHAR_FLOORS, strict=True):
+            theta[j] = min(max(theta[j], floor * kb), 1000.0)
         # the ratio at the key's usual character mix stays within [min, max] bytes per token
         per_kb = _tokens_per_kb(theta, densities)
         lo, hi = 1000.0 / s.max_bytes_per_token, 1000.0 / s.min_bytes_per_token

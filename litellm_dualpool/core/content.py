@@ -14,7 +14,7 @@ are extrapolated by (all characters / sampled characters). Counting runs in C
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 #: Characters sampled per request (text and structured strings each) and slice length.
 SAMPLE_CHARS = 4096
@@ -38,7 +38,12 @@ _CJK_LEADS = bytes(range(0xE3, 0xEE))
 @dataclass(frozen=True, slots=True)
 class CharCounts:
     """Estimated character counts of a request's strings (extrapolated from a sample), plus
-    `multibyte_extra_bytes` = UTF-8 bytes - characters (exact)."""
+    `multibyte_extra_bytes` = UTF-8 bytes - characters (exact).
+
+    space_runs: runs of four spaces (indentation: tokenizers merge them into one token).
+    kana: characters led by the UTF-8 byte 0xE3 (kana, CJK punctuation), which tokenize
+        differently from ideographs.
+    """
 
     spaces: int
     newlines: int
@@ -46,12 +51,11 @@ class CharCounts:
     punctuation: int
     uppercase: int
     multibyte_extra_bytes: int
+    space_runs: int = 0
+    kana: int = 0
 
     def __add__(self, other: CharCounts) -> CharCounts:
-        return CharCounts(self.spaces + other.spaces, self.newlines + other.newlines,
-                          self.digits + other.digits, self.punctuation + other.punctuation,
-                          self.uppercase + other.uppercase,
-                          self.multibyte_extra_bytes + other.multibyte_extra_bytes)
+        return CharCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 ZERO_COUNTS = CharCounts(0, 0, 0, 0, 0, 0)
@@ -86,6 +90,8 @@ class SampleStats:
     uppercase: int
     code_marks: int
     indents: int
+    space_runs: int
+    kana: int
     cjk: int
     json_pairs: int
     first: str
@@ -95,13 +101,15 @@ class SampleStats:
             return CharCounts(0, 0, 0, 0, 0, extra_bytes)
         f = total_chars / self.chars
         return CharCounts(round(self.spaces * f), round(self.newlines * f), round(self.digits * f),
-                          round(self.punctuation * f), round(self.uppercase * f), extra_bytes)
+                          round(self.punctuation * f), round(self.uppercase * f), extra_bytes,
+                          round(self.space_runs * f), round(self.kana * f))
 
 
 def measure(text: str) -> SampleStats:
     """Counts over a (bounded) sample, in C: one pass per count over its UTF-8 bytes."""
     raw = text.encode("utf-8", "surrogatepass")
     n = len(raw)
+    multibyte = n != len(text)
     first = text.lstrip()[:1]
     return SampleStats(
         chars=len(text),
@@ -112,7 +120,9 @@ def measure(text: str) -> SampleStats:
         uppercase=n - len(raw.translate(None, _UPPER)),
         code_marks=n - len(raw.translate(None, _CODE_MARKS)),
         indents=raw.count(b"\n    "),
-        cjk=(n - len(raw.translate(None, _CJK_LEADS))) if n != len(text) else 0,
+        space_runs=raw.count(b"    "),
+        kana=(n - len(raw.translate(None, b"\xe3"))) if multibyte else 0,
+        cjk=(n - len(raw.translate(None, _CJK_LEADS))) if multibyte else 0,
         json_pairs=raw.count(b'":') if first in ("{", "[") else 0,
         first=first,
     )
