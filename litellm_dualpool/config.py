@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from litellm_dualpool.core.calibration import CalibrationSettings
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.state.settings import StateConfig
+from litellm_dualpool.tenancy import TenancyConfig
 
 #: The top-level key of the LiteLLM YAML that holds the plugin's settings.
 SETTINGS_KEY = "dualpool_settings"
@@ -118,12 +120,6 @@ class OverridesConfig(_Model):
         None, description="Categories a request may declare (None: any, bounded by max_keys).")
 
 
-class StateConfig(_Model):
-    """Where learned calibration state lives (the Redis backend arrives with issue 7)."""
-
-    backend: Literal["memory"] = Field("memory", description="In-process state.")
-
-
 class DualPoolSettings(_Model):
     """The root of ``dualpool_settings:``."""
 
@@ -144,6 +140,7 @@ class DualPoolSettings(_Model):
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     overrides: OverridesConfig = Field(default_factory=OverridesConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
 
     def policy_settings(self) -> PolicySettings:
         spill = self.spillover.load_fraction if self.spillover.enabled else None
@@ -201,6 +198,8 @@ class PluginConfig:
     settings: DualPoolSettings
     groups: Mapping[str, GroupSpec]
     source: str | None = None
+    #: LiteLLM's ``router_settings`` (the Redis state backend inherits its redis_* keys).
+    router_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _format_validation(error: ValidationError, prefix: str) -> ConfigError:
@@ -318,7 +317,9 @@ def load_plugin_config(config: Mapping[str, Any], *, source: str | None = None) 
         raise ConfigError(f"model group {clash[0]!r} clashes with the plugin's hidden recovery "
                           "group; change recovery.group_suffix",
                           path=f"{SETTINGS_KEY}.recovery.group_suffix")
-    return PluginConfig(settings=settings, groups=groups, source=source)
+    router = config.get("router_settings")
+    return PluginConfig(settings=settings, groups=groups, source=source,
+                        router_settings=dict(router) if isinstance(router, Mapping) else {})
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

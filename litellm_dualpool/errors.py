@@ -51,3 +51,15 @@ class NoPoolFitsError(DualPoolError):
 
 class PoolNotAllowedError(NoPoolFitsError):
     """Only a pool the caller's key/team policy forbids (e.g. the long pool) would fit."""
+
+    def __init__(self, *, model_group: str, budget_tokens: int, largest_limit_tokens: int,
+                 message: str | None = None) -> None:
+        super().__init__(
+            model_group=model_group, budget_tokens=budget_tokens,
+            largest_limit_tokens=largest_limit_tokens,
+            message=message or (
+                f"litellm-dualpool: request needs an estimated {budget_tokens} tokens (prompt + "
+                f"max output) but the pools of model group {model_group!r} that this API key "
+                f"may use serve at most {largest_limit_tokens} tokens (max_model_len); a larger "
+                "pool exists but the key's policy (dualpool_policy) does not allow it. Shorten "
+                "the prompt, lower max_tokens, or ask for a key with long-pool access."))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from litellm_dualpool.errors import ConfigError
 
@@ -54,20 +54,20 @@ class PolicySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default_output_tokens: int | None = Field(
+    default_output_tokens: StrictInt | None = Field(
         None, ge=0, le=10_000_000,
         description="Output budget of this tenant's requests that set no max_tokens.")
     category: str | None = Field(
         None, pattern=_LABEL_PATTERN,
         description="Fixed calibration category of every request (requests cannot change it).")
-    allow_long_pool: bool | None = Field(
+    allow_long_pool: StrictBool | None = Field(
         None, description="May the largest pool of a group serve this tenant? false: requests "
                           "that fit only there are refused with a 400.")
     allowed_pools: tuple[str, ...] | None = Field(
         None, description="Pool labels this tenant may use (unset: every pool).")
-    allow_force_pool: bool | None = Field(
+    allow_force_pool: StrictBool | None = Field(
         None, description="May a request force a pool through its metadata?")
-    allow_category: bool | None = Field(
+    allow_category: StrictBool | None = Field(
         None, description="May a request declare its calibration category?")
     observation_trust: ObservationTrust | None = Field(
         None, description="trusted, normal or none: how this tenant's usage feeds learning.")

@@ -29,13 +29,20 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_dualpool.config import PluginConfig, load_plugin_config_file
+from litellm_dualpool.core.calibration import Calibrator
 from litellm_dualpool.errors import ConfigError, InvalidRequestError, NoPoolFitsError
 from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.engine import STASH_KEY, DualPoolEngine, LoadSource
 from litellm_dualpool.proxy.inflight import InFlight
 from litellm_dualpool.proxy.install import proxy_config_path, proxy_router
-from litellm_dualpool.proxy.policy import PolicyResolver, TenantPolicy, resolve_policy
+from litellm_dualpool.proxy.policy import (
+    PolicyResolver,
+    TenantPolicy,
+    TenantPolicyError,
+    resolve_policy,
+)
 from litellm_dualpool.proxy.vllm_load import VllmLoadPoller
+from litellm_dualpool.state import StateStore, build_store
 
 logger = logging.getLogger("litellm_dualpool")
 
@@ -111,7 +118,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
     def __init__(self, config: PluginConfig, *, metrics: DualPoolMetrics | None = None,
                  engine: DualPoolEngine | None = None, policy_resolver: PolicyResolver = resolve_policy,
                  router_provider: Callable[[], Any | None] = proxy_router,
-                 load_source: LoadSource | None = None, inflight: InFlight | None = None) -> None:
+                 load_source: LoadSource | None = None, inflight: InFlight | None = None,
+                 store: StateStore | None = None) -> None:
         super().__init__()
         polling = config.settings.spillover.vllm_metrics
         self.poller = VllmLoadPoller(
@@ -120,13 +128,15 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         if load_source is None and self.poller is not None:
             load_source = self.poller.load
         self.engine = engine or DualPoolEngine(config, metrics=metrics, load_source=load_source,
-                                               inflight=inflight)
+                                               inflight=inflight, store=store)
         self.settings = config.settings
         self.metrics = self.engine.metrics
         self.policy_resolver = policy_resolver
         self.router_provider = router_provider
         self._prepared_router: Any | None = None
         self._startup_task: asyncio.Task[None] | None = None
+        self._state_started = False
+        self._state_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_proxy_environment(cls, *, metrics: DualPoolMetrics | None = None) -> DualPoolCallback:
@@ -140,7 +150,12 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         if not config.groups:
             raise ConfigError("no model group declares pools: set model_info.max_model_len on "
                               "the deployments of at least one model group", path=path)
-        plugin = cls(config, metrics=metrics)
+        metrics = metrics or DualPoolMetrics()
+        store = build_store(config.settings.state,
+                            Calibrator(config.settings.calibration.to_core()), metrics=metrics,
+                            router_settings=config.router_settings)
+        store.restore_blocking()  # learned state before the first request (bounded wait)
+        plugin = cls(config, metrics=metrics, store=store)
         plugin.start_preparing()
         groups = ", ".join(f"{g.model_group}: " + " < ".join(
             f"{p.name}({p.max_model_len})" for p in g.pools) for g in config.groups.values())
@@ -166,12 +181,24 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
 
     def ensure_prepared(self) -> bool:
         """Prepare the proxy's current router if not done yet (it may be rebuilt at run time)."""
+        self._start_state()
         router = self.router_provider()
         if router is None:
             return False
         if router is not self._prepared_router:
             self.prepare(router)
         return True
+
+    def _start_state(self) -> None:
+        """Start the state store's background sync once, in the proxy's event loop."""
+        if self._state_started:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._state_started = True
+        self._state_task = loop.create_task(self.engine.store.start())
 
     def prepare(self, router: Any) -> None:
         from litellm_dualpool.proxy.install import install
@@ -214,6 +241,11 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
             raise HTTPException(status_code=400, detail={"error": str(error)}) from None
         except InvalidRequestError as error:
             logger.info("litellm-dualpool: request not routed by pool: %s", error)
+        except TenantPolicyError as error:  # the key's/team's dualpool_policy is malformed
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=403, detail={
+                "error": f"litellm-dualpool: invalid tenant policy: {error}"}) from None
         except Exception as error:
             self._count_error("pre_call", error)
         return data

@@ -26,6 +26,8 @@ from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.inflight import InFlight
 from litellm_dualpool.proxy.policy import TenantPolicy
 from litellm_dualpool.proxy.rejections import parse_context_rejection
+from litellm_dualpool.state import Outcome, StateConfig, StateStore, build_store
+from litellm_dualpool.tenancy import ANONYMOUS_TENANT, ObservationTrust
 
 logger = logging.getLogger("litellm_dualpool")
 
@@ -54,12 +56,19 @@ class DualPoolEngine:
     def __init__(self, config: PluginConfig, *, metrics: DualPoolMetrics | None = None,
                  calibrator: Calibrator | None = None, inflight: InFlight | None = None,
                  load_source: LoadSource | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 store: StateStore | None = None) -> None:
         self.config = config
         self.settings = config.settings
         self.groups = config.groups
         self.metrics = metrics or DualPoolMetrics()
-        self.calibrator = calibrator or Calibrator(self.settings.calibration.to_core())
+        if store is None:
+            store = build_store(StateConfig(influence=self.settings.state.influence),
+                                calibrator or Calibrator(self.settings.calibration.to_core()),
+                                metrics=self.metrics)
+        #: Where learning goes (state/): in process, or shared through Redis.
+        self.store = store
+        self.calibrator = store.calibrator
         self.estimator = Estimator(self.calibrator,
                                    default_output_tokens=self.settings.default_output_tokens)
         self.inflight = inflight or InFlight()
@@ -123,12 +132,14 @@ class DualPoolEngine:
         Raises NoPoolFitsError / PoolNotAllowedError (-> 400) and InvalidRequestError."""
         started = self._clock()
         forced, category = self.overrides(metadata, policy, group)
+        category = policy.category or category
+        allowed_pools = policy.pools_for([p.name for p in group.pools])
         estimate = self.estimator.estimate(
             body, group.model_group, category=category,
             default_output_tokens=policy.default_output_tokens, embedding=embedding)
         budget = estimate.budget.total_tokens
         decision = decide(budget, self.pool_states(group), self._policy,
-                          allowed_pools=policy.allowed_pools, forced_pool=forced)
+                          allowed_pools=allowed_pools, forced_pool=forced)
         self.metrics.decision_seconds.observe(self._clock() - started)
         if decision.pool is None:
             self.metrics.refusals.labels(group.model_group, decision.reason.value).inc()
@@ -137,20 +148,22 @@ class DualPoolEngine:
                         largest_limit_tokens=decision.limit_tokens)
         preferred = decision.pool
         if decision.reason is Reason.SPILLOVER:
-            preferred = self._preferred_without_load(budget, group, policy)
+            preferred = self._preferred_without_load(budget, group, allowed_pools)
         return {
             "id": uuid.uuid4().hex, "group": group.model_group, "category": estimate.key.category,
             "budget": budget, "prompt": estimate.budget.prompt_tokens,
             "point": estimate.budget.prompt_tokens_point, "output": estimate.budget.output_tokens,
             "shape": _shape_to_list(estimate.shape), "pool": decision.pool,
             "reason": decision.reason.value, "preferred": preferred,
-            "allowed": sorted(policy.allowed_pools) if policy.allowed_pools is not None else None,
+            "allowed": sorted(allowed_pools) if allowed_pools is not None else None,
+            "tenant": policy.tenant, "trust": policy.observation_trust.value,
             "recovered_from": None, "learned": False,
         }
 
-    def _preferred_without_load(self, budget: int, group: GroupSpec, policy: TenantPolicy) -> str:
+    def _preferred_without_load(self, budget: int, group: GroupSpec,
+                                allowed_pools: frozenset[str] | None) -> str:
         states = [PoolState(p.name, p.max_model_len) for p in group.pools]
-        return decide(budget, states, self._policy, allowed_pools=policy.allowed_pools).pool or ""
+        return decide(budget, states, self._policy, allowed_pools=allowed_pools).pool or ""
 
     # -- filtering -------------------------------------------------------------------------
     def choose(self, model: str, healthy: Sequence[dict[str, Any]],
@@ -252,10 +265,10 @@ class DualPoolEngine:
         point = stash.get("point") or stash["prompt"]
         self.metrics.estimate_error.labels(group, stash["category"]).observe(
             (point - prompt_tokens) / prompt_tokens)
-        learned = self.estimator.learn(estimate, prompt_tokens)
-        self.metrics.learning.labels(group, "learned" if learned else "rejected").inc()
-        if learned:
-            view = self.calibrator.ratio(estimate.key)
-            self.metrics.bytes_per_token.labels(group, stash["category"]).set(view.bytes_per_token)
-        return learned
+        # The store learns (at once, or once shared) and counts the outcome and the ratio.
+        outcome = self.store.observe(
+            estimate.key, estimate.shape, prompt_tokens,
+            tenant=stash.get("tenant") or ANONYMOUS_TENANT,
+            trust=ObservationTrust(stash.get("trust") or ObservationTrust.TRUSTED))
+        return outcome is Outcome.LEARNED
 

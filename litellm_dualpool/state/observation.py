@@ -1,7 +1,7 @@
 """One learnable observation and its wire form: what a worker shares about a finished request.
 
 An observation is everything the calibrator needs to learn (the calibration key, the request's
-shape without its text, the backend's prompt token count) plus who sent it (the tenant hash and
+shape without its text: sizes, counts and character-class counts; the backend's prompt tokens) plus who sent it (the tenant hash and
 its trust) and where it was made (worker id and sequence number, unique together). The wire form
 is one compact JSON array, versioned, so that a stream entry is ~150 bytes and a worker of another
 version skips what it cannot read instead of learning garbage.
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 
 from litellm_dualpool.core.calibration import CategoryKey
+from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.shape import ContentClass, RequestShape
 from litellm_dualpool.tenancy import ObservationTrust
 
@@ -50,7 +51,8 @@ def encode(obs: Observation) -> str:
         WIRE_VERSION, obs.key.model_group, obs.key.category, s.text_bytes, s.structured_bytes,
         s.message_count, s.tool_count, s.content_class.value, int(s.chat_template),
         int(s.has_tools), obs.prompt_tokens, obs.tenant, obs.trust.value, obs.origin, obs.seq,
-        obs.time_ms], separators=(",", ":"))
+        obs.time_ms, None if s.char_counts is None else list(astuple(s.char_counts))],
+        separators=(",", ":"))
 
 
 def _int(value: object, minimum: int = 0) -> int:
@@ -71,17 +73,22 @@ def decode(data: str | bytes) -> Observation:
         items = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"not JSON: {error}") from None
-    if not isinstance(items, list) or len(items) != 16 or items[0] != WIRE_VERSION:
+    if not isinstance(items, list) or len(items) not in (16, 17) or items[0] != WIRE_VERSION:
         raise ValueError("not an observation of wire version 1")
     (_, group, category, text_bytes, structured_bytes, messages, tools, content, template,
-     has_tools, prompt_tokens, tenant, trust, origin, seq, time_ms) = items
+     has_tools, prompt_tokens, tenant, trust, origin, seq, time_ms) = items[:16]
+    counts = items[16] if len(items) == 17 else None
+    if counts is not None:
+        if not isinstance(counts, list) or len(counts) != len(fields(CharCounts)):
+            raise ValueError("char counts must be a list of 6 integers")
+        counts = CharCounts(*(_int(c) for c in counts))
     if isinstance(time_ms, float) and math.isfinite(time_ms):
         time_ms = int(time_ms)
     shape = RequestShape(
         text_bytes=_int(text_bytes), structured_bytes=_int(structured_bytes),
         message_count=_int(messages), tool_count=_int(tools), image_count=0, audio_count=0,
         exact_prompt_tokens=None, content_class=ContentClass(content),
-        chat_template=bool(_int(template)), has_tools=bool(_int(has_tools)))
+        chat_template=bool(_int(template)), has_tools=bool(_int(has_tools)), char_counts=counts)
     return Observation(
         key=CategoryKey(_text(group), _text(category)), shape=shape,
         prompt_tokens=_int(prompt_tokens, 1), tenant=_text(tenant),

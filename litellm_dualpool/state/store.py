@@ -69,6 +69,10 @@ class StateStore:
         return self.record(self.observation(key, shape, prompt_tokens, tenant=tenant,
                                             trust=trust))
 
+    def restore_blocking(self) -> bool:
+        """Load persisted state before serving (nothing to load in process)."""
+        return True
+
     async def start(self) -> None:
         """Begin background work (idempotent)."""
 

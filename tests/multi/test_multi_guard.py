@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
-from litellm_dualpool.core.shape import ContentClass, RequestShape
+from litellm_dualpool.core.shape import ContentClass, RequestShape, shape_request
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.state import Admission, InfluenceGuard, InfluenceLimits, Learner, Outcome
 from litellm_dualpool.state.observation import Observation, decode, encode
@@ -156,8 +156,15 @@ def test_observation_wire_round_trip_and_rejects() -> None:
     original = obs(1234, "t0123456789ab", trust=T, seq=42, time_ms=1_700_000_000_000)
     assert decode(encode(original)) == original
     assert decode(encode(original).encode()) == original
+    real = Observation(KEY, shape_request({"messages": [{"role": "user", "content": "Hi 42,\n"
+                                                                              "ça va?"}]}),
+                       9, "t", N, "w", 1, 0)
+    assert real.shape.char_counts is not None
+    assert decode(encode(real)) == real
+    assert decode(json.dumps(json.loads(encode(real))[:16])).shape.char_counts is None
     good = json.loads(encode(original))
-    for index, bad in [(0, 2), (3, -1), (7, "klingon"), (10, 0), (12, "full"), (1, "x" * 300)]:
+    for index, bad in [(0, 2), (3, -1), (7, "klingon"), (10, 0), (12, "full"), (1, "x" * 300),
+                       (16, [1, 2]), (16, [1, 2, 3, 4, 5, -6])]:
         broken = list(good)
         broken[index] = bad
         with pytest.raises(ValueError):

@@ -99,8 +99,8 @@ def test_the_attack_moves_an_unguarded_calibrator_but_only_within_bounds(
         attack: str, baseline: Calibrator) -> None:
     calibrator, feed = unguarded()
     run(feed, ATTACKS[attack])
-    point, _ = relative_change(calibrator, baseline)
-    assert point > 0.05
+    point, conservative = relative_change(calibrator, baseline)
+    assert max(point, conservative) > 0.03  # the ratio, or the spread that guards it, moves
     assert decisions(calibrator) != decisions(baseline)
     settings = calibrator.settings
     assert settings.min_bytes_per_token <= calibrator.ratio(KEY).bytes_per_token <= (

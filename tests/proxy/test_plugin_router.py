@@ -250,6 +250,7 @@ async def test_a_failing_hook_never_fails_the_request(make_env) -> None:
     broken = _BrokenCalibrator()
     env.plugin.engine.calibrator = broken
     env.plugin.engine.estimator.calibrator = broken
+    env.plugin.engine.store.learner.calibrator = broken  # learning goes through the state store
     response, _ = await env.call("hello", max_tokens=8)
     assert response.choices[0].message.content == "ok"
     await env.settle(lambda: env.metric("dualpool_callback_errors_total", hook="success") == 1)

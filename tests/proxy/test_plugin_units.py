@@ -8,7 +8,7 @@ import pytest
 
 from litellm_dualpool.config import DualPoolSettings
 from litellm_dualpool.proxy.inflight import InFlight
-from litellm_dualpool.proxy.policy import TenantPolicy, resolve_policy
+from litellm_dualpool.proxy.policy import TenantPolicy, TenantPolicyError, resolve_policy
 from litellm_dualpool.proxy.rejections import parse_context_rejection
 
 
@@ -77,7 +77,8 @@ def test_policy_defaults_then_team_then_key() -> None:
     assert policy == TenantPolicy(allow_force_pool=True, allow_category=False,
                                   allowed_pools=frozenset({"short"}), default_output_tokens=64)
     wrong = SimpleNamespace(metadata={"dualpool_policy": {"allow_force_pool": "yes"}})
-    assert resolve_policy(wrong, settings).allow_force_pool is False
+    with pytest.raises(TenantPolicyError, match="allow_force_pool"):  # refused, never guessed
+        resolve_policy(wrong, settings)
 
 
 def test_vllm_load_is_read_from_its_metrics() -> None:
