@@ -284,6 +284,7 @@ class Tally:
     ape_short: list[tuple[int, float]] = field(default_factory=list)  # exact < 1024 tokens
     ape_routing: list[float] = field(default_factory=list)
     under: int = 0
+    under_long: int = 0
     misroute: dict[int, int] = field(default_factory=lambda: dict.fromkeys(SHORT_POOLS, 0))
     overroute: dict[int, int] = field(default_factory=lambda: dict.fromkeys(SHORT_POOLS, 0))
     near: dict[int, int] = field(default_factory=lambda: dict.fromkeys(SHORT_POOLS, 0))
@@ -300,6 +301,7 @@ def evaluate(stream: list[tuple[str, dict[str, Any]]], shapes: list[RequestShape
         (t.ape_long if truth >= LONG_TOKENS else t.ape_short).append(t.ape[-1])
         t.ape_routing.append(abs(routing - truth) / truth)
         t.under += routing < truth
+        t.under_long += routing < truth and truth >= LONG_TOKENS
         for limit in SHORT_POOLS:
             to_short = routing + MAX_TOKENS <= limit
             fits_short = truth + MAX_TOKENS <= limit
@@ -332,6 +334,7 @@ def details(t: Tally) -> dict[str, Any]:
         "requests_1k_plus": len(t.ape_long),
         "mape_after_50_1k_plus": _mape(t, 50, "ape_long"),
         "mape_after_50_under_1k": _mape(t, 50, "ape_short"),
+        "under_estimate_rate_1k_plus": round(t.under_long / max(len(t.ape_long), 1), 5),
         "routing_mape": round(sum(t.ape_routing) / t.n, 5),
         "overroute_rate_8192": round(t.overroute[8192] / t.n, 5),
         "overroute_rate_4096": round(t.overroute[4096] / t.n, 5),

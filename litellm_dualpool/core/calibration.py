@@ -409,6 +409,10 @@ class Calibrator:
         kb = theta[_F_KB] = min(max(theta[_F_KB], 0.0), 1000.0 / s.min_bytes_per_token)
         for j, floor in zip(_F_CHARS, _CHAR_FLOORS, strict=True):
             theta[j] = min(max(theta[j], floor * kb), 1000.0)
+        # a space that completes a 4-space run, a kana character (3 bytes, 2 extra): >= 0 too
+        spaces, extra, runs, kana = 1, 6, 7, 8
+        theta[runs] = max(theta[runs], -(kb + theta[spaces]))
+        theta[kana] = max(theta[kana], -(3 * kb + 2 * theta[extra]))
         # the ratio at the key's usual character mix stays within [min, max] bytes per token
         per_kb = _tokens_per_kb(theta, densities)
         lo, hi = 1000.0 / s.max_bytes_per_token, 1000.0 / s.min_bytes_per_token

@@ -219,3 +219,38 @@ def test_thread_safety_smoke() -> None:
     total = sum(cal.ratio(k).samples for k in learned)
     assert total == sum(accepted)
     assert abs(cal.ratio(CategoryKey("g", "prose")).bytes_per_token - 4.0) < 0.3
+
+
+WORDS = ["the", "tokenizer", "def", "f(x):", "    return", "x", "{", "}", "42", "3.14", "Hello",
+         "日本語", "です。", "café", "\n", "\n    ", "    ", "JSON", '"key":', "!", "ü"]
+
+
+def trained() -> Calibrator:
+    from litellm_dualpool.core.shape import shape_request
+
+    rng = random.Random(9)
+    cal = Calibrator()
+    for _ in range(80):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 400)))
+        s = shape_request({"messages": [{"role": "user", "content": text}]})
+        cal.observe(KEY, s, max(1, round(s.total_bytes / rng.uniform(2.5, 5.0))) + 9)
+    return cal
+
+
+TRAINED = trained()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), max_size=200), st.lists(st.sampled_from(WORDS), min_size=1,
+                                                                 max_size=200))
+def test_appending_text_never_lowers_the_estimate(head: list[str], tail: list[str]) -> None:
+    """Within the sample budget (4096 characters) the counts are exact and every character
+    class costs >= 0 tokens, so appending text never lowers the estimate of a key."""
+    from litellm_dualpool.core.shape import shape_request
+
+    a = "".join(head)
+    b = a + "".join(tail)
+    sa = shape_request({"messages": [{"role": "user", "content": a}]})
+    sb = shape_request({"messages": [{"role": "user", "content": b}]})
+    for fn in (TRAINED.estimate_point_tokens, TRAINED.estimate_prompt_tokens):
+        assert fn(KEY, sa) <= fn(KEY, sb)
