@@ -462,9 +462,15 @@ class Calibrator:
         if not isinstance(entries, list):
             raise ConfigError("must be a list", path="snapshot.keys")
         states: dict[CategoryKey, _KeyState] = {}
-        for i, entry in enumerate(entries[: self.settings.max_keys + 64]):
+        for i, entry in enumerate(entries):
             key, state = self._parse_entry(entry, f"snapshot.keys[{i}]")
+            if key in states:
+                raise ConfigError(f"duplicate key {key}", path=f"snapshot.keys[{i}]")
             states[key] = state
+        regular = sum(key.category != OVERFLOW_CATEGORY for key in states)
+        if regular > self.settings.max_keys:
+            raise ConfigError(f"{regular} keys exceed max_keys={self.settings.max_keys}",
+                              path="snapshot.keys")
         with self._lock:
             self._states = states
 

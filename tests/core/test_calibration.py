@@ -184,6 +184,15 @@ def test_restore_rejects_bad_snapshots(mutate, path: str) -> None:  # type: igno
     assert info.value.path == path
 
 
+def test_restore_refuses_more_keys_than_allowed() -> None:
+    big = Calibrator(CalibrationSettings(max_keys=8))
+    for i in range(8):
+        big.observe(CategoryKey("g", f"c{i}"), shape(1000), 260)
+    with pytest.raises(ConfigError) as info:
+        Calibrator(CalibrationSettings(max_keys=4)).restore(big.snapshot())
+    assert info.value.path == "snapshot.keys"
+
+
 @pytest.mark.parametrize("kwargs", [{"ema_beta": 1.0}, {"gamma": -1}, {"max_keys": 0},
                                     {"min_bytes_per_token": 5, "max_bytes_per_token": 4},
                                     {"cold_start_bytes_per_token": 20}])
