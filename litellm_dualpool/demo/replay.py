@@ -9,7 +9,8 @@ hidden by a client-side retry.
 Each outcome is one of: ``ok`` (answered, with the backend's usage), ``refused`` (the plugin's
 400 for a request that truly exceeds every pool), ``lost`` (anything else, including a refusal
 of a request that would have fitted). The serving backend comes from LiteLLM's
-``x-litellm-model-api-base`` response header.
+``x-litellm-model-api-base`` response header, mapped to its pool when the backends are known,
+else the plugin's ``x-dualpool-pool`` header names the pool.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from litellm_dualpool.demo.workload import Kind, RequestSpec
 REQUEST_TIMEOUT_SECONDS = 180.0
 #: LiteLLM's header naming the deployment's api_base that served a request
 API_BASE_HEADER = "x-litellm-model-api-base"
+#: the plugin's header naming the pool it chose (used when the backends are not known)
+POOL_HEADER = "x-dualpool-pool"
 
 
 class Status(StrEnum):
@@ -66,12 +69,12 @@ class Replayer:
     """Replays specs against ``base_url`` (the proxy's OpenAI root, ending in ``/v1``)."""
 
     def __init__(self, base_url: str, api_key: str, bodies: BodyFactory, *,
-                 pool_of_api_base: Mapping[str, str], concurrency: int = 16,
+                 pool_of_api_base: Mapping[str, str] | None = None, concurrency: int = 16,
                  on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0,
                                           timeout=REQUEST_TIMEOUT_SECONDS)
         self._bodies = bodies
-        self._pools = {base.rstrip("/"): pool for base, pool in pool_of_api_base.items()}
+        self._pools = {base.rstrip("/"): pool for base, pool in (pool_of_api_base or {}).items()}
         self._limit = asyncio.Semaphore(concurrency)
         self._on_outcome = on_outcome
 
@@ -100,31 +103,32 @@ class Replayer:
         sent = time.monotonic()
         try:
             if spec.stream:
-                api_base, usage = await self._stream(body)
+                headers, usage = await self._stream(body)
             else:
-                api_base, usage = await self._plain(body)
+                headers, usage = await self._plain(body)
         except Exception as exc:  # every failure is an outcome; none may escape the replay
             status = (Status.REFUSED if _is_refusal(exc) and spec.kind is Kind.OVERSIZE
                       else Status.LOST)
             return Outcome(spec, status, None, None, time.monotonic() - sent, None, None,
                            f"{type(exc).__name__}: {exc}"[:500])
         latency = time.monotonic() - sent
-        pool = self._pools.get((api_base or "").rstrip("/"))
+        api_base = headers.get(API_BASE_HEADER)
+        pool = self._pools.get((api_base or "").rstrip("/")) or headers.get(POOL_HEADER)
         prompt, completion = usage
         if prompt is None:
             return Outcome(spec, Status.LOST, pool, api_base, latency, None, None,
                            "the response carried no usage")
         return Outcome(spec, Status.OK, pool, api_base, latency, prompt, completion)
 
-    async def _plain(self, body: dict[str, Any]) -> tuple[str | None, tuple[int | None, int | None]]:
+    async def _plain(self, body: dict[str, Any]) -> tuple[Mapping[str, str], tuple[int | None, int | None]]:
         raw = await self._client.chat.completions.with_raw_response.create(
             **body, extra_body={"ignore_eos": True})
         completion = raw.parse()
         usage = completion.usage
-        return raw.headers.get(API_BASE_HEADER), (
+        return raw.headers, (
             (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None))
 
-    async def _stream(self, body: dict[str, Any]) -> tuple[str | None, tuple[int | None, int | None]]:
+    async def _stream(self, body: dict[str, Any]) -> tuple[Mapping[str, str], tuple[int | None, int | None]]:
         raw = await self._client.chat.completions.with_raw_response.create(
             **body, extra_body={"ignore_eos": True})
         stream = raw.parse()
@@ -133,4 +137,4 @@ class Replayer:
         async for chunk in stream:
             if chunk.usage is not None:
                 prompt, completion = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
-        return raw.headers.get(API_BASE_HEADER), (prompt, completion)
+        return raw.headers, (prompt, completion)

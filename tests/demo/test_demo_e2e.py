@@ -84,6 +84,20 @@ def test_demo_short_run_reports_zero_lost_and_stops_everything(tmp_path: Path) -
                             json={"model": "llama-3-70b", "max_tokens": 8,
                                   "messages": [{"role": "user", "content": "Hello"}]})
         assert answer.status_code == 200 and answer.headers["x-dualpool-pool"] == "short"
+        # the trace-replay example against the kept gateway: a Mooncake-format trace with a
+        # short, a long and a larger-than-every-pool request
+        trace = tmp_path / "trace.jsonl"
+        trace.write_text("".join(json.dumps({"timestamp": t, "input_length": i, "output_length": o})
+                                 + "\n" for t, i, o in ((0, 900, 40), (200, 20_000, 30),
+                                                         (400, 70_000, 10))), encoding="utf-8")
+        replay = subprocess.run(
+            [sys.executable, str(REPO / "examples" / "replay_trace.py"), "--gateway", gateway,
+             "--api-key", key, "--trace", str(trace)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert replay.returncode == 0, replay.stderr[-2000:]
+        replayed = json.loads(replay.stdout.strip().splitlines()[-1])
+        assert (replayed["ok"], replayed["refused"], replayed["lost"]) == (2, 1, 0)
+        assert replayed["pools"]["short"]["requests"] == replayed["pools"]["long"]["requests"] == 1
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # the demo alone: it must stop its children
