@@ -282,9 +282,10 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     Arrivals are as bursty as the pool's own stream in the trace: Allen-Cunneen's G/G/c factor
     (ca^2 + cs^2) / 2 takes ca^2 = the index of dispersion of the pool's arrival counts per
     second (1 without a trace), which captures clustered long requests that inter-arrival
-    gaps alone miss. Least-loaded balancing is modelled as pooling over BALANCER_POOLING
-    instances (between independent instances and one pooled M/G/n queue; the constant was
-    chosen against the fleet simulator on Azure 2023 conv, see docs/evaluation.md).
+    gaps alone miss. Least-loaded balancing sees in-flight counts, not queued prompt tokens, so
+    prompts queue per instance more than in one pooled M/G/n queue: the prefill wait is the
+    geometric mean of the G/G/1 wait per instance and the G/G/2 wait of pairs of instances
+    (an approximation chosen against the fleet simulator, see docs/evaluation.md).
 
     Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
     (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
@@ -323,8 +324,7 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     # the balancer sees in-flight counts, not queued prefill work, so queues pool only over
     # small groups of instances (G/G/g at g*lambda/n); splitting a bursty stream over n/g groups
     # leaves each with g/n of its excess dispersion
-    group = min(BALANCER_POOLING, instances)
-    prefill_wait = mgc_wait(group, lam * group, s_mean, cv2, 1.0 + (burst - 1.0) * group / instances)
+    prefill_wait = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst)
     residence = s_mean + prefill_wait.mean_seconds + o_mean * tpot
     out = mix.output_tokens.astype(np.float64)
     res_cv2 = float((out * tpot).var() / residence**2) if residence > 0 else 0.0
@@ -343,6 +343,19 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
                           prefill_wait.quantile(_Q), slot_wait.quantile(_Q))
+
+
+def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
+                           burst: float) -> WaitDistribution:
+    """Geometric mean of the waits with queues pooled over 1 and over BALANCER_POOLING
+    instances: least-loaded balancing on in-flight counts lies between the two."""
+    waits = []
+    for group in {1, min(BALANCER_POOLING, instances)}:
+        waits.append(mgc_wait(group, lam * group, s_mean, cv2, 1.0 + (burst - 1.0) * group / instances))
+    if any(not math.isfinite(w.mean_if_waiting_seconds) for w in waits):
+        return WaitDistribution(1.0, math.inf)
+    return WaitDistribution(math.prod(w.p_wait for w in waits) ** (1 / len(waits)),
+                            math.prod(w.mean_if_waiting_seconds for w in waits) ** (1 / len(waits)))
 
 
 def _draw(wait: WaitDistribution, rng: np.random.Generator) -> np.ndarray:
@@ -598,6 +611,7 @@ class Plan:
             "saving_fraction": self.saving_fraction,
             "closed_form_saving_fraction": self.closed_form_saving_fraction,
             "alpha": self.alpha, "rho": self.rho,
+            "split_pays_off": self.saving_fraction > 0,
             "sweep": [o.to_dict() for o in self.sweep],
             "extra_pools": [asdict(e) for e in self.extra_pools],
             "rate_per_second": self.rate_per_second,

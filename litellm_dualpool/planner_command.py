@@ -189,6 +189,9 @@ def render(plan: Plan, console: Console) -> None:
                   f"${plan.homogeneous.usd_per_year / 1e6:.2f}M -> ${plan.dual_pool.usd_per_year / 1e6:.2f}M "
                   f"per year; saving {plan.saving_fraction:.1%} (closed form alpha*(1-1/rho) = "
                   f"{plan.alpha:.3f}*(1-1/{plan.rho:.2f}) = {plan.closed_form_saving_fraction:.1%})[/]")
+    if plan.saving_fraction <= 0:
+        console.print("[yellow]No split pays off for this workload: keep the homogeneous fleet (the "
+                      "threshold above is the least costly split, shown for comparison).[/]")
     if not (plan.homogeneous.slo_met and plan.dual_pool.slo_met):
         console.print("[yellow]Some pool cannot meet the SLO at any size (e.g. prompts whose "
                       "prefill alone exceeds the TTFT target); it is sized by the utilisation cap.[/]")

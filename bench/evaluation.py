@@ -1,0 +1,428 @@
+"""Generate docs/evaluation.md: the paper's numbers beside ours (planner and fleet simulator).
+
+Rerun (about 5-8 minutes on 2 cores):  .venv/bin/python bench/evaluation.py [--json] [--quick]
+
+For each scenario the planner sizes both fleets at the full rate; the simulator then checks them
+on a *slice*: every K-th request of the trace scaled to the full rate (same burst time scale,
+1/K of the rate) on 1/K of the instances, and searches the smallest fleet of each kind whose
+pools all meet the SLO (P99 TTFT and P99 TPOT per pool, estimator in the loop, spillover off so
+pools are independent). Simulated GPUs are the slice's instances times K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from litellm_dualpool.core.policy import PolicySettings
+from litellm_dualpool.planner import Hardware, LengthMix, Plan, Planner, PoolPlan, Slo, make_plan
+from litellm_dualpool.sim.fleet import FleetResult, PoolReport, PoolSpec, SloTargets, simulate
+from litellm_dualpool.sim.routers import (
+    OracleRouter,
+    PolicyRouter,
+    Router,
+    SinglePoolRouter,
+    StaticRatioRouter,
+)
+from litellm_dualpool.sim.workload import Workload, read_trace
+
+REPO = Path(__file__).resolve().parents[1]
+TRACES = REPO.parent / "shared" / "data" / "traces"
+DOC = REPO / "docs" / "evaluation.md"
+HOURS_PER_YEAR = 8760.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    trace: str
+    rate: float
+    gpu: str
+    model: str
+    dtype: str
+    tp: int | None
+    slo: Slo
+    slice_k: int
+    seconds: float  # simulated arrival span at the full rate
+    paper: dict[str, object]
+
+
+PAPER_A100 = {"homogeneous_gpus": 358, "dual_gpus": 208, "saving": 0.419, "ttft_p50": (0.42, 0.28),
+              "ttft_p99": (1.82, 1.71), "tpot_p99": (0.067, 0.062), "preempt": (47.3, 8.7),
+              "success": (0.9969, 0.9995), "note": "Azure trace (paper v2; LMSYS 31.3%)"}
+SCENARIOS = (
+    Scenario("azure-conv", "Llama-3-70B BF16 on A100, Azure 2023 conv, 1,000 req/s",
+             "azure2023/AzureLLMInferenceTrace_conv.csv", 1000, "a100", "llama-3-70b", "bfloat16", 4,
+             Slo(2.0, 0.080), 12, 60, PAPER_A100),
+    Scenario("azure-code", "Llama-3-70B BF16 on A100, Azure 2023 code, 1,000 req/s",
+             "azure2023/AzureLLMInferenceTrace_code.csv", 1000, "a100", "llama-3-70b", "bfloat16", 4,
+             Slo(2.0, 0.080), 24, 60, PAPER_A100),
+    Scenario("mooncake", "Llama-3-70B BF16 on A100, Mooncake conversation, 1,000 req/s (TTFT target 60 s)",
+             "mooncake/conversation_trace.jsonl", 1000, "a100", "llama-3-70b", "bfloat16", 4,
+             Slo(60.0, 0.080), 40, 60, {"note": "no paper figure"}),
+    Scenario("qwen-mi300x", "Qwen3-235B-A22B FP8 on MI300X (TP 8), Azure 2023 conv, 10,000 req/s",
+             "azure2023/AzureLLMInferenceTrace_conv.csv", 10000, "mi300x", "qwen3-235b-a22b", "fp8", 8,
+             Slo(2.0, 0.080), 25, 30,
+             {"homogeneous_gpus": 1576, "dual_gpus": 1096, "saving": 0.304,
+              "usd": (50.6e6, 35.2e6), "note": "197 -> 137 nodes at $3.67/GPU-h"}),
+)
+
+
+# -- simulation helpers ---------------------------------------------------------------------
+
+def sliced(workload: Workload, rate: float, k: int, seconds: float) -> Workload:
+    """Every k-th request of the trace at the full rate: 1/k of the rate, same time scale."""
+    full = workload.resized(max(len(workload), int(rate * seconds))).scaled_to_rate(rate)
+    pick = np.arange(0, min(len(full), int(rate * seconds)), k)
+    return Workload(full.name, full.arrival_seconds[pick] - full.arrival_seconds[pick[0]],
+                    full.prompt_tokens[pick], full.output_tokens[pick], full.category[pick], full.categories)
+
+
+def specs(hw: Hardware, pools: Sequence[PoolPlan], counts: Sequence[int],
+          flags: Sequence[tuple[int, int, int]] | None = None) -> list[PoolSpec]:
+    out = []
+    for i, (pool, n) in enumerate(zip(pools, counts, strict=True)):
+        f = flags[i] if flags else (pool.flags.max_model_len, pool.flags.max_num_seqs, pool.flags.max_num_batched_tokens)
+        out.append(PoolSpec(pool.name, hw.engine(*f), max(int(n), 1)))
+    return out
+
+
+def router_for(kind: str, pools: Sequence[PoolSpec], spillover: float | None = None) -> Router:
+    settings = PolicySettings(spillover_load_fraction=spillover)
+    if len(pools) == 1:
+        return SinglePoolRouter(pools[0].name)
+    return {"estimator": PolicyRouter, "oracle": OracleRouter, "static": StaticRatioRouter}[kind](settings)
+
+
+def meets(report: PoolReport, slo: Slo) -> bool:
+    return report.requests == 0 or (report.ttft_p99_seconds <= slo.ttft_p99_seconds
+                                    and report.tpot_p99_seconds <= slo.tpot_p99_seconds)
+
+
+def search(run: Callable[[list[int]], FleetResult], start: list[int], fixed: list[bool],
+           slo: Slo) -> tuple[list[int], FleetResult]:
+    """Smallest instance counts (per pool, pools independent) whose pools meet the SLO."""
+    hi = [max(math.ceil(n * 1.3), n + 1) if not f else n for n, f in zip(start, fixed, strict=True)]
+    lo = [max(int(n * 0.6), 0) if not f else n for n, f in zip(start, fixed, strict=True)]
+    result = run(hi)
+    for _ in range(4):  # at most ~6.5x the planner's size; beyond that the SLO is out of reach
+        bad = [i for i, p in enumerate(result.pools) if not fixed[i] and not meets(p, slo)]
+        if not bad:
+            break
+        for i in bad:
+            lo[i], hi[i] = hi[i], math.ceil(hi[i] * 1.6)
+        result = run(hi)
+    best = result
+    while any(h - lo_ > 1 for lo_, h in zip(lo, hi, strict=True)):
+        mid = [(lo_ + h) // 2 if h - lo_ > 1 else h for lo_, h in zip(lo, hi, strict=True)]
+        result = run(mid)
+        for i, p in enumerate(result.pools):
+            if hi[i] - lo[i] <= 1:
+                continue
+            if meets(p, slo):
+                hi[i] = mid[i]
+            else:
+                lo[i] = mid[i]
+        if all(meets(p, slo) for p in result.pools) and mid == hi:
+            best = result
+    if [p.instances for p in best.pools] != hi:
+        best = run(hi)
+    return hi, best
+
+
+# -- one scenario ---------------------------------------------------------------------------
+
+def evaluate(sc: Scenario, quick: bool, log: Callable[[str], None]) -> dict[str, object]:
+    t0 = time.perf_counter()
+    trace = read_trace(TRACES / sc.trace)
+    hw = Hardware.build(sc.gpu, sc.model, tensor_parallel_size=sc.tp, dtype=sc.dtype)
+    planner = Planner(LengthMix.from_workload(trace.scaled_to_rate(sc.rate)), sc.rate, hw, slo=sc.slo)
+    plan = make_plan(planner, max_pools=3)
+    k = sc.slice_k * (2 if quick else 1)
+    work = sliced(trace, sc.rate, k, sc.seconds / (2 if quick else 1))
+    slo_t = SloTargets(sc.slo.ttft_p99_seconds, sc.slo.tpot_p99_seconds)
+    log(f"{sc.key}: plan {plan.homogeneous.gpus} -> {plan.dual_pool.gpus} GPUs at {plan.threshold}; "
+        f"slice 1/{k}: {len(work)} requests")
+
+    def sim(pools: list[PoolSpec], kind: str = "estimator", spill: float | None = None) -> FleetResult:
+        return simulate(work, pools, router_for(kind, pools, spill), slo=slo_t)
+
+    def slice_count(pool: PoolPlan) -> int:
+        return max(round(pool.instances / k), 1)
+
+    homog_pools = list(plan.homogeneous.pools)
+    dual_pools = list(plan.dual_pool.pools)
+    idle = [p.share < 1e-3 for p in dual_pools]  # kept at the planner's one instance
+    h_counts, h_res = search(lambda c: sim(specs(hw, homog_pools, c)), [slice_count(homog_pools[0])],
+                             [False], sc.slo)
+    d_counts, d_res = search(lambda c: sim(specs(hw, dual_pools, c)), [slice_count(p) for p in dual_pools],
+                             idle, sc.slo)
+    tp = hw.tensor_parallel_size
+    sim_h_gpus = h_counts[0] * k * tp
+    sim_d_gpus = sum((p.instances if idle[i] else n * k) * tp for i, (p, n) in enumerate(zip(dual_pools, d_counts,
+                                                                                              strict=True)))
+    log(f"  simulated minimum: homogeneous {h_counts} x{k}, dual {d_counts} x{k} ({time.perf_counter() - t0:.0f}s)")
+    variants = {}
+    for name, kind, spill in (("estimator, spillover off", "estimator", None), ("oracle lengths", "oracle", None),
+                              ("static 4.0 bytes/token", "static", None), ("estimator, spillover 0.9", "estimator", 0.9)):
+        variants[name] = d_res if name.startswith("estimator, spillover off") else sim(
+            specs(hw, dual_pools, d_counts), kind, spill)
+    thresholds = {}
+    for t in (4096, 8192, 16384):
+        option = next((o for o in plan.sweep if o.threshold == t), None)
+        if option is None:
+            continue
+        pools = list(option.fleet.pools)
+        res = sim(specs(hw, pools, [slice_count(p) for p in pools]))
+        thresholds[t] = (option, res)
+    preempt = preemptions_at_90(sc, hw, trace, work, k, sim)
+    kv_seqs = min(hw.engine(planner.long_max_model_len, 16, 8192).kv_capacity_tokens // planner.long_max_model_len, 256)
+    kv_plan = make_plan(Planner(planner.mix, sc.rate, hw, slo=sc.slo, long_max_num_seqs=max(kv_seqs, 1)), max_pools=2)
+    log(f"  done in {time.perf_counter() - t0:.0f}s")
+    return {"scenario": sc, "plan": plan, "k": k, "requests": len(work), "homog": (h_counts, h_res, sim_h_gpus),
+            "dual": (d_counts, d_res, sim_d_gpus), "variants": variants, "thresholds": thresholds,
+            "preempt": preempt, "kv_plan": (kv_seqs, kv_plan), "wall_s": time.perf_counter() - t0}
+
+
+def preemptions_at_90(sc: Scenario, hw: Hardware, trace: Workload, work: Workload, k: int,
+                      sim: Callable[..., FleetResult]) -> dict[str, object]:
+    """The paper's flags (short 8K/128/16K, long 64K-or-longer/16/8K), each pool at 90% of its
+    saturation throughput: preemptions per 1000 requests, homogeneous vs dual."""
+    longest = max(65536, 1 << math.ceil(math.log2(int(trace.total_tokens.max()))))
+    planner = Planner(LengthMix.from_workload(trace), sc.rate, hw, slo=sc.slo, long_max_model_len=longest)
+    from litellm_dualpool.planner import PoolFlags
+    short, long_ = PoolFlags(8192, 128, 16384), PoolFlags(longest, 16, 8192)
+    rate = sc.rate / k
+    alpha = planner.mix.share_within(0, 8192)
+    mu_h = planner.mu(long_, 0, longest, "x-long-all")
+    mu_s = planner.mu(short, 0, 8192, "x-short")
+    mu_l = planner.mu(long_, 8192, longest, "x-long") if alpha < 1 else mu_h
+    n_h = max(math.ceil(rate / (0.9 * mu_h)), 1)
+    n_s = max(math.ceil(alpha * rate / (0.9 * mu_s)), 1)
+    n_l = max(math.ceil((1 - alpha) * rate / (0.9 * mu_l)), 1)
+    homog = sim([PoolSpec("homogeneous", hw.engine(longest, 16, 8192), n_h)])
+    dual = sim([PoolSpec("short", hw.engine(8192, 128, 16384), n_s), PoolSpec("long", hw.engine(longest, 16, 8192), n_l)])
+    return {"homogeneous": homog, "dual": dual, "instances": (n_h, n_s, n_l)}
+
+
+# -- the document ---------------------------------------------------------------------------
+
+def _s(x: float) -> str:
+    return "-" if x is None or not math.isfinite(x) else (f"{x:.2f}" if x >= 0.1 else f"{x * 1e3:.0f} ms")
+
+
+def _metrics_row(label: str, gpus: int, price: float, res: FleetResult, k: int) -> str:
+    f = res.fleet
+    return (f"| {label} | {gpus:,} | {gpus * 24:,} | ${gpus * price * HOURS_PER_YEAR / 1e6:.1f}M | "
+            f"{f.preemptions_per_1000:.1f} | {_s(f.ttft_p50_seconds)} | {_s(f.ttft_p99_seconds)} | "
+            f"{_s(f.tpot_p99_seconds)} | {f.slo_attainment:.2%} |")
+
+
+def render(results: list[dict[str, object]], meta: dict[str, object]) -> str:
+    out = [HEADER.format(**meta)]
+    for r in results:
+        sc: Scenario = r["scenario"]  # type: ignore[assignment]
+        plan: Plan = r["plan"]  # type: ignore[assignment]
+        k: int = r["k"]  # type: ignore[assignment]
+        price = plan.hardware.usd_per_gpu_hour
+        _, h_res, h_gpus = r["homog"]  # type: ignore[misc]
+        _, d_res, d_gpus = r["dual"]  # type: ignore[misc]
+        paper = sc.paper
+        out += [f"## {sc.title}", "",
+                f"Planner: threshold **{plan.threshold}** tokens (alpha {plan.alpha:.2%}, rho {plan.rho:.2f}); "
+                f"TP {plan.hardware.tensor_parallel_size}; pools "
+                + "; ".join(f"{p.name} {p.flags.max_model_len}/{p.flags.max_num_seqs} seqs/"
+                            f"{p.flags.max_num_batched_tokens} batched: {p.instances} inst ({p.binding})"
+                            for p in plan.dual_pool.pools)
+                + f"; homogeneous {plan.homogeneous.pools[0].flags.max_model_len}/"
+                  f"{plan.homogeneous.pools[0].flags.max_num_seqs}/{plan.homogeneous.pools[0].flags.max_num_batched_tokens}: "
+                  f"{plan.homogeneous.instances} inst ({plan.homogeneous.pools[0].binding}). "
+                  f"Simulated on a 1/{k} slice ({r['requests']:,} requests).", "",
+                "| fleet | GPUs | GPU-hours/day | $/year | preempt/1000 | P50 TTFT | P99 TTFT | P99 TPOT | SLO attainment |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        if "homogeneous_gpus" in paper:
+            hg, dg = paper["homogeneous_gpus"], paper["dual_gpus"]
+            pp = paper.get("preempt", ("-", "-"))
+            t50, t99, tp99 = (paper.get(x, ("-", "-")) for x in ("ttft_p50", "ttft_p99", "tpot_p99"))
+            succ = paper.get("success", ("-", "-"))
+            pr = paper.get("usd", (hg * price * HOURS_PER_YEAR, dg * price * HOURS_PER_YEAR))
+            for i, label in enumerate(("paper homogeneous", "paper dual pool")):
+                g = (hg, dg)[i]
+                out.append(f"| {label} | {g:,} | {g * 24:,} | ${pr[i] / 1e6:.1f}M | {pp[i]} | {t50[i]} | {t99[i]} | "
+                           f"{tp99[i]} | {succ[i]} (success) |")
+        out.append(_metrics_row("ours homogeneous (sim)", h_gpus, price, h_res, k))
+        out.append(_metrics_row("ours dual pool (sim)", d_gpus, price, d_res, k))
+        sim_saving = 1 - d_gpus / h_gpus
+        out += ["", "| | homogeneous GPUs | dual GPUs | saving |", "|---|---|---|---|"]
+        if "saving" in paper:
+            out.append(f"| paper | {paper['homogeneous_gpus']:,} | {paper['dual_gpus']:,} | {paper['saving']:.1%} |")
+        out += [f"| closed form alpha(1-1/rho) | | | {plan.closed_form_saving_fraction:.1%} |",
+                f"| planner (discrete, SLO-checked) | {plan.homogeneous.gpus:,} | {plan.dual_pool.gpus:,} | "
+                f"{plan.saving_fraction:.1%} |",
+                f"| simulator (smallest fleets meeting the SLO) | {h_gpus:,} | {d_gpus:,} | {sim_saving:.1%} |",
+                f"| **planner error** | {plan.homogeneous.gpus / h_gpus - 1:+.1%} | {plan.dual_pool.gpus / d_gpus - 1:+.1%} | "
+                f"**{100 * (plan.saving_fraction - sim_saving):+.1f} pp** |", ""]
+        out += ["Routing variants at the simulated dual-pool size:", "",
+                "| router | SLO attainment | P99 TTFT short / long | long-pool share | misroutes recovered |",
+                "|---|---|---|---|---|"]
+        for name, res in r["variants"].items():  # type: ignore[union-attr]
+            pools = res.pools
+            share = pools[-1].requests / max(res.requests, 1)
+            out.append(f"| {name} | {res.fleet.slo_attainment:.2%} | {_s(pools[0].ttft_p99_seconds)} / "
+                       f"{_s(pools[-1].ttft_p99_seconds)} | {share:.2%} | {res.recovered} |")
+        out += ["", "Thresholds (planner sizing, simulated at that size):", "",
+                "| threshold | alpha | rho | closed form | planner GPUs | planner saving | sim SLO attainment |",
+                "|---|---|---|---|---|---|---|"]
+        for t, (option, res) in r["thresholds"].items():  # type: ignore[union-attr]
+            out.append(f"| {t} | {option.alpha:.2%} | {option.rho:.2f} | {option.closed_form_saving_fraction:.1%} | "
+                       f"{option.fleet.gpus:,} | {option.saving_fraction:.1%} | {res.fleet.slo_attainment:.2%} |")
+        extra = "; ".join(f"{e.pools} pools {list(e.boundaries)}: {e.saving_fraction:.1%} ({e.marginal_saving_fraction:+.1%})"
+                          for e in plan.extra_pools)
+        kv_seqs, kv_plan = r["kv_plan"]  # type: ignore[misc]
+        pre = r["preempt"]
+        ph, pd = pre["homogeneous"], pre["dual"]  # type: ignore[index]
+        hp, dp = ph.fleet.preemptions_per_1000, pd.fleet.preemptions_per_1000
+        ratio = "no preemptions in either fleet" if hp == dp == 0 else (
+            f"x{hp / dp:.1f} fewer" if dp else "none in the dual pool")
+        out += ["", f"N pools: {extra}.", "",
+                f"Baseline sensitivity (planner only): with {kv_seqs} sequences per long/homogeneous instance "
+                f"(as many worst-case contexts as its KV cache holds) instead of 16, the planner gives "
+                f"{kv_plan.homogeneous.gpus:,} -> {kv_plan.dual_pool.gpus:,} GPUs at threshold {kv_plan.threshold}, "
+                f"saving {kv_plan.saving_fraction:.1%}.", "",
+                f"Preemptions at 90% utilisation with the paper's flags (slice instances homogeneous / short / long "
+                f"{pre['instances']}): homogeneous {ph.fleet.preemptions_per_1000:.1f} per 1000, dual "
+                f"{pd.fleet.preemptions_per_1000:.1f} per 1000 ({ratio}); P99 TTFT {_s(ph.fleet.ttft_p99_seconds)} "
+                f"vs {_s(pd.fleet.ttft_p99_seconds)}.", ""]
+    out += ["## Targets", "", "| scenario | threshold | planner saving | simulated saving | error | target |",
+            "|---|---|---|---|---|---|"]
+    for r in results:
+        sc, plan = r["scenario"], r["plan"]
+        sim_saving = 1 - r["dual"][2] / r["homog"][2]  # type: ignore[index]
+        err = 100 * (plan.saving_fraction - sim_saving)  # type: ignore[attr-defined]
+        target = ("within 5 pp: " + ("met" if abs(err) <= 5 else "missed")) if sc.key.startswith("azure") else "-"  # type: ignore[attr-defined]
+        out.append(f"| {sc.key} | {plan.threshold} | {plan.saving_fraction:.1%} | {sim_saving:.1%} | "  # type: ignore[attr-defined]
+                   f"{err:+.1f} pp | {target} |")
+    out += ["", TARGETS, DISCUSSION]
+    return "\n".join(out)
+
+
+HEADER = """# Evaluation: the paper's numbers beside ours
+
+Generated by `.venv/bin/python bench/evaluation.py` ({date}, {platform}, {cpus} CPUs, Python
+{python}; {wall:.0f} s). Do not edit by hand: rerun the command.
+
+Method. For each scenario the **planner** (`litellm_dualpool.planner`, `litellm-dualpool plan`)
+sizes a homogeneous fleet (the paper's long configuration: 64K context, 16 sequences) and a split
+fleet at the full rate, picking the threshold from 2K-32K. The **fleet simulator** then finds, on
+a 1/K slice (every K-th request of the trace scaled to the full rate, on 1/K of the instances, so
+bursts keep their time scale), the smallest homogeneous and dual-pool fleets whose pools all meet
+the SLO (P99 TTFT and P99 TPOT, each pool separately), with the package's estimator and policy in
+the loop and spillover off (pools independent). Simulated GPUs = slice instances x K x TP. Both
+fleets use the same `max_num_batched_tokens` rule (the largest step that fits 90% of the TPOT
+target), so they are compared at equal SLO. GPU-hours are per day of operation. Slicing makes the
+simulated pools K times smaller, so the simulator sees less pooling than a full fleet would: the
+simulated GPU counts are, if anything, high for both fleets.
+"""
+
+TARGETS = """- **Planner vs simulator** (within 5 pp on each Azure trace): see the table. On Azure code the
+  saving matches but both GPU counts are ~50% too high: the queueing model is pessimistic for
+  prefill-heavy, short-output traffic, and the error cancels in the ratio. The balancer model (the
+  geometric mean of per-instance and paired queues) was chosen against the simulator on Azure conv;
+  with per-instance queues alone the conv error is about -10 pp, with pairs alone about +15 pp.
+- **Dual-pool saving on Azure conv at equal SLO >= 31-42%: missed** (about 10%, simulated). The
+  cheapest layout the planner and the simulator find is a 32K pool with 256 sequences taking all
+  the traffic beside one idle long instance: the saving comes from concurrency, not from a
+  split. Splitting at 4K costs more than it saves because the long sub-stream is bursty (below).
+  The paper's headline also depends on its baseline: with a homogeneous fleet that can only hold
+  as many worst-case contexts as its KV cache (7 sequences at 64K), the planner's saving becomes
+  the "baseline sensitivity" line (about 50%).
+- **Preemptions reduced >= 5.4x at 90% utilisation: not reproduced**: neither fleet preempts in our
+  engine model (next section).
+- **Mooncake**: the planner does not split blindly at 8K: it reports the least costly threshold and
+  that no split pays off at equal SLO with a 16-sequence baseline (`litellm-dualpool plan` says
+  "keep the homogeneous fleet"); the 8K split would cost more still (thresholds table).
+"""
+
+DISCUSSION = """## Why we differ from the paper
+
+- **Per-instance throughput.** The paper's 11.2 / 2.8 req/s per Llama-3-70B A100 instance come
+  from a simulator that overestimates an instance (issue 4): 11.2 Azure-conv requests per second
+  would need more prefill FLOP/s than four A100s have. Our engine model gives 2-4 req/s, so
+  every fleet is larger than the paper's (GPU counts above count GPUs; an instance is 4 A100s).
+- **What limits a short instance on A100.** Llama-3-70B on 4 x A100 is compute-bound by prefill:
+  raising `max_num_seqs` from 16 to 128-256 buys batch size for decodes, but the prefill of each
+  prompt costs the same. rho (short over long throughput on the same requests) is therefore about
+  1.6-2.3 on Azure conv and about 1.0 on Azure code (whose outputs are tiny: there is little decode
+  to batch), not the paper's 4.0. The closed form alpha(1-1/rho) follows.
+- **TPOT at equal SLO.** A step that carries a big prefill chunk stalls every decode in it: with the
+  paper's 8K-16K batched tokens, a step lasts 1.8-3.6 s on 4 x A100, and no pool meets P99 TPOT
+  <= 80 ms. The planner therefore derives `max_num_batched_tokens` from the TPOT target (about 320
+  tokens here), for both fleets.
+- **Bursty long requests.** In the Azure traces the requests above 4K tokens come in clusters (at
+  1,000 req/s their arrival counts per second have an index of dispersion of ~10-90, against ~1
+  for a Poisson stream). A small long pool must absorb those bursts alone; the homogeneous fleet absorbs them
+  across all its instances. The planner measures that dispersion per pool and includes it in the
+  queueing check; it is the main reason the best threshold is usually *not* where alpha is largest.
+- **Preemptions.** The paper reports 47.3 -> 8.7 preemptions per 1000 at 90% utilisation. Our
+  engine allocates KV blocks on demand (as vLLM does), and Azure requests (~1.4K tokens) never fill
+  the 493K-token cache of a 4 x A100 instance even at 128 sequences: both fleets preempt (almost)
+  never, so the 5.4x reduction cannot appear; the paper's figure is consistent with reserving
+  max_model_len per slot, which vLLM does not do. Even Mooncake (mean 12K tokens, 16 sequences)
+  stays below the cache at 90% utilisation.
+- **AMD case.** The paper's 1576 -> 1096 MI300X GPUs at 10,000 req/s implies ~6.3 req/s per GPU
+  homogeneous; our engine model's Qwen3-235B-A22B FP8 instance (TP 8) is much faster on Azure-conv
+  lengths, and with 16 sequences a homogeneous instance wastes most of its enormous KV cache, so our
+  saving is far larger than the paper's. With a homogeneous baseline that uses its KV cache
+  (98 sequences, `--long-max-num-seqs`), the planner's saving falls to the "baseline sensitivity"
+  line (about 47%): the baseline's sequence cap decides the answer.
+- **Routing variants.** Where the chosen threshold leaves no traffic to the long pool (Azure at
+  32K) the estimator, the oracle and the static ratio route identically; on Mooncake (80% long)
+  the estimator in the loop matches the oracle's SLO attainment.
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="half the slice (for a smoke test)")
+    parser.add_argument("--only", help="comma-separated scenario keys")
+    parser.add_argument("--output", default=str(DOC))
+    args = parser.parse_args()
+    wall = time.perf_counter()
+    wanted = set(args.only.split(",")) if args.only else None
+    results = [evaluate(sc, args.quick, lambda m: print(m, file=sys.stderr, flush=True))
+               for sc in SCENARIOS if wanted is None or sc.key in wanted]
+    meta = {"date": dt.date.today().isoformat(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "python": sys.version.split()[0], "wall": time.perf_counter() - wall}
+    Path(args.output).write_text(render(results, meta), encoding="utf-8")
+    summary = []
+    for r in results:
+        plan: Plan = r["plan"]  # type: ignore[assignment]
+        h_gpus, d_gpus = r["homog"][2], r["dual"][2]  # type: ignore[index]
+        sim_saving = 1 - d_gpus / h_gpus
+        summary.append({"scenario": r["scenario"].key, "threshold": plan.threshold,  # type: ignore[attr-defined]
+                        "planner_gpus": [plan.homogeneous.gpus, plan.dual_pool.gpus], "sim_gpus": [h_gpus, d_gpus],
+                        "planner_saving": plan.saving_fraction, "closed_form_saving": plan.closed_form_saving_fraction,
+                        "sim_saving": sim_saving, "error_pp": 100 * (plan.saving_fraction - sim_saving)})
+        print(f"{summary[-1]['scenario']:>12}: threshold {plan.threshold}, planner {plan.saving_fraction:.1%}, "
+              f"sim {sim_saving:.1%}, closed form {plan.closed_form_saving_fraction:.1%}")
+    print(f"wrote {args.output}")
+    if args.json:
+        print(json.dumps({"scenarios": summary, **meta}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
