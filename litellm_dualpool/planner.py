@@ -321,9 +321,9 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS)
-    # the balancer sees in-flight counts, not queued prefill work, so queues pool only over
-    # small groups of instances (G/G/g at g*lambda/n); splitting a bursty stream over n/g groups
-    # leaves each with g/n of its excess dispersion
+    # the balancer sees in-flight counts, not queued prefill work: prompts queue per instance or
+    # per pair (see _balanced_prefill_wait); a bursty stream split over n/g groups leaves each
+    # with g/n of its excess dispersion
     prefill_wait = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst)
     residence = s_mean + prefill_wait.mean_seconds + o_mean * tpot
     out = mix.output_tokens.astype(np.float64)
