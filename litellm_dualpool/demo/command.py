@@ -117,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
         return code
     except StackError as exc:
         errors.print(f"[red]litellm-dualpool demo: could not start the stack:[/red] {exc}")
+        errors.print(f"logs of the demo's processes: {log_dir}")
         return 2
     except (KeyboardInterrupt, _Stop):
         errors.print("litellm-dualpool demo: interrupted; stopping everything it started")
+        errors.print(f"logs of the demo's processes: {log_dir}")
         return 130
     finally:
         stack.stop()
@@ -127,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         if clean and args.log_dir is None:
             shutil.rmtree(log_dir, ignore_errors=True)
-        elif not clean:
-            errors.print(f"logs of the demo's processes: {log_dir}")
 
 
 def _run(args: argparse.Namespace, stack: Stack, console: Console, errors: Console) -> int:
@@ -172,8 +172,12 @@ def _run(args: argparse.Namespace, stack: Stack, console: Console, errors: Conso
     rpt.render(report, console)
     if args.keep_running:
         _print_curl(stack, console)
-    print(json.dumps(report, separators=(",", ":")), flush=True)
     code = 1 if report["lost"] else 0
+    if code:
+        console.print(f"[red]{report['lost']} request(s) lost[/red]; logs of the demo's "
+                      f"processes: {stack.log_dir}")
+    console.file.flush()
+    print(json.dumps(report, separators=(",", ":")), flush=True)  # the last line of output
     if args.keep_running:
         with contextlib.suppress(KeyboardInterrupt, _Stop):
             _wait_forever()

@@ -36,6 +36,12 @@ def _read_report(process: subprocess.Popen[str], deadline: float) -> tuple[dict,
     raise AssertionError("the demo printed no JSON report:\n" + "\n".join(lines[-40:]))
 
 
+def _log_tail(log_dir: Path, lines: int = 60) -> str:
+    """The proxy's log tail, for a failure message."""
+    log = log_dir / "litellm-proxy.log"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
 def _answers(url: str) -> bool:
     try:
         httpx.get(url, timeout=2.0)
@@ -57,7 +63,7 @@ def test_demo_short_run_reports_zero_lost_and_stops_everything(tmp_path: Path) -
     try:
         report, lines = _read_report(process, time.monotonic() + RUN_TIMEOUT_SECONDS)
         assert report["requests"] == 60
-        assert report["lost"] == 0, report["lost_examples"]
+        assert report["lost"] == 0, (report["lost_examples"], _log_tail(tmp_path))
         assert report["ok"] + report["refused"] == 60
         # the deliberately oversized request gets the plugin's 400 up front
         assert report["refused"] == 1 and report["refusals"] == 1
