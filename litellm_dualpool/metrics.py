@@ -34,7 +34,8 @@ class DualPoolMetrics:
             ["model_group", "category"], buckets=ERROR_BUCKETS_RATIO, registry=registry)
         self.bytes_per_token = Gauge(
             "dualpool_learned_bytes_per_token", "Learned bytes-per-token ratio per category.",
-            ["model_group", "category"], registry=registry)
+            ["model_group", "category"], registry=registry,
+            multiprocess_mode="mostrecent")  # workers share one state: the latest write
         self.learning = Counter(
             "dualpool_learning_samples",
             "Finished requests by learning outcome (learned, rejected, no_backend_usage).",
@@ -58,7 +59,8 @@ class DualPoolMetrics:
             ["hook"], registry=registry)
         self.in_flight = Gauge(
             "dualpool_in_flight_requests", "Requests the plugin has sent to a pool and not seen end.",
-            ["model_group", "pool"], registry=registry)
+            ["model_group", "pool"], registry=registry,
+            multiprocess_mode="livesum")  # each worker counts its own requests
         # Shared calibration state (litellm_dualpool/state). Gauges name how workers' values
         # combine under PROMETHEUS_MULTIPROC_DIR (ignored in a single process).
         self.state_backend_up = Gauge(

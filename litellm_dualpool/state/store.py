@@ -65,9 +65,13 @@ class StateStore:
     def observe(self, key: CategoryKey, shape: RequestShape, prompt_tokens: int, *,
                 tenant: str = ANONYMOUS_TENANT,
                 trust: ObservationTrust = ObservationTrust.TRUSTED) -> Outcome | None:
-        """`record(observation(...))`: what the plugin calls when a request finished."""
-        return self.record(self.observation(key, shape, prompt_tokens, tenant=tenant,
-                                            trust=trust))
+        """`record(observation(...))`: what the plugin calls when a request finished.
+        Observations of untrusted tenants are counted here and never shared."""
+        obs = self.observation(key, shape, prompt_tokens, tenant=tenant, trust=trust)
+        if trust is ObservationTrust.NONE:
+            self._report(obs, Outcome.UNTRUSTED)
+            return Outcome.UNTRUSTED
+        return self.record(obs)
 
     def restore_blocking(self) -> bool:
         """Load persisted state before serving (nothing to load in process)."""

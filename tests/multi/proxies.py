@@ -1,0 +1,203 @@
+"""Real processes for the multi-worker end-to-end tests: stand-in vLLM backends and `litellm`
+proxies (optionally with several workers) on 127.0.0.1, restartable, always stopped."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from redis_helpers import free_port
+
+TESTS = Path(__file__).resolve().parents[1]
+BACKEND_SCRIPT = TESTS / "e2e" / "backend.py"
+AUTH_MODULE = Path(__file__).with_name("tenant_auth.py")
+START_SECONDS = 120.0
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true",
+               PYTHONUNBUFFERED="1")
+    for name in ("LITELLM_DUALPOOL_CONFIG", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: exited {process.returncode}\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}: not healthy after {seconds} s\n{log.read_text()[-4000:]}")
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@dataclass
+class Backend:
+    name: str
+    max_model_len: int
+    url: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/v1"
+
+
+@contextmanager
+def backends(log_dir: Path, *limits: tuple[str, int]) -> Iterator[list[Backend]]:
+    started: list[Backend] = []
+    try:
+        for name, limit in limits:
+            port, log = free_port(), log_dir / f"backend-{name}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--name", name,
+                     "--max-model-len", str(limit)], stdout=out, stderr=subprocess.STDOUT,
+                    env=offline_env())
+            started.append(Backend(name, limit, f"http://127.0.0.1:{port}", process))
+        for backend in started:
+            wait_healthy(backend.url + "/health", backend.process,
+                         log_dir / f"backend-{backend.name}.log", 30)
+        yield started
+    finally:
+        for backend in started:
+            stop(backend.process)
+
+
+def proxy_config(group: str, pools: list[Backend], dualpool_settings: dict[str, Any]
+                 ) -> dict[str, Any]:
+    return {
+        "model_list": [{"model_name": group,
+                        "litellm_params": {"model": "hosted_vllm/m", "api_base": b.api_base,
+                                           "api_key": "none"},
+                        "model_info": {"max_model_len": b.max_model_len}} for b in pools],
+        "litellm_settings": {"callbacks": ["litellm_dualpool.proxy_handler_instance",
+                                           "prometheus"],
+                             "require_auth_for_metrics_endpoint": False},
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY",
+                             "custom_auth": "tenant_auth.user_api_key_auth"},
+        "dualpool_settings": dualpool_settings,
+    }
+
+
+@dataclass
+class Proxy:
+    """A `litellm --config` process; `restart()` keeps its port, config and environment."""
+
+    name: str
+    config: dict[str, Any]
+    directory: Path
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "proxy.log"
+
+    def launch(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy(AUTH_MODULE, self.directory / AUTH_MODULE.name)  # custom_auth is found here
+        path = self.directory / "litellm.yaml"
+        path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        command = [str(Path(sys.executable).with_name("litellm")), "--config", str(path),
+                   "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.workers > 1:  # uvicorn kills workers that are not up within 5 s by default
+            command += ["--num_workers", str(self.workers),
+                        "--timeout_worker_healthcheck", str(int(START_SECONDS))]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=self.directory,
+                env=offline_env(LITELLM_MASTER_KEY="sk-master-" + "0" * 24, **self.env))
+
+    def wait(self) -> None:
+        assert self.process is not None
+        wait_healthy(self.url + "/health/liveliness", self.process, self.log, START_SECONDS)
+
+    def stop(self) -> None:
+        stop(self.process)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.launch()
+        self.wait()
+
+    def chat(self, key: str, content: str, **extra: Any) -> httpx.Response:
+        body = {"model": "llama", "messages": [{"role": "user", "content": content}], **extra}
+        return httpx.post(self.url + "/v1/chat/completions", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {key}"})
+
+    def budget(self, key: str, content: str, **extra: Any) -> int:
+        """The plugin's estimated budget for a request (its response header)."""
+        response = self.chat(key, content, **extra)
+        response.raise_for_status()
+        return int(response.headers["x-dualpool-budget-tokens"])
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics/", timeout=10, follow_redirects=True).text
+
+
+@contextmanager
+def running(*proxies: Proxy) -> Iterator[tuple[Proxy, ...]]:
+    """Start the proxies in parallel; stop them all on exit."""
+    try:
+        for proxy in proxies:
+            proxy.launch()
+        for proxy in proxies:
+            proxy.wait()
+        yield proxies
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def samples(text: str, name: str, **labels: str) -> list[tuple[str, float]]:
+    """Every sample of `name` whose labels include `labels`: (label text, value)."""
+    found = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group(1) == name and all(
+                f'{k}="{v}"' in (match.group(2) or "") for k, v in labels.items()):
+            found.append((match.group(2) or "", float(match.group(3))))
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sum of the matching samples (0 when none)."""
+    return sum(v for _, v in samples(text, name, **labels))

@@ -1,0 +1,40 @@
+"""Test-only `custom_auth` for the proxy: fixed API keys mapped to teams and policies.
+
+LiteLLM's DB-backed virtual keys need Prisma engines downloaded at run time (impossible offline),
+so the end-to-end tests authenticate with ``general_settings.custom_auth:
+tenant_auth.user_api_key_auth``, which fills the same ``UserAPIKeyAuth`` fields (team id, key
+alias, key and team metadata) that a database key would. Never use fixed keys like these in
+production.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from litellm.proxy._types import UserAPIKeyAuth
+
+TENANTS: dict[str, dict[str, Any]] = {
+    "sk-test-alpha-0000000001": {"team_id": "team-alpha", "key_alias": "alpha"},
+    "sk-test-beta-00000000001": {"team_id": "team-beta", "key_alias": "beta"},
+    "sk-test-mallory-00000001": {"team_id": "team-mallory", "key_alias": "mallory"},
+    "sk-test-ops-000000000001": {
+        "team_id": "team-ops", "key_alias": "ops",
+        "metadata": {"dualpool_policy": {"observation_trust": "trusted"}}},
+    "sk-test-batch-0000000001": {
+        "team_id": "team-batch", "key_alias": "batch",
+        "team_metadata": {"dualpool_policy": {"allow_long_pool": False}}},
+    "sk-test-probe-0000000001": {  # measures budgets without teaching the shared state
+        "team_id": "team-probe", "key_alias": "probe",
+        "metadata": {"dualpool_policy": {"observation_trust": "none"}}},
+    "sk-test-broken-000000001": {
+        "team_id": "team-broken", "key_alias": "broken",
+        "metadata": {"dualpool_policy": {"allow_long_pool": "sometimes"}}},
+}
+
+
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    entry = TENANTS.get(api_key)
+    if entry is None:
+        raise Exception("unknown API key")  # LiteLLM turns this into a 401
+    return UserAPIKeyAuth(api_key=api_key, **entry)
