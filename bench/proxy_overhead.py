@@ -1,0 +1,408 @@
+"""Gateway overhead: the real LiteLLM proxy stock, with its pre-call checks, with the dual-pool
+plugin, and with the plugin on Redis-backed state, under the same closed-loop load.
+
+Rerun:  .venv/bin/python bench/proxy_overhead.py [--json] [--quick] [--rounds 3]
+        (~8 minutes; --quick ~1.5 minutes; needs Redis at 127.0.0.1:6379 for configuration d)
+
+Set-up, all processes on 127.0.0.1: two emulated vLLM servers in instant mode (no engine: the
+answer comes at once, so what is measured is the proxy), declared to the proxy as a short pool
+(max_model_len 8192) and a long pool (131072) of one model group. Both servers accept any prompt
+up to 262144 tokens, so that every configuration answers every request with 200 even where it
+does not route by length (a). Four proxies run at once, one per configuration, each a plain
+`litellm --config` process with one worker:
+
+    a stock     routing_strategy simple-shuffle
+    b precall   a + enable_pre_call_checks, model_info.max_input_tokens on both deployments
+                (LiteLLM counts every prompt's tokens with cl100k to filter deployments)
+    c plugin    a + the dual-pool plugin (litellm_settings.callbacks), in-memory state
+    d redis     c with dualpool_settings.state.backend redis (a unique key prefix, deleted after)
+
+Load comes from bench/loadgen.py, a separate process: `--concurrency` keep-alive connections in a
+closed loop for a fixed time after a warm-up, chat bodies of real MT-Bench text at 1 KB (2
+messages), 32 KB (8) and 256 KB (16). One proxy is driven at a time. Each round runs every size
+on every configuration, sizes in turn and the configurations' order rotated per round; the
+tables give the median and the spread (min..max) across rounds. Ratios and added latencies are
+taken per round (the four runs of one size in one round are adjacent in time), then summarised.
+"proxy CPU" is the proxy process's user+system CPU per request (from /proc), which is far less
+sensitive to other load on the machine than latency or throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import plugin_stack  # noqa: E402  (the e2e tests' launcher: YAML, ports, health, clean-up)
+from plugin_stack import Proxy, offline_env, start_proxy  # noqa: E402
+
+#: Four proxies importing LiteLLM at once on a busy 2-core machine need more than a test's wait.
+plugin_stack.PROXY_START_SECONDS = max(plugin_stack.PROXY_START_SECONDS, 300.0)
+
+from litellm_dualpool.emulator.testing import RunningEmulator, start_emulators  # noqa: E402
+
+LOADGEN = Path(__file__).with_name("loadgen.py")
+CONFIGS = {"stock": "a", "precall": "b", "plugin": "c", "plugin_redis": "d"}
+#: size label -> (prompt bytes, messages)
+SIZES = {"1KB": (1024, 2), "32KB": (32 * 1024, 8), "256KB": (256 * 1024, 16)}
+#: measured seconds per run (full, --quick); 256 KB through a proxy is slow on 2 cores
+DURATIONS = {"1KB": (6.0, 2.0), "32KB": (8.0, 2.0), "256KB": (12.0, 3.0)}
+WARMUP_SECONDS = (1.0, 0.5)
+#: answers each proxy gives per size before any round (lazy imports, tokenizer loads)
+WARMUP_REQUESTS = 20
+SHORT_LEN, LONG_LEN = 8192, 131072
+#: what the emulators accept (both): every prompt of the bench fits, whatever the routing
+BACKEND_LEN = 262144
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+TARGETS = {"plugin_vs_stock_throughput_32KB_min": 0.97, "added_latency_p50_ms_32KB_max": 0.2}
+
+
+# -- set-up ------------------------------------------------------------------------------------
+def model_list(short: RunningEmulator, long: RunningEmulator, *, max_input_tokens: bool
+               ) -> list[dict[str, Any]]:
+    out = []
+    for emu, pool, length in ((short, "short", SHORT_LEN), (long, "long", LONG_LEN)):
+        info: dict[str, Any] = {"max_model_len": length, "pool": pool}
+        if max_input_tokens:
+            info["max_input_tokens"] = length
+        out.append({"model_name": "llama",
+                    "litellm_params": {"model": "hosted_vllm/m", "api_base": emu.openai_base_url,
+                                       "api_key": "none"},
+                    "model_info": info})
+    return out
+
+
+def proxy_config(name: str, short: RunningEmulator, long: RunningEmulator, redis_prefix: str
+                 ) -> dict[str, Any]:
+    router: dict[str, Any] = {"routing_strategy": "simple-shuffle"}
+    config: dict[str, Any] = {
+        "model_list": model_list(short, long, max_input_tokens=name == "precall"),
+        "router_settings": router,
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+    }
+    if name == "precall":
+        router["enable_pre_call_checks"] = True
+    if name.startswith("plugin"):
+        config["litellm_settings"] = {"callbacks": ["litellm_dualpool.proxy_handler_instance"]}
+        config["dualpool_settings"] = {}
+    if name == "plugin_redis":
+        config["dualpool_settings"]["state"] = {
+            "backend": "redis", "key_prefix": redis_prefix,
+            "redis": {"host": REDIS_HOST, "port": REDIS_PORT}}
+    return config
+
+
+@contextmanager
+def start_proxies(configs: dict[str, dict[str, Any]], work: Path) -> Iterator[dict[str, Proxy]]:
+    """All proxies at once (start-up is mostly import time; in parallel it overlaps)."""
+    managers: dict[str, AbstractContextManager[Proxy]] = {}
+    for name, config in configs.items():
+        (work / name).mkdir()
+        managers[name] = start_proxy(config, work / name)
+    entered: dict[str, Proxy] = {}
+    failures: list[BaseException] = []
+
+    def enter(name: str) -> None:
+        try:
+            entered[name] = managers[name].__enter__()
+        except BaseException as error:  # reported below, after every thread is done
+            failures.append(error)
+
+    threads = [threading.Thread(target=enter, args=(n,)) for n in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        if failures:
+            raise failures[0]
+        yield {name: entered[name] for name in configs}
+    finally:
+        for name in entered:
+            managers[name].__exit__(None, None, None)
+
+
+def proxy_pids(config_path: Path) -> list[int]:
+    """Processes whose command line names this proxy's config file (the proxy, one worker)."""
+    pids = []
+    needle = str(config_path).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / ticks
+
+
+def delete_redis_prefix(prefix: str) -> int:
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    finally:
+        client.close()
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def drive(proxy: Proxy, size: str, *, concurrency: int, duration: float, warmup: float,
+          pids: list[int], warmup_requests: int = 0) -> dict[str, Any]:
+    size_bytes, messages = SIZES[size]
+    argv = [sys.executable, str(LOADGEN), "--url", proxy.url, "--key", proxy.master_key,
+            "--size-bytes", str(size_bytes), "--messages", str(messages),
+            "--concurrency", str(concurrency), "--duration", str(duration),
+            "--warmup", str(warmup), "--warmup-requests", str(warmup_requests)]
+    cpu_before = cpu_seconds(pids)
+    done = subprocess.run(argv, capture_output=True, text=True, env=offline_env(), check=False,
+                          timeout=duration + warmup + 300)
+    cpu_used = cpu_seconds(pids) - cpu_before
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
+    latencies = sorted(raw["latencies_ms"])
+    n = len(latencies)
+    answered_total = max(raw["answered_total"], 1)  # CPU covers the warm-up answers too
+    return {
+        "requests": n, "throughput_rps": n / raw["window_s"],
+        "p50_ms": _quantile(latencies, 0.50), "p99_ms": _quantile(latencies, 0.99),
+        "proxy_cpu_ms_per_request": 1000.0 * cpu_used / answered_total,
+        "statuses": raw["statuses"], "pools": raw["pools"],
+        "connection_errors": raw["connection_error_count"], "loadgen_cpu_s": raw["loadgen_cpu_s"],
+    }
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def spread(values: list[float], digits: int = 3) -> dict[str, float]:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
+def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], names: list[str]
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(per configuration and size: spreads of each figure; per size: paired comparisons)."""
+    table: dict[str, Any] = {}
+    for name in names:
+        table[name] = {}
+        for size, rounds in runs[name].items():
+            statuses: dict[str, int] = {}
+            pools: dict[str, int] = {}
+            for r in rounds:
+                for k, v in r["statuses"].items():
+                    statuses[k] = statuses.get(k, 0) + v
+                for k, v in r["pools"].items():
+                    pools[k] = pools.get(k, 0) + v
+            table[name][size] = {
+                key: spread([r[key] for r in rounds])
+                for key in ("throughput_rps", "p50_ms", "p99_ms", "proxy_cpu_ms_per_request")}
+            table[name][size].update(statuses=statuses, pools=pools, requests=sum(
+                r["requests"] for r in rounds), connection_errors=sum(
+                r["connection_errors"] for r in rounds))
+    pairs: dict[str, Any] = {}
+    for size in runs[names[0]]:
+        pairs[size] = {}
+        for name in names[1:]:
+            pairs[size][name] = {
+                "throughput_vs_stock": _paired(runs, name, "stock", size, "throughput_rps", "/"),
+                "added_latency_p50_ms": _paired(runs, name, "stock", size, "p50_ms", "-"),
+                "added_latency_p99_ms": _paired(runs, name, "stock", size, "p99_ms", "-"),
+                "added_proxy_cpu_ms_per_request": _paired(
+                    runs, name, "stock", size, "proxy_cpu_ms_per_request", "-")}
+            if name != "precall":
+                pairs[size][name]["throughput_vs_precall"] = _paired(
+                    runs, name, "precall", size, "throughput_rps", "/")
+    return table, pairs
+
+
+def _paired(runs: dict[str, dict[str, list[dict[str, Any]]]], x: str, y: str, size: str,
+            key: str, op: str) -> dict[str, float]:
+    """Spread over rounds of x/y (op "/") or x-y (op "-"), each from the same round."""
+    values = []
+    for mine, theirs in zip(runs[x][size], runs[y][size], strict=True):
+        if op == "-":
+            values.append(mine[key] - theirs[key])
+        else:
+            values.append(mine[key] / theirs[key] if theirs[key] else float("nan"))
+    return spread(values)
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu_model": model,
+            "python": sys.version.split()[0], "litellm": version("litellm"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+# -- main --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ap.add_argument("--quick", action="store_true", help="one short round (~1.5 minutes)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --quick 1)")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per run")
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                    help="configurations (stock is always included: it is the reference)")
+    ap.add_argument("--duration-scale", type=float, default=1.0, help="scale measured seconds")
+    args = ap.parse_args(argv)
+    quick = 1 if args.quick else 0
+    rounds = args.rounds or (1 if args.quick else 3)
+    names = ["stock", *[n for n in CONFIGS if n in args.configs and n != "stock"]]
+    if "precall" not in names:
+        names.insert(1, "precall")  # the c/b ratio needs it
+    warmup = WARMUP_SECONDS[quick]
+    durations = {s: DURATIONS[s][quick] * args.duration_scale for s in args.sizes}
+    redis_prefix = f"dualpool-bench:{uuid.uuid4().hex[:10]}"
+    load_start = os.getloadavg()
+    started = time.monotonic()
+    emulator_flags = {"instant": True, "max_model_len": BACKEND_LEN, "tensor_parallel_size": 8,
+                      "served_model_name": "m", "output_len_dist": "fixed:16"}
+
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {s: [] for s in args.sizes}
+                                                        for n in names}
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="dualpool-bench-") as tmp:
+        short, long = stack.enter_context(start_emulators(dict(emulator_flags),
+                                                          dict(emulator_flags)))
+        if "plugin_redis" in names:
+            stack.callback(delete_redis_prefix, redis_prefix)
+        configs = {n: proxy_config(n, short, long, redis_prefix) for n in names}
+        proxies = stack.enter_context(start_proxies(configs, Path(tmp)))
+        pids = {n: proxy_pids(Path(tmp) / n / "litellm.yaml") for n in names}
+        print(f"# {len(names)} proxies up after {time.monotonic() - started:.0f} s; "
+              f"load average {load_start[0]:.2f}", file=sys.stderr)
+        for name in names:  # first requests pay lazy imports and tokenizer loads: not measured
+            for size in args.sizes:
+                drive(proxies[name], size, concurrency=args.concurrency, duration=0.5,
+                      warmup=0.5, warmup_requests=WARMUP_REQUESTS, pids=pids[name])
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for size in args.sizes:
+                for name in order:
+                    result = drive(proxies[name], size, concurrency=args.concurrency,
+                                   duration=durations[size], warmup=warmup,
+                                   warmup_requests=args.concurrency, pids=pids[name])
+                    runs[name][size].append(result)
+                    print(f"# round {r + 1}/{rounds} {size:>5} {name:<12} "
+                          f"{result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:7.2f} ms"
+                          f"  cpu {result['proxy_cpu_ms_per_request']:6.2f} ms/req  "
+                          f"{result['statuses']}", file=sys.stderr)
+    load_end = os.getloadavg()
+    table, pairs = summarise(runs, names)
+    print_tables(table, pairs, names, args.sizes)
+    result = build_result(table, pairs, names, args, rounds, durations, warmup, load_start,
+                          load_end, time.monotonic() - started)
+    if args.json:
+        print(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
+def build_result(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
+                 args: argparse.Namespace, rounds: int, durations: dict[str, float],
+                 warmup: float, load_start: tuple[float, ...], load_end: tuple[float, ...],
+                 elapsed: float) -> dict[str, Any]:
+    def headline(config: str, key: str) -> dict[str, float]:
+        return {s: pairs[s][config][key]["median"] for s in pairs if config in pairs[s]}
+
+    result: dict[str, Any] = {
+        "plugin_vs_stock_throughput": headline("plugin", "throughput_vs_stock"),
+        "plugin_vs_precall_throughput": headline("plugin", "throughput_vs_precall"),
+        "added_latency_p50_ms": headline("plugin", "added_latency_p50_ms"),
+        "added_latency_p99_ms": headline("plugin", "added_latency_p99_ms"),
+        "added_proxy_cpu_ms_per_request": headline("plugin", "added_proxy_cpu_ms_per_request"),
+        "precall_vs_stock_throughput": headline("precall", "throughput_vs_stock"),
+        "redis_plugin_vs_stock_throughput": headline("plugin_redis", "throughput_vs_stock"),
+        "configs": table, "comparisons": pairs,
+        "settings": {"rounds": rounds, "concurrency": args.concurrency, "durations_s": durations,
+                     "warmup_s": warmup, "quick": args.quick,
+                     "sizes": {s: {"bytes": SIZES[s][0], "messages": SIZES[s][1]}
+                               for s in args.sizes},
+                     "pools": {"short": SHORT_LEN, "long": LONG_LEN},
+                     "configs": {n: CONFIGS[n] for n in names}},
+        "targets": targets(pairs),
+        "machine": {**machine(), "loadavg_start": [round(v, 2) for v in load_start],
+                    "loadavg_end": [round(v, 2) for v in load_end]},
+        "elapsed_s": round(elapsed, 1),
+    }
+    return result
+
+
+def targets(pairs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(TARGETS)
+    if "32KB" in pairs:
+        c = pairs["32KB"]["plugin"]
+        out["plugin_vs_stock_throughput_32KB_met"] = (
+            c["throughput_vs_stock"]["median"] >= TARGETS["plugin_vs_stock_throughput_32KB_min"])
+        out["added_latency_p50_ms_32KB_met"] = (
+            c["added_latency_p50_ms"]["median"] <= TARGETS["added_latency_p50_ms_32KB_max"])
+    for size in ("32KB", "256KB"):
+        if size in pairs:
+            out[f"plugin_faster_than_precall_{size}_met"] = (
+                pairs[size]["plugin"]["throughput_vs_precall"]["median"] > 1.0)
+    return out
+
+
+def print_tables(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
+                 sizes: list[str]) -> None:
+    print(f"{'size':>6} {'config':<14} {'req/s median (min..max)':>26} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'proxy CPU ms/req':>17} {'vs a':>6} {'+p50 ms':>8} {'statuses':>14}")
+    for size in sizes:
+        for name in names:
+            row = table[name][size]
+            tput = row["throughput_rps"]
+            vs = pairs[size].get(name, {})
+            ratio = vs.get("throughput_vs_stock", {}).get("median", 1.0)
+            added = vs.get("added_latency_p50_ms", {}).get("median", 0.0)
+            label = f"{CONFIGS[name]} {name}"
+            print(f"{size:>6} {label:<14} {tput['median']:>9.1f} ({tput['min']:.1f}..{tput['max']:.1f})"
+                  f"{'':>3} {row['p50_ms']['median']:>8.2f} {row['p99_ms']['median']:>8.2f} "
+                  f"{row['proxy_cpu_ms_per_request']['median']:>17.2f} {ratio:>6.3f} "
+                  f"{added:>+8.2f} {json.dumps(row['statuses']):>14}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
