@@ -13,8 +13,9 @@ team name leaves the process), together with how far their observations are trus
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -119,6 +120,38 @@ class TenantPolicy:
         return None if allowed == set(pool_names) else frozenset(allowed)
 
 
+class _EntryFreePolicies:
+    """Resolved policies of tenants whose key and team carry no policy entry. They depend only
+    on the tenant and the config, and the proxy resolves one per request (three pydantic dumps,
+    ~10 us); a config is held (not only its id) so a recycled id never matches. Bounded."""
+
+    MAX_CONFIGS = 16
+    MAX_TENANTS = 4096
+
+    def __init__(self) -> None:
+        self._by_config: dict[int, tuple[TenancyConfig, dict[tuple[str, bool, bool],
+                                                               TenantPolicy]]] = {}
+
+    def get(self, tenancy: TenancyConfig, key: tuple[str, bool, bool],
+            build: Callable[[], TenantPolicy]) -> TenantPolicy:
+        slot = self._by_config.get(id(tenancy))
+        if slot is None or slot[0] is not tenancy:
+            if len(self._by_config) >= self.MAX_CONFIGS:
+                self._by_config.clear()
+            slot = self._by_config[id(tenancy)] = (tenancy, {})
+        policies = slot[1]
+        found = policies.get(key)
+        if found is None:
+            if len(policies) >= self.MAX_TENANTS:
+                policies.clear()
+            found = policies[key] = build()
+        return found
+
+
+_ENTRY_FREE = _EntryFreePolicies()
+
+
+@functools.lru_cache(maxsize=4096)
 def tenant_hash(kind: str, identity: str) -> str:
     """A short stable pseudonym of a tenant ("team"/"key" + identity); no secret leaves."""
     digest = hashlib.sha256(f"{kind}:{identity}".encode()).hexdigest()
@@ -180,13 +213,22 @@ def resolve_tenant_policy(user_api_key_dict: Any, tenancy: TenancyConfig, *,
     """Defaults (the plugin's override switches, then ``tenancy.default_policy``), then the
     team's entry, then the key's. TenantPolicyError when an entry is invalid."""
     tenant = tenant_of(user_api_key_dict)
+    entries = [(_metadata_entry(_field(user_api_key_dict, source), tenancy.metadata_key), label)
+               for source, label in (("team_metadata", "team"), ("metadata", "key"))]
+    if entries[0][0] is None and entries[1][0] is None:  # the usual case: no entry, cached
+        return _ENTRY_FREE.get(tenancy, (tenant, allow_force_pool, allow_category), lambda: (
+            _resolve(tenant, tenancy, [], allow_force_pool, allow_category)))
+    return _resolve(tenant, tenancy, entries, allow_force_pool, allow_category)
+
+
+def _resolve(tenant: str, tenancy: TenancyConfig, entries: list[tuple[object, str]],
+             allow_force_pool: bool, allow_category: bool) -> TenantPolicy:
     trust = (tenancy.anonymous_observation_trust if tenant == ANONYMOUS_TENANT
              else tenancy.default_observation_trust)
     values: dict[str, Any] = {"allow_force_pool": allow_force_pool,
                               "allow_category": allow_category, "observation_trust": trust}
     layers = [tenancy.default_policy]
-    for source, label in (("team_metadata", "team"), ("metadata", "key")):
-        entry = _metadata_entry(_field(user_api_key_dict, source), tenancy.metadata_key)
+    for entry, label in entries:
         layers.append(parse_policy(entry, f"{label} metadata.{tenancy.metadata_key}"))
     for layer in layers:
         values.update(layer.model_dump(exclude_none=True))
