@@ -9,6 +9,7 @@ loggers serialise metadata; the estimate is rebuilt from them when it is time to
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -74,6 +75,9 @@ class DualPoolEngine:
         self.inflight = inflight or InFlight()
         self.load_source = load_source
         self._clock = clock
+        #: Plan ids: unique per engine, cheaper than a uuid4 per request (~2.5 us).
+        self._id_prefix = uuid.uuid4().hex[:12] + "-"
+        self._ids = itertools.count(1)
         self._policy = self.settings.policy_settings()
         suffix = self.settings.recovery.group_suffix
         self.recovery_groups: dict[str, str] = (
@@ -150,7 +154,8 @@ class DualPoolEngine:
         if decision.reason is Reason.SPILLOVER:
             preferred = self._preferred_without_load(budget, group, allowed_pools)
         return {
-            "id": uuid.uuid4().hex, "group": group.model_group, "category": estimate.key.category,
+            "id": self._id_prefix + str(next(self._ids)), "group": group.model_group,
+            "category": estimate.key.category,
             "budget": budget, "prompt": estimate.budget.prompt_tokens,
             "point": estimate.budget.prompt_tokens_point, "output": estimate.budget.output_tokens,
             "shape": _shape_to_list(estimate.shape), "pool": decision.pool,
