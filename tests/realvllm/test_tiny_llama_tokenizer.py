@@ -21,6 +21,8 @@ import tokenizers
 from tests.realvllm import build_tiny_llama as builder
 from tests.realvllm.conftest import quicktok_data_dir
 
+pytestmark = pytest.mark.realvllm
+
 PROMPTS = Path("/work/shared/data/prompts")
 
 
