@@ -379,19 +379,28 @@ class Calibrator:
         state.rejected_streak += 1
         return False
 
+    def stored_key(self, key: CategoryKey, shape: RequestShape) -> CategoryKey:
+        """The key an observation of `key` is (or would be) kept under: `key` itself, or once
+        max_keys is reached its content class or the overflow key. Metric labels use it, so
+        caller-supplied categories stay bounded there too."""
+        with self._lock:
+            return self._stored_key(key, shape)
+
+    def _stored_key(self, key: CategoryKey, shape: RequestShape) -> CategoryKey:
+        if key in self._states or len(self._states) < self.settings.max_keys:
+            return key
+        for fallback in (CategoryKey(key.model_group, shape.content_class.value),
+                         CategoryKey(key.model_group, OVERFLOW_CATEGORY)):
+            if fallback in self._states:
+                return fallback
+        # One overflow key per model group may exceed max_keys; bounded by model groups.
+        return CategoryKey(key.model_group, OVERFLOW_CATEGORY)
+
     def _slot(self, key: CategoryKey, shape: RequestShape) -> _KeyState:
+        key = self._stored_key(key, shape)
         state = self._states.get(key)
-        if state is not None:
-            return state
-        if len(self._states) >= self.settings.max_keys:
-            for fallback in (CategoryKey(key.model_group, shape.content_class.value),
-                             CategoryKey(key.model_group, OVERFLOW_CATEGORY)):
-                if fallback in self._states:
-                    return self._states[fallback]
-            key = CategoryKey(key.model_group, OVERFLOW_CATEGORY)
-            # One overflow key per model group may exceed max_keys; bounded by model groups.
-        state = _KeyState(self.settings)
-        self._states[key] = state
+        if state is None:
+            state = self._states[key] = _KeyState(self.settings)
         return state
 
     def _fit(self, stats_a: list[list[float]], stats_b: list[float],

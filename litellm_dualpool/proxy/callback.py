@@ -12,11 +12,13 @@ Hooks used (same on LiteLLM 1.106 and 1.110):
 - ``async_post_call_streaming_iterator_hook`` (proxy streams): learn from the backend's own
   usage chunk when the stream ends. LiteLLM counts tokens itself (another tokenizer) when a
   backend sends none, so the usage it logs for a stream cannot be trusted; the raw chunks can.
+- ``async_post_call_failure_hook`` (proxy, once per failed request): close its in-flight count.
 - ``async_post_call_response_headers_hook``: ``x-dualpool-pool``, ``x-dualpool-budget-tokens``.
 - ``async_filter_listed_models``: hide the recovery groups from ``/v1/models``.
 
-Only the filter may fail a request, and only with the plugin's own 400; everything else catches
-at its boundary, logs and counts ``dualpool_callback_errors_total``.
+Only the pre-call hook and the filter may fail a request, and only with the plugin's own 400
+(no pool fits; a body it cannot shape) or 403 (malformed tenant policy); everything else
+catches at its boundary, logs and counts ``dualpool_callback_errors_total``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,17 @@ def stream_prompt_tokens(stream: Any) -> int | None:
         if tokens is not None:
             return tokens
     return None
+
+
+def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset[str]:
+    """Deployments that already failed this request: LiteLLM's retry breadcrumbs
+    (``metadata.previous_models``, written before the retry is routed; absent on a first try)."""
+    metadata = _metadata(dict(request_kwargs or {}), create=False) or {}
+    crumbs = metadata.get("previous_models")
+    if not isinstance(crumbs, list | tuple):
+        return frozenset()
+    return frozenset(c["deployment_id"] for c in crumbs
+                     if isinstance(c, Mapping) and isinstance(c.get("deployment_id"), str))
 
 
 class DualPoolCallback(CustomLogger):  # type: ignore[misc]
@@ -240,7 +253,12 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
 
             raise HTTPException(status_code=400, detail={"error": str(error)}) from None
         except InvalidRequestError as error:
-            logger.info("litellm-dualpool: request not routed by pool: %s", error)
+            # A body the plugin cannot shape breaks the OpenAI schema (LiteLLM would pass it on
+            # and answer some of these with a 500): refuse it here, naming the field.
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=400, detail={
+                "error": f"litellm-dualpool: invalid request: {error}"}) from None
         except TenantPolicyError as error:  # the key's/team's dualpool_policy is malformed
             from fastapi import HTTPException
 
@@ -260,7 +278,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
             stash = self._stash_for_filter(group, messages, request_kwargs)
             if stash is None:
                 return healthy_deployments
-            return self.engine.choose(model, healthy_deployments, stash)
+            return self.engine.choose(model, healthy_deployments, stash,
+                                      failed_deployment_ids(request_kwargs))
         except NoPoolFitsError as error:
             import litellm
 
@@ -314,6 +333,18 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
                 self.engine.on_failure(stash, model_info, kwargs.get("exception"))
         except Exception as error:
             self._count_error("failure", error)
+
+    async def async_post_call_failure_hook(self, request_data: dict[str, Any],
+                                           original_exception: Exception, user_api_key_dict: Any,
+                                           traceback_str: str | None = None) -> None:
+        """The proxy answers the client with an error: nothing of this request is in flight any
+        more (an attempt that failed before reaching a backend may log no failure event)."""
+        try:
+            stash = _stash_in(_metadata(request_data, create=False))
+            if stash is not None:
+                self.engine.close_request(stash)
+        except Exception as error:
+            self._count_error("post_call_failure", error)
 
     async def async_post_call_streaming_iterator_hook(
             self, user_api_key_dict: Any, response: Any,

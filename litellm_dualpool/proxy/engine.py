@@ -171,9 +171,15 @@ class DualPoolEngine:
         return decide(budget, states, self._policy, allowed_pools=allowed_pools).pool or ""
 
     # -- filtering -------------------------------------------------------------------------
-    def choose(self, model: str, healthy: Sequence[dict[str, Any]],
-               stash: dict[str, Any]) -> list[dict[str, Any]]:
-        """The deployments of the planned pool (on a recovery hop: of the next larger pool)."""
+    def choose(self, model: str, healthy: Sequence[dict[str, Any]], stash: dict[str, Any],
+               failed_ids: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """The deployments of the planned pool (on a recovery hop: of the next larger pool).
+
+        `failed_ids`: deployments that already failed this request (a retry). They are avoided
+        while another deployment of the pool, or a larger pool that fits, is left: a short
+        request whose whole pool is down is served by the long pool on its first retry, before
+        LiteLLM's cooldown notices. When nothing else is left they are retried as LiteLLM would.
+        """
         group = self.groups[stash["group"]]
         allowed = frozenset(stash["allowed"]) if stash.get("allowed") is not None else None
         if model in self.recovery_groups:
@@ -185,14 +191,13 @@ class DualPoolEngine:
                                "length and no larger pool exists", failed, group.model_group)
                 return []
             stash.update(pool=decision.pool, reason=Reason.RECOVERY.value, recovered_from=failed)
-        by_pool: dict[str, list[dict[str, Any]]] = {}
-        for deployment in healthy:
-            pool = self.pool_of(group, deployment)
-            if pool is not None:
-                by_pool.setdefault(pool.name, []).append(deployment)
-        chosen = by_pool.get(stash["pool"])
+        chosen: list[dict[str, Any]] = []
+        if failed_ids:
+            chosen = self._in_pool(group, stash, [
+                d for d in healthy if (d.get("model_info") or {}).get("id") not in failed_ids],
+                allowed)
         if not chosen:
-            chosen = self._available_elsewhere(group, stash, by_pool, allowed)
+            chosen = self._in_pool(group, stash, healthy, allowed)
         if chosen:
             self.inflight.open(stash["id"], group.model_group, stash["pool"])
             self._set_in_flight_gauge(group.model_group, stash["pool"])
@@ -201,6 +206,17 @@ class DualPoolEngine:
                 self.metrics.spillovers.labels(group.model_group, stash["preferred"],
                                                stash["pool"]).inc()
         return chosen or []
+
+    def _in_pool(self, group: GroupSpec, stash: dict[str, Any],
+                 healthy: Sequence[dict[str, Any]],
+                 allowed: frozenset[str] | None) -> list[dict[str, Any]]:
+        by_pool: dict[str, list[dict[str, Any]]] = {}
+        for deployment in healthy:
+            pool = self.pool_of(group, deployment)
+            if pool is not None:
+                by_pool.setdefault(pool.name, []).append(deployment)
+        chosen = by_pool.get(stash["pool"])
+        return chosen or self._available_elsewhere(group, stash, by_pool, allowed)
 
     def _available_elsewhere(self, group: GroupSpec, stash: dict[str, Any],
                              by_pool: Mapping[str, list[dict[str, Any]]],
@@ -226,6 +242,13 @@ class DualPoolEngine:
         self.inflight.close(stash["id"], pool=pool.name if pool else None,
                             deployment_id=deployment_id if isinstance(deployment_id, str) else None)
         for p in group.pools:
+            self._set_in_flight_gauge(group.model_group, p.name)
+
+    def close_request(self, stash: Mapping[str, Any]) -> None:
+        """The request is over: close every attempt still open."""
+        self.inflight.close_all(stash["id"])
+        group = self.groups.get(stash.get("group", ""))
+        for p in group.pools if group is not None else ():
             self._set_in_flight_gauge(group.model_group, p.name)
 
     def _set_in_flight_gauge(self, group: str, pool: str) -> None:
@@ -268,7 +291,8 @@ class DualPoolEngine:
             budget=TokenBudget(stash["prompt"], stash["output"],
                                prompt_tokens_point=stash.get("point")))
         point = stash.get("point") or stash["prompt"]
-        self.metrics.estimate_error.labels(group, stash["category"]).observe(
+        label = self.calibrator.stored_key(estimate.key, estimate.shape).category  # bounded
+        self.metrics.estimate_error.labels(group, label).observe(
             (point - prompt_tokens) / prompt_tokens)
         # The store learns (at once, or once shared) and counts the outcome and the ratio.
         outcome = self.store.observe(

@@ -103,8 +103,9 @@ class StateStore:
         if local:
             metrics.learning.labels(group, outcome.value).inc()
         if outcome is Outcome.LEARNED:
-            view = self.learner.calibrator.ratio(obs.key)
-            metrics.bytes_per_token.labels(group, obs.key.category).set(view.bytes_per_token)
+            key = self.learner.calibrator.stored_key(obs.key, obs.shape)  # bounded labels
+            view = self.learner.calibrator.ratio(key)
+            metrics.bytes_per_token.labels(group, key.category).set(view.bytes_per_token)
 
 
 class MemoryStore(StateStore):
