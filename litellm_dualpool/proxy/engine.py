@@ -14,11 +14,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import astuple
 from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
 from litellm_dualpool.core.budget import TokenBudget
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
+from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.estimator import Estimate, Estimator
 from litellm_dualpool.core.policy import PoolState, Reason, decide, decide_recovery
 from litellm_dualpool.core.shape import ContentClass, RequestShape
@@ -41,14 +43,18 @@ LoadSource = Callable[[str, PoolSpec], float | None]
 def _shape_to_list(shape: RequestShape) -> list[Any]:
     return [shape.text_bytes, shape.structured_bytes, shape.message_count, shape.tool_count,
             shape.image_count, shape.audio_count, shape.exact_prompt_tokens,
-            shape.content_class.value, shape.file_count, shape.chat_template, shape.has_tools]
+            shape.content_class.value, shape.file_count, shape.chat_template, shape.has_tools,
+            None if shape.char_counts is None else list(astuple(shape.char_counts))]
 
 
 def _shape_from_list(values: Sequence[Any]) -> RequestShape:
+    # The character counts ride along: without them the calibrator falls back to the key's
+    # average character mix and learns a plain ratio.
     (text, structured, messages, tools, images, audio, exact, content, files, template,
-     has_tools) = values
+     has_tools, counts) = values
     return RequestShape(text, structured, messages, tools, images, audio, exact,
-                        ContentClass(content), files, template, has_tools)
+                        ContentClass(content), files, template, has_tools,
+                        char_counts=None if counts is None else CharCounts(*counts))
 
 
 class DualPoolEngine:
