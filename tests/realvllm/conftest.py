@@ -8,6 +8,7 @@ ports, each in its own process group so that its engine and worker processes are
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -30,6 +31,8 @@ SERVED_MODEL = "tiny-llama3"
 #: vLLM needs 35-50 s here to answer /health (imports, then engine and worker processes);
 #: two at once on a loaded 2-core CI machine, more.
 VLLM_START_SECONDS = 300.0
+#: Linux prctl option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 #: KV cache per server in GiB: 1 GiB holds ~1M tokens of this model, far more than needed.
 KV_CACHE_GIB = 1
 
@@ -93,6 +96,13 @@ def _vllm_command(model_dir: Path, port: int, max_model_len: int) -> list[str]:
             "--distributed-executor-backend", "uni", "--disable-uvicorn-access-log"]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the test process dies, however it dies (the
+    server runs in its own session, out of reach of a signal to the test's process group)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the server's process group, SIGKILL what is left after a grace period."""
     if process.poll() is None:
@@ -134,7 +144,7 @@ def start_vllm_servers(model_dir: Path, pools: dict[str, int], log_dir: Path
                 process = subprocess.Popen(
                     _vllm_command(model_dir, port, max_model_len), stdout=out,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_server_env(),
-                    start_new_session=True)
+                    start_new_session=True, preexec_fn=_die_with_parent)
             servers[name] = VllmServer(name, max_model_len, f"http://127.0.0.1:{port}",
                                        process=process, log=log)
         deadline = time.monotonic() + VLLM_START_SECONDS
