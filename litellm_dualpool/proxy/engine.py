@@ -283,7 +283,9 @@ class DualPoolEngine:
         group = self.groups[stash["group"]]
         pool = self.pool_of(group, {"model_info": model_info or {}})
         self.metrics.misroutes.labels(group.model_group, pool.name if pool else stash["pool"]).inc()
-        if rejection.prompt_tokens is not None:
+        # A lower bound ("at least N", current vLLM) is not a sample: the recovered call's
+        # usage teaches the exact count instead.
+        if rejection.prompt_tokens is not None and rejection.prompt_tokens_exact:
             self.learn(stash, rejection.prompt_tokens)
 
     def learn(self, stash: dict[str, Any], prompt_tokens: int) -> bool:

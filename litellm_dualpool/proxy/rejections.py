@@ -13,9 +13,10 @@ import re
 from dataclasses import dataclass
 
 _LIMIT = re.compile(r"maximum context length is (\d+) tokens", re.IGNORECASE)
-#: vLLM's phrasings of the prompt's own token count, newest first.
+#: vLLM's phrasings of the prompt's own token count, newest first. Current vLLM truncates while
+#: tokenizing at max_model_len + 1, so "at least N" is only a lower bound: never learned from.
+_PROMPT_AT_LEAST = re.compile(r"prompt contains at least (\d+) input tokens", re.IGNORECASE)
 _PROMPT = (
-    re.compile(r"prompt contains at least (\d+) input tokens", re.IGNORECASE),
     re.compile(r"your request has (\d+) input tokens", re.IGNORECASE),
     re.compile(r"requested \d+ tokens \((\d+) in the messages", re.IGNORECASE),
     re.compile(r"you requested (\d+) tokens in the (?:messages|input)", re.IGNORECASE),
@@ -34,6 +35,8 @@ class ContextRejection:
     limit_tokens: int | None
     prompt_tokens: int | None
     requested_tokens: int | None
+    #: False when prompt_tokens is a lower bound ("at least N"): fine for logs, not for learning.
+    prompt_tokens_exact: bool = True
 
 
 def _classes(error: BaseException) -> set[str]:
@@ -57,9 +60,12 @@ def parse_context_rejection(error: BaseException | str | None) -> ContextRejecti
             return None
     limit = _LIMIT.search(text)
     prompt = next((m for m in (p.search(text) for p in _PROMPT) if m), None)
+    at_least = None if prompt else _PROMPT_AT_LEAST.search(text)
     requested = _REQUESTED.search(text)
+    count = prompt or at_least
     return ContextRejection(
         limit_tokens=int(limit.group(1)) if limit else None,
-        prompt_tokens=int(prompt.group(1)) if prompt else None,
+        prompt_tokens=int(count.group(1)) if count else None,
         requested_tokens=int(requested.group(1)) if requested else None,
+        prompt_tokens_exact=at_least is None,
     )

@@ -122,9 +122,12 @@ async def test_misroute_is_recovered_on_the_long_pool(make_env, wording: str, st
     assert (stash["pool"], stash["recovered_from"], stash["reason"]) == (
         "long", "short", "misroute_recovery")
     assert env.metric("dualpool_misroutes_total", model_group="llama", pool="short") == 1
-    # the rejection's own token count is learned (once per request)
+    # Learned once per request: from the rejection's count where it is exact, else ("at least
+    # N" is a lower bound) from the recovered call's usage, which a bare Router stream lacks.
+    lower_bound = wording.startswith("current")
+    expected = 0 if (lower_bound and stream) else 1
     assert env.metric("dualpool_learning_samples_total", model_group="llama",
-                      outcome="learned") == 1
+                      outcome="learned") == expected
 
 
 async def test_the_recovery_group_is_hidden_and_wired_as_a_fallback(env) -> None:

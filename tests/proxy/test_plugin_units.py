@@ -36,6 +36,8 @@ def test_every_vllm_wording_is_recognised(text: str, limit: int, prompt: int, cl
     rejection = parse_context_rejection(cls(f'Hosted_vllmException - {{"error":{{"message":"{text}"}}}}'))
     assert rejection is not None
     assert (rejection.limit_tokens, rejection.prompt_tokens) == (limit, prompt)
+    # current vLLM truncates at max_model_len + 1: "at least N" is a bound, not a sample
+    assert rejection.prompt_tokens_exact is ("at least" not in text.split("input tokens")[0])
 
 
 def test_other_errors_are_not_rejections() -> None:
