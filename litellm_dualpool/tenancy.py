@@ -90,6 +90,10 @@ class TenancyConfig(BaseModel):
     anonymous_observation_trust: ObservationTrust = Field(
         ObservationTrust.TRUSTED,
         description="Trust of requests without key or team (no auth: the operator's own traffic).")
+    admin_observation_trust: ObservationTrust = Field(
+        ObservationTrust.TRUSTED,
+        description="Trust of the proxy admin (the master key): a single-key gateway is the "
+                    "operator's own traffic and must calibrate at full speed.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,7 @@ class _EntryFreePolicies:
         self._by_config: dict[int, tuple[TenancyConfig, dict[tuple[str, bool, bool],
                                                                TenantPolicy]]] = {}
 
-    def get(self, tenancy: TenancyConfig, key: tuple[str, bool, bool],
+    def get(self, tenancy: TenancyConfig, key: tuple[str, bool, bool, bool],
             build: Callable[[], TenantPolicy]) -> TenantPolicy:
         slot = self._by_config.get(id(tenancy))
         if slot is None or slot[0] is not tenancy:
@@ -208,22 +212,35 @@ def _metadata_entry(metadata: object, key: str) -> object:
     return metadata.get(key) if isinstance(metadata, Mapping) else None
 
 
+#: LiteLLM's role of the master key (``LitellmUserRoles.PROXY_ADMIN``).
+PROXY_ADMIN_ROLE = "proxy_admin"
+
+
+def is_proxy_admin(user_api_key_dict: Any) -> bool:
+    role = _field(user_api_key_dict, "user_role")
+    return getattr(role, "value", role) == PROXY_ADMIN_ROLE
+
+
 def resolve_tenant_policy(user_api_key_dict: Any, tenancy: TenancyConfig, *,
                           allow_force_pool: bool, allow_category: bool) -> TenantPolicy:
     """Defaults (the plugin's override switches, then ``tenancy.default_policy``), then the
     team's entry, then the key's. TenantPolicyError when an entry is invalid."""
     tenant = tenant_of(user_api_key_dict)
+    admin = is_proxy_admin(user_api_key_dict)
     entries = [(_metadata_entry(_field(user_api_key_dict, source), tenancy.metadata_key), label)
                for source, label in (("team_metadata", "team"), ("metadata", "key"))]
     if entries[0][0] is None and entries[1][0] is None:  # the usual case: no entry, cached
-        return _ENTRY_FREE.get(tenancy, (tenant, allow_force_pool, allow_category), lambda: (
-            _resolve(tenant, tenancy, [], allow_force_pool, allow_category)))
-    return _resolve(tenant, tenancy, entries, allow_force_pool, allow_category)
+        return _ENTRY_FREE.get(tenancy, (tenant, admin, allow_force_pool, allow_category),
+                               lambda: _resolve(tenant, admin, tenancy, [], allow_force_pool,
+                                                allow_category))
+    return _resolve(tenant, admin, tenancy, entries, allow_force_pool, allow_category)
 
 
-def _resolve(tenant: str, tenancy: TenancyConfig, entries: list[tuple[object, str]],
-             allow_force_pool: bool, allow_category: bool) -> TenantPolicy:
+def _resolve(tenant: str, admin: bool, tenancy: TenancyConfig,
+             entries: list[tuple[object, str]], allow_force_pool: bool,
+             allow_category: bool) -> TenantPolicy:
     trust = (tenancy.anonymous_observation_trust if tenant == ANONYMOUS_TENANT
+             else tenancy.admin_observation_trust if admin
              else tenancy.default_observation_trust)
     values: dict[str, Any] = {"allow_force_pool": allow_force_pool,
                               "allow_category": allow_category, "observation_trust": trust}

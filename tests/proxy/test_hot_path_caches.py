@@ -44,7 +44,7 @@ def test_cached_policy_is_the_uncached_one_per_config() -> None:
         for flags in ((False, True), (True, False)):
             got = resolve_tenant_policy(user, tenancy, allow_force_pool=flags[0],
                                         allow_category=flags[1])
-            assert got == _resolve(tenant_of(user), tenancy, [], *flags)
+            assert got == _resolve(tenant_of(user), False, tenancy, [], *flags)
     assert resolve_tenant_policy(user, strict, allow_force_pool=False,
                                  allow_category=True).default_output_tokens == 77
     assert resolve_tenant_policy(user, plain, allow_force_pool=False,
