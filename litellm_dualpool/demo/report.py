@@ -179,6 +179,8 @@ def summary(*, specs: Sequence[RequestSpec], outcomes: Sequence[Outcome],
         "spillovers": int(sum(spill.values())),
         "refusals": int(total(metrics, "dualpool_refusals_total")),
         "learned_bytes_per_token": learned_ratios(metrics),
+        "learning_samples": {key[0]: int(v) for key, v in sorted(
+            by_labels(metrics, "dualpool_learning_samples_total", "outcome").items())},
         "true_bytes_per_token": dict(true_ratios),
         "learned_over_time": [{"completed": s.completed, "elapsed_s": round(s.elapsed_s, 1),
                                "ratios": dict(s.ratios)} for s in snapshots],
@@ -233,6 +235,8 @@ def render(report: Mapping[str, Any], console: Console) -> None:
     console.print(f"misroutes {report['misroutes']}, recovered {report['misroutes_recovered']} "
                   f"{report['misroutes_recovered_by_route'] or ''}; spillovers "
                   f"{report['spillovers']}; refusals {report['refusals']}")
+    console.print("learning samples (dualpool_learning_samples_total): "
+                  + (", ".join(f"{k} {v}" for k, v in report["learning_samples"].items()) or "none"))
     _render_ratios(report, console)
     saving = report["predicted_saving"]
     console.print(f"predicted saving for this workload's traffic: [bold]{saving['fraction']:.1%}"

@@ -62,6 +62,7 @@ def test_demo_short_run_reports_zero_lost_and_stops_everything(tmp_path: Path) -
         start_new_session=True)
     try:
         report, lines = _read_report(process, time.monotonic() + RUN_TIMEOUT_SECONDS)
+        (tmp_path / "demo-output.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         assert report["requests"] == 60
         assert report["lost"] == 0, (report["lost_examples"], _log_tail(tmp_path))
         assert report["ok"] + report["refused"] == 60
@@ -79,6 +80,8 @@ def test_demo_short_run_reports_zero_lost_and_stops_everything(tmp_path: Path) -
         assert report["misroutes_recovered"] == report["misroutes"]
         assert report["reasons"].get("long/misroute_recovery") == report["misroutes_recovered"]
         assert {"prose", "code", "cjk"} <= set(report["learned_bytes_per_token"])
+        # the gateway learned from (nearly) every answered request, not from a first few
+        assert report["learning_samples"].get("learned", 0) >= 0.7 * report["ok"]
         # the planner's prediction (a fraction of the homogeneous fleet's cost; it may be < 0)
         assert report["predicted_saving"]["source"].startswith("planner")
         assert -1.0 < report["predicted_saving_fraction"] < 0.75

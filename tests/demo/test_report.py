@@ -28,6 +28,10 @@ dualpool_refusals_total{model_group="g",reason="fits_nowhere"} 1.0
 # TYPE dualpool_learned_bytes_per_token gauge
 dualpool_learned_bytes_per_token{category="prose",model_group="g"} 4.5123
 dualpool_learned_bytes_per_token{category="cjk",model_group="g"} 3.4
+# HELP dualpool_learning_samples_total x
+# TYPE dualpool_learning_samples_total counter
+dualpool_learning_samples_total{model_group="g",outcome="learned"} 3.0
+dualpool_learning_samples_total{model_group="g",outcome="rejected"} 1.0
 """
 
 
@@ -69,6 +73,7 @@ def test_summary_joins_client_outcomes_with_plugin_metrics() -> None:
     assert (summary["misroutes"], summary["misroutes_recovered"], summary["refusals"]) == (1, 1, 1)
     assert summary["misroutes_recovered_by_route"] == {"short->long": 1}
     assert summary["learned_bytes_per_token"] == {"prose": 4.512, "cjk": 3.4}
+    assert summary["learning_samples"] == {"learned": 3, "rejected": 1}
     assert summary["lost_examples"] == [{"index": 4, "kind": "typical", "error": "APIError: boom"}]
     # 5 of 6 requests fit 8192 tokens: alpha 5/6, rho 4
     assert summary["predicted_saving_fraction"] == pytest.approx(5 / 6 * 0.75, abs=1e-4)
