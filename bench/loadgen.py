@@ -1,16 +1,21 @@
 """Closed-loop HTTP load generator for bench/proxy_overhead.py, run as its own process so that its
-CPU is not charged to the proxy under test (it still shares the machine's cores).
+CPU is not charged to the proxies under test (it still shares the machine's cores).
 
-    .venv/bin/python bench/loadgen.py --url http://127.0.0.1:4000 --key sk-... \
-        --size-bytes 32768 --messages 8 --concurrency 4 --duration 8 --warmup 1
+    .venv/bin/python bench/loadgen.py --targets targets.json --size-bytes 32768 --messages 8 \
+        --concurrency 4 --slice 1.0 --cycles 12 --rounds 3
 
-Each of `concurrency` workers keeps one keep-alive HTTP/1.1 connection and sends the next
-chat completion as soon as the previous answer is read (a raw asyncio client: an HTTP library
-would cost more CPU per request than the plugin under test). Bodies are built once, in
-`variants` copies that differ in their last message, so nothing upstream sees one body
-repeated. Requests that start after the warm-up and finish before the window's end count; the result is
-one JSON line: latencies (ms), status counts, the pools named by ``x-dualpool-pool``, the
-measured window, all answers (warm-up included) and this process's CPU seconds.
+`targets.json`: ``[{"name": "stock", "url": "http://127.0.0.1:4000", "key": "sk-...",
+"pids": [123]}, ...]``. The targets take turns: a cycle gives each one slice of `--slice`
+seconds in which `concurrency` keep-alive connections send the next chat completion as soon as
+the previous answer is read (a raw asyncio client: an HTTP library would cost more CPU per
+request than the plugin under test); a request started in a slice is waited for. The order
+rotates every cycle, so every target meets the same machine noise, at a time scale of seconds.
+The cycles are split into `--rounds` consecutive groups for the spread across rounds. Bodies
+are built once, in `variants` copies that differ in their last message, so nothing upstream
+sees one body repeated. Before the first cycle every target answers `--warmup-requests`
+unmeasured requests. Per slice: latencies (ms), statuses, the pools named by
+``x-dualpool-pool``, duration, and the target's CPU and run-queue wait (from /proc, see
+`proc_times`). Output: one JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -30,8 +36,6 @@ from dispatch_overhead import _turns, chat_body
 
 PATH = "/v1/chat/completions"
 POOL_HEADER = b"x-dualpool-pool"
-#: A warm-up that never sees its answers (a broken proxy) still ends.
-MAX_EXTRA_WARMUP_SECONDS = 120.0
 
 
 def build_requests(host: str, key: str, model: str, size_bytes: int, messages: int,
@@ -71,82 +75,139 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, 
     return status, headers
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    url = urlsplit(args.url)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-    requests = build_requests(f"{host}:{port}", args.key, args.model, args.size_bytes,
-                              args.messages, args.max_tokens, args.variants)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    # The window opens once the warm-up time has passed and `warmup_requests` were answered.
-    window: dict[str, float] = {"from": float("inf"), "to": float("inf")}
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    pools: Counter[str] = Counter()
-    errors: list[str] = []
-    answered = 0
-    hard_stop = start + args.warmup + args.duration + MAX_EXTRA_WARMUP_SECONDS
-
-    def tick(now: float) -> None:
-        if window["from"] == float("inf") and (now - start >= args.warmup
-                                               and answered >= args.warmup_requests):
-            window["from"], window["to"] = now, now + args.duration
-
-    async def worker(index: int) -> None:
-        nonlocal answered
-        reader, writer = await asyncio.open_connection(host, port)
-        sent = index
+def proc_times(pids: list[int]) -> tuple[float, float]:
+    """(CPU seconds of these processes, all threads, exited ones included: /proc/PID/stat, 10 ms
+    ticks; seconds their main thread, the event loop, was runnable but waited for a core:
+    /proc/PID/schedstat, ns)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = wait = 0
+    for pid in pids:
         try:
-            while loop.time() < min(window["to"], hard_stop):
-                begin = loop.time()
-                writer.write(requests[sent % len(requests)])
-                sent += 1
-                try:
-                    status, headers = await read_response(reader)
-                except (asyncio.IncompleteReadError, ConnectionError) as error:
-                    errors.append(repr(error))
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
-                    continue
-                end = loop.time()
-                answered += 1
-                if begin >= window["from"] and end <= window["to"]:
-                    latencies.append((end - begin) * 1000.0)
-                    statuses[status] += 1
-                    pool = headers.get(POOL_HEADER)
-                    if pool is not None:
-                        pools[pool.decode()] += 1
-                tick(end)
-                if headers.get(b"connection", b"").lower() == b"close":
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
-        finally:
-            writer.close()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += int(fields[11]) + int(fields[12])  # utime, stime
+            wait += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return cpu / ticks, wait / 1e9
 
-    cpu_before = time.process_time()
-    await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
-    return {"latencies_ms": [round(v, 3) for v in latencies], "window_s": args.duration,
-            "statuses": {str(k): v for k, v in statuses.items()}, "pools": dict(pools),
-            "connection_errors": errors[:5], "connection_error_count": len(errors),
-            "answered_total": answered, "loadgen_cpu_s": round(time.process_time() - cpu_before, 3),
-            "body_bytes": len(requests[0])}
+
+class Target:
+    """One proxy: its keep-alive connections and its prepared requests."""
+
+    def __init__(self, spec: dict[str, Any], args: argparse.Namespace) -> None:
+        self.name: str = spec["name"]
+        self.pids: list[int] = list(spec.get("pids") or [])
+        url = urlsplit(spec["url"])
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.requests = build_requests(f"{self.host}:{self.port}", spec["key"], args.model,
+                                       args.size_bytes, args.messages, args.max_tokens,
+                                       args.variants)
+        self.connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = (
+            [None] * args.concurrency)
+        self.sent = 0
+        self.connection_errors = 0
+
+    async def call(self, index: int) -> tuple[int, dict[bytes, bytes]] | None:
+        """One request on connection `index` (reconnecting if needed); None on a broken one."""
+        conn = self.connections[index]
+        if conn is None:
+            conn = self.connections[index] = await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        writer.write(self.requests[self.sent % len(self.requests)])
+        self.sent += 1
+        try:
+            status, headers = await read_response(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.connection_errors += 1
+            writer.close()
+            self.connections[index] = None
+            return None
+        if headers.get(b"connection", b"").lower() == b"close":
+            writer.close()
+            self.connections[index] = None
+        return status, headers
+
+    async def run_slice(self, seconds: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+        statuses: Counter[str] = Counter()
+        pools: Counter[str] = Counter()
+        cpu0, wait0 = proc_times(self.pids)
+        start = loop.time()
+        deadline = start + seconds
+
+        async def worker(index: int) -> None:
+            while loop.time() < deadline:
+                begin = loop.time()
+                answer = await self.call(index)
+                if answer is None:
+                    continue
+                latencies.append((loop.time() - begin) * 1000.0)
+                statuses[str(answer[0])] += 1
+                pool = answer[1].get(POOL_HEADER)
+                if pool is not None:
+                    pools[pool.decode()] += 1
+
+        await asyncio.gather(*(worker(i) for i in range(len(self.connections))))
+        duration = loop.time() - start
+        cpu1, wait1 = proc_times(self.pids)
+        return {"latencies_ms": [round(v, 3) for v in latencies], "duration_s": round(duration, 4),
+                "cpu_s": round(cpu1 - cpu0, 3), "wait_s": round(wait1 - wait0, 6),
+                "statuses": dict(statuses), "pools": dict(pools)}
+
+    async def warm(self, requests: int) -> None:
+        per_connection = max(1, -(-requests // len(self.connections)))
+
+        async def worker(index: int) -> None:
+            for _ in range(per_connection):
+                await self.call(index)
+
+        await asyncio.gather(*(worker(i) for i in range(len(self.connections))))
+
+    def close(self) -> None:
+        for conn in self.connections:
+            if conn is not None:
+                conn[1].close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    specs = json.loads(Path(args.targets).read_text())
+    targets = [Target(spec, args) for spec in specs]
+    try:
+        for target in targets:
+            await target.warm(args.warmup_requests)
+        slices: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+        cpu_before = time.process_time()
+        for cycle in range(args.cycles):
+            shift = cycle % len(targets)
+            for target in targets[shift:] + targets[:shift]:
+                result = await target.run_slice(args.slice)
+                result["round"] = cycle * args.rounds // args.cycles
+                slices[target.name].append(result)
+        return {"slices": slices, "loadgen_cpu_s": round(time.process_time() - cpu_before, 3),
+                "connection_errors": {t.name: t.connection_errors for t in targets},
+                "body_bytes": len(targets[0].requests[0])}
+    finally:
+        for target in targets:
+            target.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", required=True, help="proxy base URL, e.g. http://127.0.0.1:4000")
-    ap.add_argument("--key", required=True, help="bearer token (the proxy's master key)")
+    ap.add_argument("--targets", required=True, help="JSON file: [{name, url, key, pids}]")
     ap.add_argument("--model", default="llama", help="model group in the body")
     ap.add_argument("--size-bytes", type=int, required=True, help="prompt bytes per request")
     ap.add_argument("--messages", type=int, default=2, help="messages per request")
     ap.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds")
-    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    ap.add_argument("--warmup-requests", type=int, default=0,
-                    help="answers to see before measuring (at least --warmup seconds anyway)")
+    ap.add_argument("--slice", type=float, default=1.0, help="seconds per target per cycle")
+    ap.add_argument("--cycles", type=int, default=12, help="cycles over all targets")
+    ap.add_argument("--rounds", type=int, default=3, help="groups of consecutive cycles")
+    ap.add_argument("--warmup-requests", type=int, default=8, help="unmeasured, per target")
     ap.add_argument("--variants", type=int, default=16, help="distinct bodies, sent in turn")
     args = ap.parse_args(argv)
+    if not 1 <= args.rounds <= args.cycles:
+        ap.error("--rounds must be between 1 and --cycles")
     print(json.dumps(asyncio.run(run(args)), separators=(",", ":")))
     return 0
 

@@ -2,7 +2,7 @@
 plugin, and with the plugin on Redis-backed state, under the same closed-loop load.
 
 Rerun:  .venv/bin/python bench/proxy_overhead.py [--json] [--quick] [--rounds 3]
-        (~8 minutes; --quick ~1.5 minutes; needs Redis at 127.0.0.1:6379 for configuration d)
+        (~7 minutes, start-up included; --quick ~2; Redis at 127.0.0.1:6379 for configuration d)
 
 Set-up, all processes on 127.0.0.1: two emulated vLLM servers in instant mode (no engine: the
 answer comes at once, so what is measured is the proxy), declared to the proxy as a short pool
@@ -18,13 +18,17 @@ does not route by length (a). Four proxies run at once, one per configuration, e
     d redis     c with dualpool_settings.state.backend redis (a unique key prefix, deleted after)
 
 Load comes from bench/loadgen.py, a separate process: `--concurrency` keep-alive connections in a
-closed loop for a fixed time after a warm-up, chat bodies of real MT-Bench text at 1 KB (2
-messages), 32 KB (8) and 256 KB (16). One proxy is driven at a time. Each round runs every size
-on every configuration, sizes in turn and the configurations' order rotated per round; the
-tables give the median and the spread (min..max) across rounds. Ratios and added latencies are
-taken per round (the four runs of one size in one round are adjacent in time), then summarised.
-"proxy CPU" is the proxy process's user+system CPU per request (from /proc), which is far less
-sensitive to other load on the machine than latency or throughput.
+closed loop, chat bodies of real MT-Bench text at 1 KB (2 messages), 32 KB (8) and 256 KB (16).
+One proxy is driven at a time, in slices of about a second: each cycle gives every proxy one
+slice, in an order that rotates per cycle, so that all four meet the same machine noise (this
+2-core machine is shared). The cycles of one size are split into `--rounds` consecutive groups;
+the tables give the median and the spread (min..max) across rounds, and ratios and added
+latencies are taken per round (the four configurations of one round interleaved), then
+summarised. Latency is per request, from write to last byte read, in the load generator.
+"CPU ms/req" is the proxy process's user+system CPU per answered request (/proc/PID/stat, all
+threads), far less sensitive to other load on the machine than latency or throughput; "wait
+ms/req" is the time its event loop was runnable but another process held the core
+(/proc/PID/schedstat), i.e. the machine's noise as the proxy felt it.
 """
 
 from __future__ import annotations
@@ -60,10 +64,9 @@ LOADGEN = Path(__file__).with_name("loadgen.py")
 CONFIGS = {"stock": "a", "precall": "b", "plugin": "c", "plugin_redis": "d"}
 #: size label -> (prompt bytes, messages)
 SIZES = {"1KB": (1024, 2), "32KB": (32 * 1024, 8), "256KB": (256 * 1024, 16)}
-#: measured seconds per run (full, --quick); 256 KB through a proxy is slow on 2 cores
-DURATIONS = {"1KB": (6.0, 2.0), "32KB": (8.0, 2.0), "256KB": (12.0, 3.0)}
-WARMUP_SECONDS = (1.0, 0.5)
-#: answers each proxy gives per size before any round (lazy imports, tokenizer loads)
+#: seconds each proxy is driven per cycle (full, --quick); 256 KB is slow through a proxy
+SLICE_SECONDS = {"1KB": (1.0, 0.5), "32KB": (1.0, 0.5), "256KB": (1.5, 1.0)}
+#: answers each proxy gives per size before measuring (lazy imports, tokenizer loads)
 WARMUP_REQUESTS = 20
 SHORT_LEN, LONG_LEN = 8192, 131072
 #: what the emulators accept (both): every prompt of the bench fits, whatever the routing
@@ -151,18 +154,6 @@ def proxy_pids(config_path: Path) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / ticks
-
-
 def delete_redis_prefix(prefix: str) -> int:
     import redis
 
@@ -177,30 +168,52 @@ def delete_redis_prefix(prefix: str) -> int:
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def drive(proxy: Proxy, size: str, *, concurrency: int, duration: float, warmup: float,
-          pids: list[int], warmup_requests: int = 0) -> dict[str, Any]:
+def drive_size(targets: list[dict[str, Any]], size: str, work: Path, *, concurrency: int,
+               slice_seconds: float, cycles: int, rounds: int, warmup_requests: int
+               ) -> dict[str, list[dict[str, Any]]]:
+    """One load-generator process for one prompt size over every proxy, interleaved; its
+    slices per configuration."""
     size_bytes, messages = SIZES[size]
-    argv = [sys.executable, str(LOADGEN), "--url", proxy.url, "--key", proxy.master_key,
+    spec = work / f"targets-{size}.json"
+    spec.write_text(json.dumps(targets))
+    argv = [sys.executable, str(LOADGEN), "--targets", str(spec),
             "--size-bytes", str(size_bytes), "--messages", str(messages),
-            "--concurrency", str(concurrency), "--duration", str(duration),
-            "--warmup", str(warmup), "--warmup-requests", str(warmup_requests)]
-    cpu_before = cpu_seconds(pids)
+            "--concurrency", str(concurrency), "--slice", str(slice_seconds),
+            "--cycles", str(cycles), "--rounds", str(rounds),
+            "--warmup-requests", str(warmup_requests)]
+    budget = cycles * len(targets) * (slice_seconds + 5) + 300
     done = subprocess.run(argv, capture_output=True, text=True, env=offline_env(), check=False,
-                          timeout=duration + warmup + 300)
-    cpu_used = cpu_seconds(pids) - cpu_before
+                          timeout=budget)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    raw = json.loads(done.stdout.strip().splitlines()[-1])
-    latencies = sorted(raw["latencies_ms"])
-    n = len(latencies)
-    answered_total = max(raw["answered_total"], 1)  # CPU covers the warm-up answers too
-    return {
-        "requests": n, "throughput_rps": n / raw["window_s"],
-        "p50_ms": _quantile(latencies, 0.50), "p99_ms": _quantile(latencies, 0.99),
-        "proxy_cpu_ms_per_request": 1000.0 * cpu_used / answered_total,
-        "statuses": raw["statuses"], "pools": raw["pools"],
-        "connection_errors": raw["connection_error_count"], "loadgen_cpu_s": raw["loadgen_cpu_s"],
-    }
+    result: dict[str, list[dict[str, Any]]] = json.loads(
+        done.stdout.strip().splitlines()[-1])["slices"]
+    return result
+
+
+def per_round(slices: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+    """Each round's figures from its slices (throughput: answers over the slices' time)."""
+    out = []
+    for r in range(rounds):
+        mine = [s for s in slices if s["round"] == r]
+        latencies = sorted(v for s in mine for v in s["latencies_ms"])
+        n = len(latencies)
+        seconds = sum(s["duration_s"] for s in mine)
+        statuses: dict[str, int] = {}
+        pools: dict[str, int] = {}
+        for s in mine:
+            for k, v in s["statuses"].items():
+                statuses[k] = statuses.get(k, 0) + v
+            for k, v in s["pools"].items():
+                pools[k] = pools.get(k, 0) + v
+        out.append({
+            "requests": n, "throughput_rps": n / seconds if seconds else 0.0,
+            "p50_ms": _quantile(latencies, 0.50), "p99_ms": _quantile(latencies, 0.99),
+            "proxy_cpu_ms_per_request": 1000.0 * sum(s["cpu_s"] for s in mine) / max(n, 1),
+            # time the proxy's loop was ready to run but another process had the core: noise
+            "proxy_cpu_wait_ms_per_request": 1000.0 * sum(s["wait_s"] for s in mine) / max(n, 1),
+            "statuses": statuses, "pools": pools})
+    return out
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -230,10 +243,10 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], names: list[str]
                     pools[k] = pools.get(k, 0) + v
             table[name][size] = {
                 key: spread([r[key] for r in rounds])
-                for key in ("throughput_rps", "p50_ms", "p99_ms", "proxy_cpu_ms_per_request")}
+                for key in ("throughput_rps", "p50_ms", "p99_ms", "proxy_cpu_ms_per_request",
+                            "proxy_cpu_wait_ms_per_request")}
             table[name][size].update(statuses=statuses, pools=pools, requests=sum(
-                r["requests"] for r in rounds), connection_errors=sum(
-                r["connection_errors"] for r in rounds))
+                r["requests"] for r in rounds))
     pairs: dict[str, Any] = {}
     for size in runs[names[0]]:
         pairs[size] = {}
@@ -282,29 +295,28 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-    ap.add_argument("--quick", action="store_true", help="one short round (~1.5 minutes)")
+    ap.add_argument("--quick", action="store_true", help="few short cycles, one round")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --quick 1)")
-    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per run")
+    ap.add_argument("--cycles", type=int, default=None,
+                    help="cycles per size (default 24; --quick 3); rounds split them")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                    help="configurations (stock is always included: it is the reference)")
-    ap.add_argument("--duration-scale", type=float, default=1.0, help="scale measured seconds")
+                    help="configurations (a and b are always included: the references)")
+    ap.add_argument("--slice-scale", type=float, default=1.0, help="scale the slice lengths")
     args = ap.parse_args(argv)
     quick = 1 if args.quick else 0
     rounds = args.rounds or (1 if args.quick else 3)
-    names = ["stock", *[n for n in CONFIGS if n in args.configs and n != "stock"]]
-    if "precall" not in names:
-        names.insert(1, "precall")  # the c/b ratio needs it
-    warmup = WARMUP_SECONDS[quick]
-    durations = {s: DURATIONS[s][quick] * args.duration_scale for s in args.sizes}
+    cycles = max(args.cycles or (3 if args.quick else 24), rounds)
+    names = [n for n in CONFIGS if n in args.configs or n in ("stock", "precall")]
+    slices = {s: SLICE_SECONDS[s][quick] * args.slice_scale for s in args.sizes}
     redis_prefix = f"dualpool-bench:{uuid.uuid4().hex[:10]}"
     load_start = os.getloadavg()
     started = time.monotonic()
     emulator_flags = {"instant": True, "max_model_len": BACKEND_LEN, "tensor_parallel_size": 8,
                       "served_model_name": "m", "output_len_dist": "fixed:16"}
 
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {s: [] for s in args.sizes}
-                                                        for n in names}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {} for n in names}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="dualpool-bench-") as tmp:
         short, long = stack.enter_context(start_emulators(dict(emulator_flags),
                                                           dict(emulator_flags)))
@@ -312,39 +324,37 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(delete_redis_prefix, redis_prefix)
         configs = {n: proxy_config(n, short, long, redis_prefix) for n in names}
         proxies = stack.enter_context(start_proxies(configs, Path(tmp)))
-        pids = {n: proxy_pids(Path(tmp) / n / "litellm.yaml") for n in names}
+        targets = [{"name": n, "url": proxies[n].url, "key": proxies[n].master_key,
+                    "pids": proxy_pids(Path(tmp) / n / "litellm.yaml")} for n in names]
         print(f"# {len(names)} proxies up after {time.monotonic() - started:.0f} s; "
               f"load average {load_start[0]:.2f}", file=sys.stderr)
-        for name in names:  # first requests pay lazy imports and tokenizer loads: not measured
-            for size in args.sizes:
-                drive(proxies[name], size, concurrency=args.concurrency, duration=0.5,
-                      warmup=0.5, warmup_requests=WARMUP_REQUESTS, pids=pids[name])
-        for r in range(rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for size in args.sizes:
-                for name in order:
-                    result = drive(proxies[name], size, concurrency=args.concurrency,
-                                   duration=durations[size], warmup=warmup,
-                                   warmup_requests=args.concurrency, pids=pids[name])
-                    runs[name][size].append(result)
-                    print(f"# round {r + 1}/{rounds} {size:>5} {name:<12} "
+        for size in args.sizes:
+            measured = drive_size(targets, size, Path(tmp), concurrency=args.concurrency,
+                                  slice_seconds=slices[size], cycles=cycles, rounds=rounds,
+                                  warmup_requests=WARMUP_REQUESTS)
+            for name in names:
+                runs[name][size] = per_round(measured[name], rounds)
+                for r, result in enumerate(runs[name][size]):
+                    print(f"# {size:>5} round {r + 1}/{rounds} {name:<12} "
                           f"{result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:7.2f} ms"
-                          f"  cpu {result['proxy_cpu_ms_per_request']:6.2f} ms/req  "
+                          f"  cpu {result['proxy_cpu_ms_per_request']:6.2f} ms/req"
+                          f"  wait {result['proxy_cpu_wait_ms_per_request']:6.2f} ms/req  "
                           f"{result['statuses']}", file=sys.stderr)
     load_end = os.getloadavg()
     table, pairs = summarise(runs, names)
     print_tables(table, pairs, names, args.sizes)
-    result = build_result(table, pairs, names, args, rounds, durations, warmup, load_start,
-                          load_end, time.monotonic() - started)
+    settings = {"rounds": rounds, "cycles": cycles, "concurrency": args.concurrency,
+                "slice_s": slices, "quick": args.quick, "warmup_requests": WARMUP_REQUESTS}
+    result = build_result(table, pairs, names, settings, args.sizes, load_start, load_end,
+                          time.monotonic() - started)
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
     return 0
 
 
 def build_result(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
-                 args: argparse.Namespace, rounds: int, durations: dict[str, float],
-                 warmup: float, load_start: tuple[float, ...], load_end: tuple[float, ...],
-                 elapsed: float) -> dict[str, Any]:
+                 settings: dict[str, Any], sizes: list[str], load_start: tuple[float, ...],
+                 load_end: tuple[float, ...], elapsed: float) -> dict[str, Any]:
     def headline(config: str, key: str) -> dict[str, float]:
         return {s: pairs[s][config][key]["median"] for s in pairs if config in pairs[s]}
 
@@ -357,10 +367,8 @@ def build_result(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
         "precall_vs_stock_throughput": headline("precall", "throughput_vs_stock"),
         "redis_plugin_vs_stock_throughput": headline("plugin_redis", "throughput_vs_stock"),
         "configs": table, "comparisons": pairs,
-        "settings": {"rounds": rounds, "concurrency": args.concurrency, "durations_s": durations,
-                     "warmup_s": warmup, "quick": args.quick,
-                     "sizes": {s: {"bytes": SIZES[s][0], "messages": SIZES[s][1]}
-                               for s in args.sizes},
+        "settings": {**settings,
+                     "sizes": {s: {"bytes": SIZES[s][0], "messages": SIZES[s][1]} for s in sizes},
                      "pools": {"short": SHORT_LEN, "long": LONG_LEN},
                      "configs": {n: CONFIGS[n] for n in names}},
         "targets": targets(pairs),
@@ -388,8 +396,9 @@ def targets(pairs: dict[str, Any]) -> dict[str, Any]:
 
 def print_tables(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
                  sizes: list[str]) -> None:
-    print(f"{'size':>6} {'config':<14} {'req/s median (min..max)':>26} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'proxy CPU ms/req':>17} {'vs a':>6} {'+p50 ms':>8} {'statuses':>14}")
+    """Medians across rounds (throughput also min..max); vs a and +p50: paired per round."""
+    print(f"{'size':>6} {'config':<14} {'req/s (min..max)':>24} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'CPU ms/req':>10} {'wait ms/req':>11} {'vs a':>6} {'+p50 ms':>8} {'+CPU ms':>8}")
     for size in sizes:
         for name in names:
             row = table[name][size]
@@ -397,11 +406,17 @@ def print_tables(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
             vs = pairs[size].get(name, {})
             ratio = vs.get("throughput_vs_stock", {}).get("median", 1.0)
             added = vs.get("added_latency_p50_ms", {}).get("median", 0.0)
-            label = f"{CONFIGS[name]} {name}"
-            print(f"{size:>6} {label:<14} {tput['median']:>9.1f} ({tput['min']:.1f}..{tput['max']:.1f})"
-                  f"{'':>3} {row['p50_ms']['median']:>8.2f} {row['p99_ms']['median']:>8.2f} "
-                  f"{row['proxy_cpu_ms_per_request']['median']:>17.2f} {ratio:>6.3f} "
-                  f"{added:>+8.2f} {json.dumps(row['statuses']):>14}")
+            added_cpu = vs.get("added_proxy_cpu_ms_per_request", {}).get("median", 0.0)
+            rate = f"{tput['median']:.1f} ({tput['min']:.1f}..{tput['max']:.1f})"
+            print(f"{size:>6} {CONFIGS[name] + ' ' + name:<14} {rate:>24} "
+                  f"{row['p50_ms']['median']:>8.2f} {row['p99_ms']['median']:>8.2f} "
+                  f"{row['proxy_cpu_ms_per_request']['median']:>10.2f} "
+                  f"{row['proxy_cpu_wait_ms_per_request']['median']:>11.2f} {ratio:>6.3f} "
+                  f"{added:>+8.2f} {added_cpu:>+8.3f}")
+        bad = {n: table[n][size]["statuses"] for n in names
+               if set(table[n][size]["statuses"]) - {"200"}}
+        if bad:
+            print(f"{'':>6} non-200 answers: {bad}")
 
 
 if __name__ == "__main__":
