@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +36,17 @@ class RedisConnection(_Model):
     password: str | None = Field(None, description="Redis password (or os.environ/NAME).")
     username: str | None = Field(None, description="Redis ACL user name.")
     db: int = Field(0, ge=0, le=1024, description="Database number.")
+
+    @model_validator(mode="after")
+    def _secrets_from_environment(self) -> RedisConnection:
+        """A password is never written in the YAML: only ``os.environ/NAME`` names one."""
+        if self.password is not None and not self.password.startswith(ENV_PREFIX):
+            raise ValueError("password: give os.environ/NAME (secrets come from the environment)")
+        if (self.url is not None and not self.url.startswith(ENV_PREFIX)
+                and urlsplit(self.url).password):
+            raise ValueError("url: a URL with a password must be os.environ/NAME (secrets come "
+                             "from the environment)")
+        return self
 
 
 class InfluenceConfig(_Model):

@@ -1,17 +1,20 @@
 """In-process checks of the plugin behaviours the reliability suite needed (real engine, no
 proxy): retries avoid deployments that failed the request, a failed request closes its
-in-flight count, and metric labels use the calibrator's bounded key."""
+in-flight count, metric labels use the calibrator's bounded key, and secrets come only from
+the environment."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from litellm_dualpool.config import load_plugin_config
 from litellm_dualpool.core.calibration import OVERFLOW_CATEGORY, CalibrationSettings, Calibrator
 from litellm_dualpool.core.estimator import category_key
 from litellm_dualpool.core.shape import shape_request
+from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.callback import failed_deployment_ids
 from litellm_dualpool.proxy.engine import DualPoolEngine
@@ -102,3 +105,26 @@ def test_stored_key_is_the_key_an_observation_lands_in() -> None:
     assert calibrator.stored_key(second, shape).category == OVERFLOW_CATEGORY
     assert calibrator.observe(second, shape, 60)
     assert set(calibrator.keys()) == {first, calibrator.stored_key(second, shape)}
+
+
+@pytest.mark.parametrize("redis", [
+    {"password": "hunter2"},
+    {"url": "redis://:hunter2@127.0.0.1:6379/0"},
+    {"url": "redis://user:hunter2@127.0.0.1:6379/0"},
+])
+def test_secrets_in_the_yaml_are_refused(redis: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="environment") as info:
+        load_plugin_config({"model_list": model_list(),
+                            "dualpool_settings": {"state": {"backend": "redis", "redis": redis}}})
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("redis", [
+    {"password": "os.environ/DUALPOOL_TEST_REDIS_PASSWORD"},
+    {"url": "os.environ/DUALPOOL_TEST_REDIS_URL"},
+    {"url": "redis://127.0.0.1:6379/0"},
+])
+def test_secrets_from_the_environment_are_accepted(redis: dict[str, Any]) -> None:
+    config = load_plugin_config({"model_list": model_list(), "dualpool_settings": {
+        "state": {"backend": "redis", "redis": redis}}})
+    assert config.settings.state.redis.model_dump(exclude_none=True) == {**redis, "db": 0}
