@@ -124,6 +124,24 @@ def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset
                      if isinstance(c, Mapping) and isinstance(c.get("deployment_id"), str))
 
 
+def check_user_parts(data: Mapping[str, Any]) -> None:
+    """InvalidRequestError for a user content part of a type LiteLLM's own message validation
+    refuses (it answers those with a 500 after its retries; the plugin refuses them with a 400)."""
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return
+    from litellm.types.llms.openai import ValidUserMessageContentTypes
+
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if isinstance(part, dict) and part.get("type") not in ValidUserMessageContentTypes:
+                raise InvalidRequestError(f"content part type {str(part.get('type'))[:64]!r} is "
+                                          "not supported", field=f"messages[{i}].content[{j}].type")
+
+
 class DualPoolCallback(CustomLogger):  # type: ignore[misc]
     """The plugin as LiteLLM sees it. Build it with a PluginConfig; the proxy's YAML names the
     module-level instance built by `from_proxy_environment`."""
@@ -242,6 +260,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
                 metadata.pop(STASH_KEY, None)  # never trust a client-sent plan
             if group is None or metadata is None:
                 return data
+            check_user_parts(data)
             policy = self.policy_resolver(user_api_key_dict, self.settings)
             user_metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
             stash = self.engine.plan(data, group, policy, metadata=user_metadata,

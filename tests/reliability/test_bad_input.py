@@ -61,6 +61,13 @@ def nested(depth: int) -> Any:
     return value
 
 
+def nested_object(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 def tools(count: int, properties: int) -> list[dict[str, Any]]:
     return [{"type": "function", "function": {
         "name": f"tool_{i}", "description": "does a thing " * 4,
@@ -98,14 +105,15 @@ FAILING: list[Case] = [
          "role", why="the plugin refuses (bare LiteLLM forwards it)"),
     Case("content_is_int", chat(42), 400, "content",
          why="plugin refuses; bare LiteLLM answers 500"),
-    Case("content_is_object", chat({"text": "hi"}), 400, "content",
-         why="plugin refuses; bare LiteLLM forwards it"),
-    Case("content_nested_lists", chat(nested(200)), 400, "content",
-         why="plugin refuses; bare LiteLLM answers 500"),
-    Case("part_nested_json", parts({"type": "hologram", "data": nested(500)}), 400, "nested",
-         why="plugin refuses (depth limit); bare LiteLLM answers 500"),
-    Case("unknown_part_type", parts({"type": "hologram", "x": 1}), 500,
-         why=LITELLM_5XX + " (its user-message validation); the plugin charges unknown parts"),
+    Case("content_is_object", chat({"text": "hi"}), 400, "content"),
+    Case("content_nested_lists", chat(nested(200)), 400, "content"),
+    Case("tool_arguments_nested_500_deep", {"model": "llama", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+            "name": "f", "arguments": nested_object(500)}}]}]}, 400, "nested",
+         why="plugin refuses (depth limit)"),
+    Case("unknown_part_type", parts({"type": "hologram", "x": 1}), 400, "hologram",
+         why="plugin refuses with LiteLLM's own list of part types; bare LiteLLM answers 500"),
     Case("image_part", parts({"type": "text", "text": "see"}, IMAGE), 400, "image_url",
          why="the text-only backend refuses it"),
     Case("audio_part", parts(AUDIO), 400, "input_audio", why="the text-only backend refuses it"),
