@@ -14,7 +14,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import astuple
+from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
@@ -40,11 +41,15 @@ STASH_KEY = "_dualpool"
 LoadSource = Callable[[str, PoolSpec], float | None]
 
 
+#: CharCounts' fields in order (dataclasses.astuple deep-copies: ~40x slower per request).
+_char_count_values = attrgetter(*(f.name for f in fields(CharCounts)))
+
+
 def _shape_to_list(shape: RequestShape) -> list[Any]:
     return [shape.text_bytes, shape.structured_bytes, shape.message_count, shape.tool_count,
             shape.image_count, shape.audio_count, shape.exact_prompt_tokens,
             shape.content_class.value, shape.file_count, shape.chat_template, shape.has_tools,
-            None if shape.char_counts is None else list(astuple(shape.char_counts))]
+            None if shape.char_counts is None else list(_char_count_values(shape.char_counts))]
 
 
 def _shape_from_list(values: Sequence[Any]) -> RequestShape:
