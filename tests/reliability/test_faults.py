@@ -161,21 +161,25 @@ def test_short_requests_go_long_when_the_short_pool_fails(fleet: Fleet, reset: N
 
 
 # -- the long pool fails: what cannot be served fails clearly, in bounded time -------------------
-@pytest.mark.parametrize(("faults", "says"), [
-    pytest.param({"error_rate": 1.0}, "EngineCore", id="500s"),
-    pytest.param({"hang_rate": 1.0}, "timeout", id="timeouts"),
-    pytest.param({"refuse": "connection", "refuse_seconds": 5}, "connect", id="pool-down"),
+@pytest.mark.parametrize(("faults", "status", "says"), [
+    pytest.param({"error_rate": 1.0}, 500, "EngineCore", id="500s"),
+    pytest.param({"hang_rate": 1.0}, 408, "timeout", id="timeouts"),
+    pytest.param({"refuse": "connection", "refuse_seconds": 5}, 500, "connect", id="pool-down"),
 ])
 def test_long_requests_fail_clearly_when_the_long_pool_fails(fleet: Fleet, reset: None,
-                                                             faults: dict[str, Any],
+                                                             faults: dict[str, Any], status: int,
                                                              says: str) -> None:
     (short,), long = fleet.short["longdown"], fleet.long["longdown"]
     long.set_faults(**faults)
     started = time.monotonic()
     response = fleet.chat("longdown", LONG_TEXT, max_tokens=4)
     elapsed = time.monotonic() - started
-    assert response.status_code >= 500 or response.status_code == 408, response.text
-    assert says.lower() in response.json()["error"]["message"].lower()
+    message = response.json()["error"]["message"]
+    print(f"long pool {faults}: {response.status_code} after {elapsed:.1f} s: {message[:80]}")
+    # LiteLLM's answer for the failure, or, once it has put the long deployment in cooldown
+    # (sooner on 1.110), its 429 "No deployments available ... Try again in N seconds".
+    assert (response.status_code, says.lower() in message.lower()) in (
+        (status, True), (429, "no deployments available" in message.lower())), message
     assert elapsed < BOUNDED_SECONDS
     # Short requests are still served by the short pool.
     ok = fleet.chat("longdown", "a short one", max_tokens=4)
@@ -235,18 +239,19 @@ def test_a_cold_start_on_adversarial_content_recovers_every_misroute(fleet: Flee
     # estimated at ~3.7K, so the cold plugin sends it to the 4096-token pool.
     rng = random.Random(7)
     long = fleet.long["cold"]
-    pools = []
+    misroutes: list[float] = []  # cumulative, after each request
     for _ in range(8):
         blob = base64.b64encode(rng.randbytes(9000)).decode()
         response = fleet.chat("cold", blob, max_tokens=16)
         assert response.status_code == 200, response.text
         assert served_by(response) == long.openai_base_url
-        pools.append(response.headers["x-dualpool-pool"])
-    text = fleet.proxy.metrics()
-    misroutes = total(text, "dualpool_misroutes_total", model_group="cold")
-    recovered = total(text, "dualpool_misroutes_recovered_total", model_group="cold")
-    assert 1 <= misroutes == recovered <= 3
-    assert pools[-4:] == ["long"] * 4  # learned: later ones go long directly
+        misroutes.append(total(fleet.proxy.metrics(), "dualpool_misroutes_total",
+                               model_group="cold"))
+    recovered = total(fleet.proxy.metrics(), "dualpool_misroutes_recovered_total",
+                      model_group="cold")
+    print(f"cold start: misroutes after each request {misroutes}, {recovered:.0f} recovered")
+    assert 1 <= misroutes[-1] == recovered <= 3
+    assert misroutes[3] == misroutes[-1]  # learned: the last four went long directly
     # Ordinary short prose still goes short (the poisoned ratio errs on the safe side).
     response = fleet.chat("cold", "a short ordinary question", max_tokens=4)
     assert response.headers["x-dualpool-pool"] == "short"

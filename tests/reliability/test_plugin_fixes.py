@@ -20,6 +20,8 @@ from litellm_dualpool.proxy.callback import failed_deployment_ids
 from litellm_dualpool.proxy.engine import DualPoolEngine
 from litellm_dualpool.proxy.policy import TenantPolicy
 
+pytestmark = [pytest.mark.litellm_compat]
+
 
 def model_list() -> list[dict[str, Any]]:
     def dep(i: str, length: int) -> dict[str, Any]:
