@@ -47,6 +47,8 @@ from reliability_stack import (
 from litellm_dualpool.emulator.testing import RunningEmulator, start_emulators
 
 pytestmark = [pytest.mark.e2e]
+#: The fault tests also pass on LiteLLM 1.110.2; the load test is left to the main version.
+COMPAT = pytest.mark.litellm_compat
 
 SHORT_LEN, LONG_LEN = 4096, 32768
 TIMEOUT_SECONDS = 3
@@ -129,6 +131,7 @@ def reset(fleet: Fleet) -> Iterator[None]:
 
 
 # -- the short pool fails: what fits elsewhere is served elsewhere -------------------------------
+@COMPAT
 def test_a_slow_short_pool_is_slow_not_abandoned(fleet: Fleet, reset: None) -> None:
     (short,) = fleet.short["spill"]
     short.set_faults(latency_seconds=0.5)
@@ -138,6 +141,7 @@ def test_a_slow_short_pool_is_slow_not_abandoned(fleet: Fleet, reset: None) -> N
         assert served_by(response) == short.openai_base_url
 
 
+@COMPAT
 @pytest.mark.parametrize("faults", [
     pytest.param({"error_rate": 1.0}, id="500s"),
     pytest.param({"refuse": "503"}, id="503s"),
@@ -161,6 +165,7 @@ def test_short_requests_go_long_when_the_short_pool_fails(fleet: Fleet, reset: N
 
 
 # -- the long pool fails: what cannot be served fails clearly, in bounded time -------------------
+@COMPAT
 @pytest.mark.parametrize(("faults", "status", "says"), [
     pytest.param({"error_rate": 1.0}, 500, "EngineCore", id="500s"),
     pytest.param({"hang_rate": 1.0}, 408, "timeout", id="timeouts"),
@@ -178,8 +183,9 @@ def test_long_requests_fail_clearly_when_the_long_pool_fails(fleet: Fleet, reset
     print(f"long pool {faults}: {response.status_code} after {elapsed:.1f} s: {message[:80]}")
     # LiteLLM's answer for the failure, or, once it has put the long deployment in cooldown
     # (sooner on 1.110), its 429 "No deployments available ... Try again in N seconds".
-    assert (response.status_code, says.lower() in message.lower()) in (
-        (status, True), (429, "no deployments available" in message.lower())), message
+    text = message.lower()
+    assert ((response.status_code == status and says.lower() in text)
+            or (response.status_code == 429 and "no deployments available" in text)), message
     assert elapsed < BOUNDED_SECONDS
     # Short requests are still served by the short pool.
     ok = fleet.chat("longdown", "a short one", max_tokens=4)
@@ -188,6 +194,7 @@ def test_long_requests_fail_clearly_when_the_long_pool_fails(fleet: Fleet, reset
 
 
 # -- one deployment flaps -------------------------------------------------------------------------
+@COMPAT
 def test_a_flapping_deployment_costs_no_request(fleet: Fleet, reset: None) -> None:
     flapping, _steady = fleet.short["flap"]
     stop = threading.Event()
@@ -213,6 +220,7 @@ def test_a_flapping_deployment_costs_no_request(fleet: Fleet, reset: None) -> No
 
 
 # -- a backend without usage ---------------------------------------------------------------------
+@COMPAT
 def test_a_backend_without_usage_serves_but_teaches_nothing(fleet: Fleet) -> None:
     before = fleet.proxy.metrics()
     for i in range(3):
@@ -234,6 +242,7 @@ def test_a_backend_without_usage_serves_but_teaches_nothing(fleet: Fleet) -> Non
 
 
 # -- cold start under adversarial content --------------------------------------------------------
+@COMPAT
 def test_a_cold_start_on_adversarial_content_recovers_every_misroute(fleet: Fleet) -> None:
     # base64 is taken for prose (cold 4 bytes/token) but takes ~1.4: 12 KB is ~8.5K real tokens
     # estimated at ~3.7K, so the cold plugin sends it to the 4096-token pool.
