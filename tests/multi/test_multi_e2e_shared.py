@@ -76,9 +76,10 @@ def test_what_one_proxy_learns_the_others_use(fleet: Fleet) -> None:
         assert fleet.b.chat(key, honest_text(rng, rng.randint(800, 7000)),
                             max_tokens=8).status_code == 200
     eventually(lambda: fleet.budgets(fleet.b) != {cold})
-    (learned,) = fleet.budgets(fleet.b)
-    # Same log, same rules: both workers of the other proxy reach exactly the same state.
-    eventually(lambda: fleet.budgets(fleet.a, repeat=4) == {learned})
+    # Same log, same rules: both workers of the other proxy reach exactly the state of the
+    # proxy that learned (compared together: b may still be applying its last batch).
+    eventually(lambda: len(fleet.budgets(fleet.a, repeat=4) | fleet.budgets(fleet.b)) == 1)
+    assert fleet.budgets(fleet.b) != {cold}
 
 
 def test_a_tenant_without_long_pool_rights_gets_a_clear_400(fleet: Fleet) -> None:
