@@ -32,8 +32,10 @@ def free_port() -> int:
 
 
 def offline_env(**extra: str) -> dict[str, str]:
+    # HF_HUB_OFFLINE: LiteLLM otherwise retries a tokenizer download for ~20 s inside failed
+    # requests to llama-named models on a machine without network.
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true",
-               PYTHONUNBUFFERED="1")
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("LITELLM_DUALPOOL_CONFIG", None)
     env.update(extra)
     return env
