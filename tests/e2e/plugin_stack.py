@@ -36,12 +36,13 @@ def offline_env(**extra: str) -> dict[str, str]:
     # requests to llama-named models on a machine without network.
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true",
                HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("LITELLM_DUALPOOL_CONFIG", None)
+    for name in ("LITELLM_DUALPOOL_CONFIG", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        env.pop(name, None)
     env.update(extra)
     return env
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -90,7 +91,7 @@ def start_backend(name: str, max_model_len: int, log_dir: Path, *, usage: bool =
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url + "/health", process, log, BACKEND_START_SECONDS)
+        wait_healthy(url + "/health", process, log, BACKEND_START_SECONDS)
         yield Backend(name, max_model_len, url)
     finally:
         _stop(process)
@@ -134,7 +135,7 @@ def start_proxy(config: dict[str, Any], log_dir: Path) -> Iterator[Proxy]:
             stdout=out, stderr=subprocess.STDOUT, env=offline_env(LITELLM_MASTER_KEY=key))
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url + "/health/liveliness", process, log, PROXY_START_SECONDS)
+        wait_healthy(url + "/health/liveliness", process, log, PROXY_START_SECONDS)
         yield Proxy(url, key, log)
     finally:
         _stop(process)

@@ -3,12 +3,10 @@ proxies (optionally with several workers) on 127.0.0.1, restartable, always stop
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,33 +17,12 @@ import httpx
 import yaml
 from redis_helpers import free_port
 
+from tests.e2e.plugin_stack import offline_env, wait_healthy
+
 TESTS = Path(__file__).resolve().parents[1]
 BACKEND_SCRIPT = TESTS / "e2e" / "backend.py"
 AUTH_MODULE = Path(__file__).with_name("tenant_auth.py")
 START_SECONDS = 120.0
-
-
-def offline_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true",
-               PYTHONUNBUFFERED="1")
-    for name in ("LITELLM_DUALPOOL_CONFIG", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: exited {process.returncode}\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url}: not healthy after {seconds} s\n{log.read_text()[-4000:]}")
 
 
 def stop(process: subprocess.Popen[bytes] | None) -> None:
