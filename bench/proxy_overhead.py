@@ -1,8 +1,9 @@
 """Gateway overhead: the real LiteLLM proxy stock, with its pre-call checks, with the dual-pool
 plugin, and with the plugin on Redis-backed state, under the same closed-loop load.
 
-Rerun:  .venv/bin/python bench/proxy_overhead.py [--json] [--quick] [--rounds 3]
-        (~7 minutes, start-up included; --quick ~2; Redis at 127.0.0.1:6379 for configuration d)
+Rerun:  .venv/bin/python bench/proxy_overhead.py [--json] [--quick] [--py-spy 10]
+        (~9 minutes, start-up included; --quick ~2.5; Redis at 127.0.0.1:6379 for configuration
+        d; --py-spy needs `.venv/bin/pip install py-spy==0.4.3`)
 
 Set-up, all processes on 127.0.0.1: two emulated vLLM servers in instant mode (no engine: the
 answer comes at once, so what is measured is the proxy), declared to the proxy as a short pool
@@ -17,14 +18,19 @@ does not route by length (a). Four proxies run at once, one per configuration, e
     c plugin    a + the dual-pool plugin (litellm_settings.callbacks), in-memory state
     d redis     c with dualpool_settings.state.backend redis (a unique key prefix, deleted after)
 
-Load comes from bench/loadgen.py, a separate process: `--concurrency` keep-alive connections in a
-closed loop, chat bodies of real MT-Bench text at 1 KB (2 messages), 32 KB (8) and 256 KB (16).
-One proxy is driven at a time, in slices of about a second: each cycle gives every proxy one
-slice, in an order that rotates per cycle, so that all four meet the same machine noise (this
-2-core machine is shared). The cycles of one size are split into `--rounds` consecutive groups;
-the tables give the median and the spread (min..max) across rounds, and ratios and added
-latencies are taken per round (the four configurations of one round interleaved), then
-summarised. Latency is per request, from write to last byte read, in the load generator.
+Load comes from bench/loadgen.py, a separate process: keep-alive connections in a closed loop,
+chat bodies of real MT-Bench text at 1 KB (2 messages), 32 KB (8) and 256 KB (16). One proxy is
+driven at a time, in slices of about a second: each cycle gives every proxy one slice, in an
+order that rotates per cycle, so that all four meet the same machine noise (this 2-core machine
+is shared). Two phases per size: "load" (`--concurrency` 4: the proxy saturated; throughput, CPU
+per request, latency with queueing) and "latency" (concurrency 1: no queueing, so the added
+latency is the added work on the request's path). The cycles of a phase are split into
+`--rounds` consecutive groups; the tables give the median and the spread (min..max) across
+rounds, and ratios and added latencies are taken per round (the four configurations of one
+round interleaved), then summarised. Latency: from write to last byte, in the load generator.
+With `--py-spy SECONDS` the plugin's proxy is then driven alone while py-spy samples it: the
+share of its CPU spent under litellm_dualpool frames, which no noise-bound difference between
+two proxies can resolve below ~0.3 ms.
 "CPU ms/req" is the proxy process's user+system CPU per answered request (/proc/PID/stat, all
 threads), far less sensitive to other load on the machine than latency or throughput; "wait
 ms/req" is the time its event loop was runnable but another process held the core
@@ -66,6 +72,8 @@ CONFIGS = {"stock": "a", "precall": "b", "plugin": "c", "plugin_redis": "d"}
 SIZES = {"1KB": (1024, 2), "32KB": (32 * 1024, 8), "256KB": (256 * 1024, 16)}
 #: seconds each proxy is driven per cycle (full, --quick); 256 KB is slow through a proxy
 SLICE_SECONDS = {"1KB": (1.0, 0.5), "32KB": (1.0, 0.5), "256KB": (1.5, 1.0)}
+#: the same at concurrency 1, for latency without queueing
+LATENCY_SLICE_SECONDS = {"1KB": (0.5, 0.5), "32KB": (0.5, 0.5), "256KB": (1.0, 0.5)}
 #: answers each proxy gives per size before measuring (lazy imports, tokenizer loads)
 WARMUP_REQUESTS = 20
 SHORT_LEN, LONG_LEN = 8192, 131072
@@ -291,6 +299,42 @@ def machine() -> dict[str, Any]:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
+# -- py-spy: the plugin's share of the proxy's CPU ------------------------------------------
+def spy_on_plugin(target: dict[str, Any], size: str, work: Path, *, concurrency: int,
+                  seconds: float) -> dict[str, Any]:
+    """Drive the plugin's proxy alone for `seconds` while py-spy samples it (attached by pid,
+    non-blocking, active threads only); the share of samples with a litellm_dualpool frame."""
+    spy = Path(sys.executable).with_name("py-spy")
+    output = work / f"py-spy-{size}.txt"
+    argv = [str(spy), "record", "--pid", str(target["pids"][0]), "--rate", "250",
+            "--duration", str(int(seconds) + 2), "--format", "raw", "--output", str(output),
+            "--nonblocking"]
+    sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # attached before the load starts
+    measured = drive_size([target], size, work, concurrency=concurrency, slice_seconds=seconds,
+                          cycles=1, rounds=1, warmup_requests=0)[target["name"]]
+    _, err = sampler.communicate(timeout=seconds + 60)
+    if sampler.returncode != 0 or not output.exists():
+        raise RuntimeError(f"py-spy failed ({sampler.returncode}): {err.decode()[-2000:]}")
+    total = plugin = 0
+    leaves: dict[str, int] = {}
+    for line in output.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        if "litellm_dualpool" in stack:
+            plugin += int(count)
+            leaf = stack.rsplit(";", 1)[-1]
+            leaves[leaf] = leaves.get(leaf, 0) + int(count)
+    stats = per_round(measured, 1)[0]
+    share = plugin / total if total else float("nan")
+    return {"samples": total, "plugin_samples": plugin, "plugin_share": round(share, 4),
+            "proxy_cpu_ms_per_request": round(stats["proxy_cpu_ms_per_request"], 3),
+            "plugin_cpu_ms_per_request": round(share * stats["proxy_cpu_ms_per_request"], 4),
+            "top_leaf_frames": dict(sorted(leaves.items(), key=lambda kv: -kv[1])[:8])}
+
+
 # -- main --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -298,25 +342,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few short cycles, one round")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --quick 1)")
     ap.add_argument("--cycles", type=int, default=None,
-                    help="cycles per size (default 24; --quick 3); rounds split them")
-    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+                    help="load cycles per size (default 24; --quick 3); rounds split them")
+    ap.add_argument("--latency-cycles", type=int, default=None,
+                    help="latency cycles per size, concurrency 1 (default 12; --quick 2)")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (load)")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                     help="configurations (a and b are always included: the references)")
     ap.add_argument("--slice-scale", type=float, default=1.0, help="scale the slice lengths")
+    ap.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS",
+                    help="then sample the plugin's proxy with py-spy for SECONDS per size "
+                         "(pip install py-spy into the venv)")
     args = ap.parse_args(argv)
     quick = 1 if args.quick else 0
     rounds = args.rounds or (1 if args.quick else 3)
-    cycles = max(args.cycles or (3 if args.quick else 24), rounds)
+    phases = {  # name: (concurrency, cycles, slice seconds per size)
+        "load": (args.concurrency, max(args.cycles or (3, 24)[1 - quick], rounds),
+                 {s: SLICE_SECONDS[s][quick] * args.slice_scale for s in args.sizes}),
+        "latency": (1, max(args.latency_cycles or (2, 12)[1 - quick], rounds),
+                    {s: LATENCY_SLICE_SECONDS[s][quick] * args.slice_scale for s in args.sizes}),
+    }
     names = [n for n in CONFIGS if n in args.configs or n in ("stock", "precall")]
-    slices = {s: SLICE_SECONDS[s][quick] * args.slice_scale for s in args.sizes}
     redis_prefix = f"dualpool-bench:{uuid.uuid4().hex[:10]}"
     load_start = os.getloadavg()
     started = time.monotonic()
     emulator_flags = {"instant": True, "max_model_len": BACKEND_LEN, "tensor_parallel_size": 8,
                       "served_model_name": "m", "output_len_dist": "fixed:16"}
 
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {} for n in names}
+    runs: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
+        phase: {n: {} for n in names} for phase in phases}
+    spied: dict[str, Any] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="dualpool-bench-") as tmp:
         short, long = stack.enter_context(start_emulators(dict(emulator_flags),
                                                           dict(emulator_flags)))
@@ -329,49 +384,76 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {len(names)} proxies up after {time.monotonic() - started:.0f} s; "
               f"load average {load_start[0]:.2f}", file=sys.stderr)
         for size in args.sizes:
-            measured = drive_size(targets, size, Path(tmp), concurrency=args.concurrency,
-                                  slice_seconds=slices[size], cycles=cycles, rounds=rounds,
-                                  warmup_requests=WARMUP_REQUESTS)
-            for name in names:
-                runs[name][size] = per_round(measured[name], rounds)
-                for r, result in enumerate(runs[name][size]):
-                    print(f"# {size:>5} round {r + 1}/{rounds} {name:<12} "
-                          f"{result['throughput_rps']:7.1f} req/s  p50 {result['p50_ms']:7.2f} ms"
-                          f"  cpu {result['proxy_cpu_ms_per_request']:6.2f} ms/req"
-                          f"  wait {result['proxy_cpu_wait_ms_per_request']:6.2f} ms/req  "
-                          f"{result['statuses']}", file=sys.stderr)
+            for phase, (concurrency, cycles, slices) in phases.items():
+                measured = drive_size(targets, size, Path(tmp), concurrency=concurrency,
+                                      slice_seconds=slices[size], cycles=cycles, rounds=rounds,
+                                      warmup_requests=WARMUP_REQUESTS)
+                for name in names:
+                    runs[phase][name][size] = per_round(measured[name], rounds)
+                    for r, result in enumerate(runs[phase][name][size]):
+                        print(f"# {size:>5} {phase:<7} round {r + 1}/{rounds} {name:<12} "
+                              f"{result['throughput_rps']:7.1f} req/s  "
+                              f"p50 {result['p50_ms']:7.2f} ms  "
+                              f"cpu {result['proxy_cpu_ms_per_request']:6.2f} ms/req  "
+                              f"wait {result['proxy_cpu_wait_ms_per_request']:6.2f} ms/req  "
+                              f"{result['statuses']}", file=sys.stderr)
+        if args.py_spy > 0 and "plugin" in names:
+            for size in args.sizes:
+                spied[size] = spy_on_plugin(targets[names.index("plugin")], size, Path(tmp),
+                                            concurrency=args.concurrency, seconds=args.py_spy)
     load_end = os.getloadavg()
-    table, pairs = summarise(runs, names)
-    print_tables(table, pairs, names, args.sizes)
-    settings = {"rounds": rounds, "cycles": cycles, "concurrency": args.concurrency,
-                "slice_s": slices, "quick": args.quick, "warmup_requests": WARMUP_REQUESTS}
-    result = build_result(table, pairs, names, settings, args.sizes, load_start, load_end,
+    summaries = {phase: summarise(runs[phase], names) for phase in phases}
+    for phase, (concurrency, _, _) in phases.items():
+        print(f"\n{phase} phase: concurrency {concurrency}")
+        print_tables(*summaries[phase], names, args.sizes)
+    if spied:
+        print("\npy-spy on the plugin's proxy (share of active samples in litellm_dualpool frames)")
+        for size, found in spied.items():
+            print(f"{size:>6} {found['plugin_share']:.2%} of {found['samples']} samples = "
+                  f"{found['plugin_cpu_ms_per_request']:.3f} ms of "
+                  f"{found['proxy_cpu_ms_per_request']:.2f} ms CPU per request")
+    settings = {"rounds": rounds, "warmup_requests": WARMUP_REQUESTS, "quick": args.quick,
+                "phases": {p: {"concurrency": c, "cycles": n, "slice_s": sl}
+                           for p, (c, n, sl) in phases.items()}}
+    result = build_result(summaries, names, settings, args.sizes, load_start, load_end,
                           time.monotonic() - started)
+    if spied:
+        result["py_spy"] = spied
+        result["plugin_cpu_ms_per_request_sampled"] = {
+            s: v["plugin_cpu_ms_per_request"] for s, v in spied.items()}
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
     return 0
 
 
-def build_result(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
+def build_result(summaries: dict[str, tuple[dict[str, Any], dict[str, Any]]], names: list[str],
                  settings: dict[str, Any], sizes: list[str], load_start: tuple[float, ...],
                  load_end: tuple[float, ...], elapsed: float) -> dict[str, Any]:
-    def headline(config: str, key: str) -> dict[str, float]:
+    load, latency = summaries["load"][1], summaries["latency"][1]
+
+    def headline(pairs: dict[str, Any], config: str, key: str) -> dict[str, float]:
         return {s: pairs[s][config][key]["median"] for s in pairs if config in pairs[s]}
 
     result: dict[str, Any] = {
-        "plugin_vs_stock_throughput": headline("plugin", "throughput_vs_stock"),
-        "plugin_vs_precall_throughput": headline("plugin", "throughput_vs_precall"),
-        "added_latency_p50_ms": headline("plugin", "added_latency_p50_ms"),
-        "added_latency_p99_ms": headline("plugin", "added_latency_p99_ms"),
-        "added_proxy_cpu_ms_per_request": headline("plugin", "added_proxy_cpu_ms_per_request"),
-        "precall_vs_stock_throughput": headline("precall", "throughput_vs_stock"),
-        "redis_plugin_vs_stock_throughput": headline("plugin_redis", "throughput_vs_stock"),
-        "configs": table, "comparisons": pairs,
+        "plugin_vs_stock_throughput": headline(load, "plugin", "throughput_vs_stock"),
+        "plugin_vs_precall_throughput": headline(load, "plugin", "throughput_vs_precall"),
+        "added_latency_p50_ms": headline(latency, "plugin", "added_latency_p50_ms"),
+        "added_latency_p99_ms": headline(latency, "plugin", "added_latency_p99_ms"),
+        "added_latency_p50_ms_under_load": headline(load, "plugin", "added_latency_p50_ms"),
+        "added_proxy_cpu_ms_per_request": headline(load, "plugin",
+                                                   "added_proxy_cpu_ms_per_request"),
+        "precall_vs_stock_throughput": headline(load, "precall", "throughput_vs_stock"),
+        "precall_added_latency_p50_ms": headline(latency, "precall", "added_latency_p50_ms"),
+        "redis_plugin_vs_stock_throughput": headline(load, "plugin_redis", "throughput_vs_stock"),
+        "redis_plugin_added_latency_p50_ms": headline(latency, "plugin_redis",
+                                                      "added_latency_p50_ms"),
+        "configs": {phase: table for phase, (table, _) in summaries.items()},
+        "comparisons": {phase: pairs for phase, (_, pairs) in summaries.items()},
         "settings": {**settings,
                      "sizes": {s: {"bytes": SIZES[s][0], "messages": SIZES[s][1]} for s in sizes},
                      "pools": {"short": SHORT_LEN, "long": LONG_LEN},
                      "configs": {n: CONFIGS[n] for n in names}},
-        "targets": targets(pairs),
+        "targets": targets(load, latency),
         "machine": {**machine(), "loadavg_start": [round(v, 2) for v in load_start],
                     "loadavg_end": [round(v, 2) for v in load_end]},
         "elapsed_s": round(elapsed, 1),
@@ -379,18 +461,19 @@ def build_result(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
     return result
 
 
-def targets(pairs: dict[str, Any]) -> dict[str, Any]:
+def targets(load: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = dict(TARGETS)
-    if "32KB" in pairs:
-        c = pairs["32KB"]["plugin"]
+    if "32KB" in load:
         out["plugin_vs_stock_throughput_32KB_met"] = (
-            c["throughput_vs_stock"]["median"] >= TARGETS["plugin_vs_stock_throughput_32KB_min"])
+            load["32KB"]["plugin"]["throughput_vs_stock"]["median"]
+            >= TARGETS["plugin_vs_stock_throughput_32KB_min"])
         out["added_latency_p50_ms_32KB_met"] = (
-            c["added_latency_p50_ms"]["median"] <= TARGETS["added_latency_p50_ms_32KB_max"])
+            latency["32KB"]["plugin"]["added_latency_p50_ms"]["median"]
+            <= TARGETS["added_latency_p50_ms_32KB_max"])
     for size in ("32KB", "256KB"):
-        if size in pairs:
+        if size in load:
             out[f"plugin_faster_than_precall_{size}_met"] = (
-                pairs[size]["plugin"]["throughput_vs_precall"]["median"] > 1.0)
+                load[size]["plugin"]["throughput_vs_precall"]["median"] > 1.0)
     return out
 
 
