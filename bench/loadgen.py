@@ -8,8 +8,10 @@ CPU is not charged to the proxies under test (it still shares the machine's core
 "pids": [123]}, ...]``. The targets take turns: a cycle gives each one slice of `--slice`
 seconds in which `concurrency` keep-alive connections send the next chat completion as soon as
 the previous answer is read (a raw asyncio client: an HTTP library would cost more CPU per
-request than the plugin under test); a request started in a slice is waited for. The order
-rotates every cycle, so every target meets the same machine noise, at a time scale of seconds.
+request than the plugin under test); a request started in a slice is waited for, then the
+target gets `--gap` idle seconds to finish its deferred work (logging, learning), which is
+charged to its slice. The order is shuffled every cycle (seeded), so every target meets the
+same machine noise at a time scale of seconds, behind every other target.
 The cycles are split into `--rounds` consecutive groups for the spread across rounds. Bodies
 are built once, in `variants` copies that differ in their last message, so nothing upstream
 sees one body repeated. Before the first cycle every target answers `--warmup-requests`
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -127,7 +130,7 @@ class Target:
             self.connections[index] = None
         return status, headers
 
-    async def run_slice(self, seconds: float) -> dict[str, Any]:
+    async def run_slice(self, seconds: float, gap: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         latencies: list[float] = []
         statuses: Counter[str] = Counter()
@@ -150,6 +153,9 @@ class Target:
 
         await asyncio.gather(*(worker(i) for i in range(len(self.connections))))
         duration = loop.time() - start
+        # The proxy logs (and the plugin learns) after answering: let that finish inside this
+        # slice, so it is charged here and does not slow the next proxy's slice.
+        await asyncio.sleep(gap)
         cpu1, wait1 = proc_times(self.pids)
         return {"latencies_ms": [round(v, 3) for v in latencies], "duration_s": round(duration, 4),
                 "cpu_s": round(cpu1 - cpu0, 3), "wait_s": round(wait1 - wait0, 6),
@@ -179,9 +185,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         slices: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
         cpu_before = time.process_time()
         for cycle in range(args.cycles):
-            shift = cycle % len(targets)
-            for target in targets[shift:] + targets[:shift]:
-                result = await target.run_slice(args.slice)
+            # A fresh order each cycle: a rotation would keep every target behind the same one.
+            for target in random.Random(cycle).sample(targets, len(targets)):
+                result = await target.run_slice(args.slice, args.gap)
                 result["round"] = cycle * args.rounds // args.cycles
                 slices[target.name].append(result)
         return {"slices": slices, "loadgen_cpu_s": round(time.process_time() - cpu_before, 3),
@@ -202,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     ap.add_argument("--slice", type=float, default=1.0, help="seconds per target per cycle")
     ap.add_argument("--cycles", type=int, default=12, help="cycles over all targets")
+    ap.add_argument("--gap", type=float, default=0.15,
+                    help="idle seconds after each slice, still charged to its target's CPU")
     ap.add_argument("--rounds", type=int, default=3, help="groups of consecutive cycles")
     ap.add_argument("--warmup-requests", type=int, default=8, help="unmeasured, per target")
     ap.add_argument("--variants", type=int, default=16, help="distinct bodies, sent in turn")

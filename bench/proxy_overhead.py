@@ -21,8 +21,9 @@ does not route by length (a). Four proxies run at once, one per configuration, e
 Load comes from bench/loadgen.py, a separate process: keep-alive connections in a closed loop,
 chat bodies of real MT-Bench text at 1 KB (2 messages), 32 KB (8) and 256 KB (16). One proxy is
 driven at a time, in slices of about a second: each cycle gives every proxy one slice, in an
-order that rotates per cycle, so that all four meet the same machine noise (this 2-core machine
-is shared). Two phases per size: "load" (`--concurrency` 4: the proxy saturated; throughput, CPU
+order shuffled per cycle, so that all four meet the same machine noise (this 2-core machine is
+shared); after each slice the proxy gets 0.15 s to finish its deferred work (logging,
+learning), charged to it. Two phases per size: "load" (`--concurrency` 4: the proxy saturated; throughput, CPU
 per request, latency with queueing) and "latency" (concurrency 1: no queueing, so the added
 latency is the added work on the request's path). The cycles of a phase are split into
 `--rounds` consecutive groups; the tables give the median and the spread (min..max) across
