@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +56,25 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds:
     raise RuntimeError(f"{url} not healthy after {seconds} s:\n{log.read_text()[-4000:]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
+def stop_process(process: subprocess.Popen[bytes] | None, grace_seconds: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_seconds`; a no-op for None or an exited process."""
+    if process is not None and process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Poll `condition` every 0.1 s until it holds; AssertionError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {seconds} s")
 
 
 @dataclass
@@ -94,7 +105,7 @@ def start_backend(name: str, max_model_len: int, log_dir: Path, *, usage: bool =
         wait_healthy(url + "/health", process, log, BACKEND_START_SECONDS)
         yield Backend(name, max_model_len, url)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @dataclass
@@ -138,7 +149,7 @@ def start_proxy(config: dict[str, Any], log_dir: Path) -> Iterator[Proxy]:
         wait_healthy(url + "/health/liveliness", process, log, PROXY_START_SECONDS)
         yield Proxy(url, key, log)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def run_proxy_until_exit(config: dict[str, Any], log_dir: Path, timeout: float = PROXY_START_SECONDS
@@ -155,7 +166,7 @@ def run_proxy_until_exit(config: dict[str, Any], log_dir: Path, timeout: float =
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output.decode(errors="replace")
     except subprocess.TimeoutExpired:
-        _stop(process)
+        stop_process(process)
         return None, ""
 
 

@@ -17,7 +17,7 @@ import httpx
 import yaml
 from redis_helpers import free_port
 
-from tests.e2e.plugin_stack import offline_env, wait_healthy
+from tests.e2e.plugin_stack import offline_env, stop_process, wait_healthy
 
 TESTS = Path(__file__).resolve().parents[1]
 BACKEND_SCRIPT = TESTS / "e2e" / "backend.py"
@@ -25,14 +25,7 @@ AUTH_MODULE = Path(__file__).with_name("tenant_auth.py")
 START_SECONDS = 120.0
 
 
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+stop = stop_process
 
 
 @dataclass

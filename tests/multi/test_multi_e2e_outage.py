@@ -5,8 +5,7 @@ republishes what it learned and checkpoints it, so a fresh worker restores the s
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +17,7 @@ from tenant_auth import TENANTS
 from litellm_dualpool.core.calibration import Calibrator
 from litellm_dualpool.core.estimator import Estimator
 from litellm_dualpool.state import StateConfig, build_store
+from tests.e2e.plugin_stack import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.litellm_compat]
 
@@ -32,13 +32,6 @@ class Stack:
     redis: PrivateRedis
 
 
-def eventually(condition: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not reached within {seconds} s")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -16,14 +16,14 @@ from proxies import Proxy, backends, proxy_config, running, samples, value
 from redis_helpers import SHARED_HOST, SHARED_PORT, shared_prefix
 from tenant_auth import TENANTS
 
+from tests.e2e.plugin_stack import eventually
+
 pytestmark = [pytest.mark.e2e, pytest.mark.litellm_compat]
 
 ALPHA, BETA, MALLORY, OPS, BATCH, BROKEN, PROBE = (
     next(k for k, v in TENANTS.items() if v["key_alias"] == alias)
     for alias in ("alpha", "beta", "mallory", "ops", "batch", "broken", "probe"))
 SHORT_LEN, LONG_LEN = 4096, 16384
-#: How long shared learning may take to reach another proxy (sync every 0.2 s; generous for CI).
-SHARE_SECONDS = 30.0
 PROBES = [honest_text(random.Random(seed), size) for seed, size in ((21, 1500), (22, 6000))]
 
 
@@ -39,13 +39,6 @@ class Fleet:
                 for _ in range(repeat)}
 
 
-def eventually(condition: Callable[[], bool], seconds: float = SHARE_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not reached within {seconds} s")
 
 
 @pytest.fixture(scope="module")
