@@ -44,7 +44,7 @@ def count_text_tokens(text: str, tokenizer_name: str, *, special: bool = True) -
     counted as ordinary text: quicktok's own special-token path is slow on long texts.
     """
     enc = _encoding(tokenizer_name)
-    if not special:
+    if not special or "<" not in text:  # every special token of both vocabularies starts with "<"
         return int(enc.count(text))
     pieces = _special_pattern(tokenizer_name).split(text)
     # odd indices are the special tokens captured by the split

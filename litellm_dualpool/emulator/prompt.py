@@ -20,7 +20,6 @@ parts and malformed messages, and adds Qwen3's empty ``<think>`` block when
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ import quicktok
 
 from litellm_dualpool.core.chat_template import render_prompt
 from litellm_dualpool.errors import InvalidRequestError
+from litellm_dualpool.tokenize import count_text_tokens
 
 #: Tokenizer names we serve, mapped to quicktok encodings.
 TOKENIZERS = ("llama3", "qwen3")
@@ -68,7 +68,7 @@ class PromptCounter:
     def count_text(self, text: str, *, add_bos: bool = False) -> int:
         """Tokens in ``text`` with special-token strings parsed as specials (HF behaviour)."""
         bos = 1 if add_bos and self.tokenizer == "llama3" else 0
-        return bos + _count_with_specials(self.tokenizer, text)
+        return bos + count_text_tokens(text, self.tokenizer)
 
     def render_chat(self, body: Mapping[str, Any]) -> str:
         """The chat template applied to a chat body (messages, tools) plus the generation prompt."""
@@ -110,30 +110,6 @@ class PromptCounter:
         """Generated text for output tokens ``start .. start+count-1``: exactly ``count`` tokens."""
         n = len(FILLER_WORDS)
         return "".join(FILLER_WORDS[i % n] for i in range(start, start + count))
-
-
-@functools.cache
-def _special_pattern(tokenizer: str) -> re.Pattern[str]:
-    specials = quicktok.get_encoding(tokenizer).special_tokens_set
-    return re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
-
-
-def _count_with_specials(tokenizer: str, text: str) -> int:
-    """``len(encode(text, allowed_special="all"))``, fast.
-
-    Special-token strings split the text and the pieces between them are BPE-encoded on their
-    own; that is what HF tokenizers and ``allowed_special`` do, so we count the pieces with
-    quicktok's ordinary ``count`` and add one per special. (quicktok's own special-aware encode
-    costs ~1 ms per KB and grows faster than linearly: 27 s for a 300 KB Llama-3 prompt.)
-    """
-    enc = quicktok.get_encoding(tokenizer)
-    if "<" not in text:
-        return int(enc.count(text))
-    total, pos = 0, 0
-    for match in _special_pattern(tokenizer).finditer(text):
-        total += int(enc.count(text[pos:match.start()])) + 1
-        pos = match.end()
-    return total + int(enc.count(text[pos:]))
 
 
 @functools.cache
