@@ -12,6 +12,12 @@ Three layers, each explainable on its own:
    instance per pool; cost = sum(n * gpus_per_instance * $/GPU-h).
 3. **SLO check** (a queueing model per pool, see :func:`predict_load`): n is raised until the
    predicted P99 TTFT and P99 TPOT meet the targets. The binding constraint is reported.
+4. **KV check** (``sim.kv_headroom``, per pool): the largest ``max_num_seqs`` whose P99 KV
+   demand on the pool's own lengths fits the KV cache, and the worst case
+   ``kv_capacity // max_model_len``. Above it the cache can overflow with every slot busy and
+   vLLM preempts; the plan reports it (``kv.can_preempt``) and, between equally cheap short-pool
+   sequence counts, prefers one that cannot overflow. It does not change the sizing: the
+   engine-model throughputs already pay for the preemptions they incur.
 
 vLLM flags per pool are derived, not guessed: ``max_num_batched_tokens`` is the largest token
 count whose step time stays within the TPOT target (a step carrying a full prefill chunk is
@@ -31,6 +37,7 @@ from litellm_dualpool.queueing import WaitDistribution, mgc_wait
 from litellm_dualpool.sim.capacity import saturation_throughput
 from litellm_dualpool.sim.catalog import GpuSpec, ModelSpec, get_gpu, get_model
 from litellm_dualpool.sim.engine import EngineConfig
+from litellm_dualpool.sim.kv_headroom import KvHeadroom, kv_headroom
 from litellm_dualpool.sim.workload import Workload
 
 HOURS_PER_YEAR = 8760.0
@@ -402,10 +409,12 @@ class PoolPlan:
     utilisation: float
     binding: str  # "minimum", "utilisation", "slo" or "slo_infeasible"
     prediction: LoadPrediction | None
+    kv: KvHeadroom | None = None  # when the pool's KV cache can overflow (vLLM preempts)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["flags"] = asdict(self.flags)
+        d["kv"] = None if self.kv is None else self.kv.to_dict()
         d["prediction"] = None if self.prediction is None else {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in asdict(self.prediction).items()}
@@ -432,9 +441,15 @@ class FleetPlan:
     def slo_met(self) -> bool:
         return all(p.binding != "slo_infeasible" for p in self.pools)
 
+    @property
+    def can_preempt(self) -> bool:
+        """Some pool's KV cache can overflow with all its slots busy (see ``PoolPlan.kv``)."""
+        return any(p.kv is not None and p.kv.can_preempt for p in self.pools)
+
     def to_dict(self) -> dict[str, object]:
         return {"gpus": self.gpus, "instances": self.instances, "usd_per_year": self.usd_per_year,
-                "slo_met": self.slo_met, "pools": [p.to_dict() for p in self.pools]}
+                "slo_met": self.slo_met, "can_preempt": self.can_preempt,
+                "pools": [p.to_dict() for p in self.pools]}
 
 
 @dataclass
@@ -455,6 +470,7 @@ class Planner:
     check_slo: bool = True
     saturation_requests: int = 1200
     _mu_cache: dict[tuple[PoolFlags, int, int], float] = field(default_factory=dict, repr=False)
+    _kv_cache: dict[tuple[PoolFlags, int], KvHeadroom] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.rate_per_second <= 0:
@@ -480,6 +496,15 @@ class Planner:
             self._mu_cache[key] = float(tp.requests_per_second)
         return self._mu_cache[key]
 
+    def kv(self, flags: PoolFlags, low: int) -> KvHeadroom:
+        """The pool's KV check on its own requests (``sim.kv_headroom``)."""
+        key = (flags, low)
+        if key not in self._kv_cache:
+            sub = self.mix.within(low, flags.max_model_len)
+            engine = self.hardware.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
+            self._kv_cache[key] = kv_headroom(engine, sub.prompt_tokens, sub.output_tokens)
+        return self._kv_cache[key]
+
     def flags_for(self, max_model_len: int, seqs: int, low: int) -> PoolFlags:
         sub = self.mix.within(low, max_model_len)
         sub = sub if len(sub) else self.mix
@@ -499,7 +524,7 @@ class Planner:
             n, prediction, binding = self._meet_slo(flags, low, rate, n, binding)
         usd = n * self.hardware.usd_per_instance_year
         return PoolPlan(name, flags, low, share, rate, mu, n, n * self.hardware.tensor_parallel_size,
-                        usd, rate / (n * mu), binding, prediction)
+                        usd, rate / (n * mu), binding, prediction, self.kv(flags, low))
 
     def _meet_slo(self, flags: PoolFlags, low: int, rate: float, n: int,
                   binding: str) -> tuple[int, LoadPrediction, str]:
@@ -542,7 +567,9 @@ class Planner:
             role = "short" if i == 0 else "middle"
             seqs_options = SHORT_SEQS_CANDIDATES if i == 0 else (64,)
             options = [self.size_pool(name, self.flags_for(b, s, low), low, role) for s in seqs_options]
-            pools.append(min(options, key=lambda p: (p.instances, -p.flags.max_num_seqs)))
+            # equal cost: prefer the sequence count whose KV cache cannot overflow, then the larger
+            pools.append(min(options, key=lambda p: (p.instances, bool(p.kv and p.kv.can_preempt),
+                                                     -p.flags.max_num_seqs)))
             low = b
         flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, low)
         pools.append(self.size_pool("long", flags, low, "long"))

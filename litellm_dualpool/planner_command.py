@@ -31,6 +31,7 @@ from litellm_dualpool.planner import (
     LengthMix,
     Plan,
     Planner,
+    PoolPlan,
     Slo,
     make_plan,
 )
@@ -161,7 +162,7 @@ def render(plan: Plan, console: Console) -> None:
                   f"P99 TPOT <= {plan.slo.tpot_p99_seconds * 1e3:g} ms, ${hw.usd_per_gpu_hour}/GPU-h")
     table = Table(title=f"Recommended threshold: {plan.threshold} tokens")
     for col in ("fleet", "pool", "tokens", "share", "req/s", "mu", "inst", "GPUs", "$/year", "util",
-                "max_num_seqs", "batched tok", "P99 TTFT ms", "P99 TPOT ms", "sized by"):
+                "max_num_seqs", "KV-safe seqs", "batched tok", "P99 TTFT ms", "P99 TPOT ms", "sized by"):
         table.add_column(col, justify="right")
     for label, fleet in (("homogeneous", plan.homogeneous), ("dual pool", plan.dual_pool)):
         for pool in fleet.pools:
@@ -170,7 +171,7 @@ def render(plan: Plan, console: Console) -> None:
                           f"{pool.share:.1%}", f"{pool.rate_per_second:.1f}", f"{pool.mu_per_instance:.2f}",
                           str(pool.instances), str(pool.gpus), f"{pool.usd_per_year / 1e6:.2f}M",
                           f"{pool.utilisation:.0%}", str(pool.flags.max_num_seqs),
-                          str(pool.flags.max_num_batched_tokens),
+                          _kv_cell(pool), str(pool.flags.max_num_batched_tokens),
                           _ms(pred.ttft_p99_seconds if pred else None),
                           _ms(pred.tpot_p99_seconds if pred else None), pool.binding)
     console.print(table)
@@ -192,9 +193,26 @@ def render(plan: Plan, console: Console) -> None:
     if plan.saving_fraction <= 0:
         console.print("[yellow]No split pays off for this workload: keep the homogeneous fleet (the "
                       "threshold above is the least costly split, shown for comparison).[/]")
+    for label, fleet in (("homogeneous", plan.homogeneous), ("dual pool", plan.dual_pool)):
+        for pool in fleet.pools:
+            kv = pool.kv
+            if kv is not None and kv.can_preempt:
+                console.print(
+                    f"[yellow]{label} / {pool.name}: max_num_seqs {kv.max_num_seqs} > {kv.safe_max_num_seqs} "
+                    f"KV-safe sequences: with every slot busy its P99 KV demand is "
+                    f"{kv.demand_over_capacity:.1f}x the {kv.kv_capacity_tokens:,}-token cache and vLLM "
+                    f"preempts. Use --max-num-seqs {kv.safe_max_num_seqs} for that pool (or "
+                    f"{kv.worst_case_max_num_seqs} never to preempt) if its load fills the slots.[/]")
     if not (plan.homogeneous.slo_met and plan.dual_pool.slo_met):
         console.print("[yellow]Some pool cannot meet the SLO at any size (e.g. prompts whose "
                       "prefill alone exceeds the TTFT target); it is sized by the utilisation cap.[/]")
+
+
+def _kv_cell(pool: PoolPlan) -> str:
+    kv = pool.kv
+    if kv is None:
+        return "-"
+    return f"{kv.safe_max_num_seqs} ({kv.worst_case_max_num_seqs})" + (" !" if kv.can_preempt else "")
 
 
 def run(args: argparse.Namespace) -> int:

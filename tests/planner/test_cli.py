@@ -39,6 +39,10 @@ def test_plan_json_contract_end_to_end() -> None:
     assert plan["saving_fraction"] == pytest.approx(1 - dual["usd_per_year"] / homogeneous["usd_per_year"])
     assert 0.0 < plan["closed_form_saving_fraction"] < 1.0
     assert dual["gpus"] < homogeneous["gpus"]  # Azure conv: the split pays off
+    for pool in (*homogeneous["pools"], *dual["pools"]):  # the KV check of each pool
+        kv = pool["kv"]
+        assert kv["max_num_seqs"] == pool["flags"]["max_num_seqs"]
+        assert kv["can_preempt"] == (kv["max_num_seqs"] > kv["safe_max_num_seqs"])
 
 
 def test_emit_config_is_accepted_by_the_plugin(tmp_path: Path) -> None:

@@ -152,9 +152,32 @@ def test_engine_model_plan_is_consistent() -> None:
         assert pool.gpus == pool.instances * HW.tensor_parallel_size
         if pool.binding == "slo":
             assert pool.prediction is not None and pool.prediction.meets(planner.slo)
+        kv = pool.kv  # the KV check of the pool's own flags and lengths
+        assert kv is not None and kv.max_num_seqs == pool.flags.max_num_seqs
+        assert kv.worst_case_max_num_seqs == kv.kv_capacity_tokens // pool.flags.max_model_len
+        assert kv.safe_max_num_seqs >= kv.worst_case_max_num_seqs
+        assert kv.can_preempt == (pool.flags.max_num_seqs > kv.safe_max_num_seqs)
+        assert pool.to_dict()["kv"]["can_preempt"] == kv.can_preempt  # type: ignore[index]
+    assert plan.dual_pool.can_preempt == any(p.kv.can_preempt for p in plan.dual_pool.pools)  # type: ignore[union-attr]
     assert [e.pools for e in plan.extra_pools] == [2, 3]
     assert plan.extra_pools[1].marginal_saving_fraction == pytest.approx(
         plan.extra_pools[1].saving_fraction - plan.extra_pools[0].saving_fraction)
+
+
+def test_kv_check_flags_a_pool_whose_slots_overflow_its_cache() -> None:
+    """32 sequences of 20K-30K-token requests on one H100 with Llama-3.1-8B (about 456K tokens of
+    KV, 18 such requests at most) overflow; 8 do not. The planner reports it per pool and fleet."""
+    rng = np.random.default_rng(1)
+    mix = LengthMix(rng.integers(20000, 30000, 500), rng.integers(100, 400, 500))
+    many = Planner(mix, 5.0, HW, long_max_model_len=32768, long_max_num_seqs=32).homogeneous()
+    few = Planner(mix, 5.0, HW, long_max_model_len=32768, long_max_num_seqs=8).homogeneous()
+    kv_many, kv_few = many.pools[0].kv, few.pools[0].kv
+    assert kv_many is not None and kv_few is not None
+    assert kv_many.can_preempt and many.can_preempt and kv_many.demand_over_capacity > 1.0
+    assert not kv_few.can_preempt and not few.can_preempt
+    assert kv_many.worst_case_max_num_seqs == kv_many.kv_capacity_tokens // 32768
+    assert kv_many.worst_case_max_num_seqs <= kv_many.safe_max_num_seqs < 32
+    assert many.to_dict()["can_preempt"] is True
 
 
 def test_predict_saving_for_the_demo() -> None:

@@ -1,0 +1,84 @@
+"""KV headroom of one vLLM configuration on a length mix: above how many running sequences its
+KV cache can overflow, which is when vLLM preempts.
+
+vLLM allocates KV blocks on demand and admits a request only when its whole prompt fits the free
+blocks (``scheduler_reserve_full_isl``); what overflows the cache later is the running requests'
+*growth* while they decode. It preempts (recomputes the last-admitted request) only when the
+running requests' contexts together exceed the cache. So a pool cannot preempt when
+
+    max_num_seqs * max_model_len <= kv_capacity_tokens          (the worst case, guaranteed)
+
+and rarely preempts when the P99 of the KV demand of ``max_num_seqs`` running requests, drawn
+from the pool's own lengths, fits the cache. The demand model: a running request is sampled in
+proportion to how long it stays running (its engine steps: output tokens plus its prefill chunks),
+and holds its prompt plus a uniform share of its output in whole blocks at that moment. Full
+concurrency is the condition; a pool that never fills its ``max_num_seqs`` slots (light load) can
+exceed ``safe_max_num_seqs`` and still not preempt, so this is a warning, not a prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from litellm_dualpool.sim.engine import EngineConfig
+
+#: The most sequences the search considers (vLLM's largest default max_num_seqs is 1024).
+MAX_SEQS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class KvHeadroom:
+    """``safe_max_num_seqs``: the largest sequence count whose P99 KV demand fits the cache;
+    ``worst_case_max_num_seqs``: the largest that fits even if every sequence reaches
+    max_model_len; ``p99_demand_tokens``: the P99 demand of ``max_num_seqs`` running requests."""
+
+    kv_capacity_tokens: int
+    max_num_seqs: int
+    max_model_len: int
+    worst_case_max_num_seqs: int
+    safe_max_num_seqs: int
+    p99_demand_tokens: int
+
+    @property
+    def can_preempt(self) -> bool:
+        """True when the cache can overflow (and vLLM preempt) with every slot busy."""
+        return self.max_num_seqs > self.safe_max_num_seqs
+
+    @property
+    def demand_over_capacity(self) -> float:
+        return self.p99_demand_tokens / self.kv_capacity_tokens
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "can_preempt": self.can_preempt,
+                "demand_over_capacity": self.demand_over_capacity}
+
+
+def kv_headroom(config: EngineConfig, prompt_tokens: np.ndarray, output_tokens: np.ndarray, *,
+                quantile: float = 0.99, samples: int = 1000, seed: int = 0) -> KvHeadroom:
+    """The KV check of ``config`` on these request lengths (those above max_model_len, which
+    the pool refuses, are left out). Deterministic for a given seed."""
+    prompt = np.asarray(prompt_tokens, dtype=np.int64)
+    output = np.asarray(output_tokens, dtype=np.int64)
+    fits = prompt + output <= config.max_model_len
+    prompt, output = prompt[fits], output[fits]
+    capacity = config.kv_capacity_tokens
+    worst = min(capacity // config.max_model_len, MAX_SEQS)
+    if len(prompt) == 0:
+        return KvHeadroom(capacity, config.max_num_seqs, config.max_model_len, worst, MAX_SEQS, 0)
+    bs = config.block_size
+    steps = output + -(-prompt // config.max_num_batched_tokens)
+    weights = steps / steps.sum()
+    rng = np.random.default_rng(seed)
+    # one draw of n_max running requests per sample; the cumulative sums give every n <= n_max
+    mean_held = float((weights * (prompt + output / 2.0)).sum())
+    n_max = int(min(MAX_SEQS, max(config.max_num_seqs, 2 * capacity / max(mean_held, 1.0) + 16)))
+    picks = rng.choice(len(prompt), size=(samples, n_max), p=weights)
+    held = prompt[picks] + np.floor(rng.random((samples, n_max)) * output[picks]).astype(np.int64)
+    demand = np.cumsum(-(-held // bs), axis=1, dtype=np.int64) * bs
+    p99 = np.quantile(demand, quantile, axis=0)  # non-decreasing in n
+    fitting = np.flatnonzero(p99 <= capacity)
+    safe = int(fitting[-1]) + 1 if len(fitting) else 0
+    at_seqs = int(p99[min(config.max_num_seqs, n_max) - 1])
+    return KvHeadroom(capacity, config.max_num_seqs, config.max_model_len, worst, max(safe, worst), at_seqs)
