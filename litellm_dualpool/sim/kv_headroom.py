@@ -70,14 +70,15 @@ def kv_headroom(config: EngineConfig, prompt_tokens: np.ndarray, output_tokens: 
     bs = config.block_size
     steps = output + -(-prompt // config.max_num_batched_tokens)
     weights = steps / steps.sum()
-    rng = np.random.default_rng(seed)
-    # one draw of n_max running requests per sample; the cumulative sums give every n <= n_max
+    # one draw of n_max running requests per sample; the cumulative sums give every n <= n_max.
+    # Rows are the running requests: the first n are the same whatever n_max (two streams).
     mean_held = float((weights * (prompt + output / 2.0)).sum())
     n_max = int(min(MAX_SEQS, max(config.max_num_seqs, 2 * capacity / max(mean_held, 1.0) + 16)))
-    picks = rng.choice(len(prompt), size=(samples, n_max), p=weights)
-    held = prompt[picks] + np.floor(rng.random((samples, n_max)) * output[picks]).astype(np.int64)
-    demand = np.cumsum(-(-held // bs), axis=1, dtype=np.int64) * bs
-    p99 = np.quantile(demand, quantile, axis=0)  # non-decreasing in n
+    picks = np.random.default_rng(seed).choice(len(prompt), size=(n_max, samples), p=weights)
+    progress = np.random.default_rng(seed + 1).random((n_max, samples))
+    held = prompt[picks] + np.floor(progress * output[picks]).astype(np.int64)
+    demand = np.cumsum(-(-held // bs), axis=0, dtype=np.int64) * bs
+    p99 = np.quantile(demand, quantile, axis=1)  # non-decreasing in n
     fitting = np.flatnonzero(p99 <= capacity)
     safe = int(fitting[-1]) + 1 if len(fitting) else 0
     at_seqs = int(p99[min(config.max_num_seqs, n_max) - 1])
