@@ -35,6 +35,21 @@ _CODE_MARKS = b"{}()[];=<>_#*/\\|&$%^~`@+"
 _CJK_LEADS = bytes(range(0xE3, 0xEE))
 
 
+def _class_table() -> bytes:
+    """A `bytes.translate` table naming each byte's class by one code byte: one translation and
+    a `count` per class instead of one deleting translation per class (which costs ~2x)."""
+    table = bytearray(b"." * 256)
+    for codes, mark in ((_PUNCT, b"!"), (_CODE_MARKS, b"#"), (_DIGITS, b"0"), (_UPPER, b"A"),
+                        (_CJK_LEADS, b"j"), (b"\xe3", b"k")):
+        for byte in codes:
+            table[byte] = mark[0]
+    return bytes(table)
+
+
+#: Code marks are punctuation too ("#" counts for both), 0xE3 (kana) is a CJK lead ("k" for both).
+_CLASSES = _class_table()
+
+
 @dataclass(frozen=True, slots=True)
 class CharCounts:
     """Estimated character counts of a request's strings (extrapolated from a sample), plus
@@ -106,23 +121,26 @@ class SampleStats:
 
 
 def measure(text: str) -> SampleStats:
-    """Counts over a (bounded) sample, in C: one pass per count over its UTF-8 bytes."""
+    """Counts over a (bounded) sample, in C: its UTF-8 bytes, their classes (one translation),
+    one `count` pass per count."""
     raw = text.encode("utf-8", "surrogatepass")
-    n = len(raw)
-    multibyte = n != len(text)
+    multibyte = len(raw) != len(text)
     first = text.lstrip()[:1]
+    classes = raw.translate(_CLASSES)
+    code_marks = classes.count(b"#")
+    kana = classes.count(b"k") if multibyte else 0
     return SampleStats(
         chars=len(text),
         spaces=raw.count(b" "),
         newlines=raw.count(b"\n"),
-        digits=n - len(raw.translate(None, _DIGITS)),
-        punctuation=n - len(raw.translate(None, _PUNCT)),
-        uppercase=n - len(raw.translate(None, _UPPER)),
-        code_marks=n - len(raw.translate(None, _CODE_MARKS)),
+        digits=classes.count(b"0"),
+        punctuation=code_marks + classes.count(b"!"),
+        uppercase=classes.count(b"A"),
+        code_marks=code_marks,
         indents=raw.count(b"\n    "),
         space_runs=raw.count(b"    "),
-        kana=(n - len(raw.translate(None, b"\xe3"))) if multibyte else 0,
-        cjk=(n - len(raw.translate(None, _CJK_LEADS))) if multibyte else 0,
+        kana=kana,
+        cjk=(kana + classes.count(b"j")) if multibyte else 0,
         json_pairs=raw.count(b'":') if first in ("{", "[") else 0,
         first=first,
     )

@@ -24,6 +24,7 @@ catches at its boundary, logs and counts ``dualpool_callback_errors_total``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
@@ -124,20 +125,28 @@ def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset
                      if isinstance(c, Mapping) and isinstance(c.get("deployment_id"), str))
 
 
+@functools.cache
+def _valid_user_part_types() -> Any:
+    """LiteLLM's list of user content part types (imported once: an import statement per
+    request costs ~1 us)."""
+    from litellm.types.llms.openai import ValidUserMessageContentTypes
+
+    return ValidUserMessageContentTypes
+
+
 def check_user_parts(data: Mapping[str, Any]) -> None:
     """InvalidRequestError for a user content part of a type LiteLLM's own message validation
     refuses (it answers those with a 500 after its retries; the plugin refuses them with a 400)."""
     messages = data.get("messages")
     if not isinstance(messages, list):
         return
-    from litellm.types.llms.openai import ValidUserMessageContentTypes
-
+    valid = _valid_user_part_types()
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
         for j, part in enumerate(content if isinstance(content, list) else ()):
-            if isinstance(part, dict) and part.get("type") not in ValidUserMessageContentTypes:
+            if isinstance(part, dict) and part.get("type") not in valid:
                 raise InvalidRequestError(f"content part type {str(part.get('type'))[:64]!r} is "
                                           "not supported", field=f"messages[{i}].content[{j}].type")
 

@@ -19,10 +19,9 @@ from operator import attrgetter
 from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
-from litellm_dualpool.core.budget import TokenBudget
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.content import CharCounts
-from litellm_dualpool.core.estimator import Estimate, Estimator
+from litellm_dualpool.core.estimator import Estimator
 from litellm_dualpool.core.policy import PoolState, Reason, decide, decide_recovery
 from litellm_dualpool.core.shape import ContentClass, RequestShape
 from litellm_dualpool.errors import NoPoolFitsError, PoolNotAllowedError
@@ -299,17 +298,14 @@ class DualPoolEngine:
             return False
         stash["learned"] = True
         group = stash["group"]
-        estimate = Estimate(
-            shape=_shape_from_list(stash["shape"]), key=CategoryKey(group, stash["category"]),
-            budget=TokenBudget(stash["prompt"], stash["output"],
-                               prompt_tokens_point=stash.get("point")))
+        key, shape = CategoryKey(group, stash["category"]), _shape_from_list(stash["shape"])
         point = stash.get("point") or stash["prompt"]
-        label = self.calibrator.stored_key(estimate.key, estimate.shape).category  # bounded
+        label = self.calibrator.stored_key(key, shape).category  # bounded
         self.metrics.estimate_error.labels(group, label).observe(
             (point - prompt_tokens) / prompt_tokens)
         # The store learns (at once, or once shared) and counts the outcome and the ratio.
         outcome = self.store.observe(
-            estimate.key, estimate.shape, prompt_tokens,
+            key, shape, prompt_tokens,
             tenant=stash.get("tenant") or ANONYMOUS_TENANT,
             trust=ObservationTrust(stash.get("trust") or ObservationTrust.TRUSTED))
         return outcome is Outcome.LEARNED

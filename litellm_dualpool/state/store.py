@@ -103,9 +103,9 @@ class StateStore:
         if local:
             metrics.learning.labels(group, outcome.value).inc()
         if outcome is Outcome.LEARNED:
-            key = self.learner.calibrator.stored_key(obs.key, obs.shape)  # bounded labels
-            view = self.learner.calibrator.ratio(key)
-            metrics.bytes_per_token.labels(group, key.category).set(view.bytes_per_token)
+            calibrator = self.learner.calibrator
+            key = calibrator.stored_key(obs.key, obs.shape)  # bounded labels
+            metrics.bytes_per_token.labels(group, key.category).set(calibrator.bytes_per_token(key))
 
 
 class MemoryStore(StateStore):
