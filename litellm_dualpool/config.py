@@ -46,9 +46,9 @@ class CalibrationConfig(_Model):
     cold_start_bytes_per_token: float = Field(
         4.0, gt=0, le=16, description="Ratio used before any backend has reported usage.")
     ema_beta: float = Field(
-        0.99, gt=0, lt=1,
-        description="Per-observation decay of the fit (window ~1/(1-beta)); 0.99 measured best "
-                    "in bench/estimator_accuracy.py.")
+        0.998, gt=0, lt=1,
+        description="Per-observation decay of the fit (window ~1/(1-beta)); 0.998 measured best "
+                    "in bench/estimator_accuracy.py (regime changes are caught separately).")
     gamma: float = Field(
         2.0, ge=0, le=20, description="Conservative margin in units of the learned spread.")
     min_bytes_per_token: float = Field(

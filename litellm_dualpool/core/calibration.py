@@ -103,7 +103,7 @@ class CalibrationSettings:
     """
 
     cold_start_bytes_per_token: float = 4.0
-    ema_beta: float = 0.99
+    ema_beta: float = 0.998
     gamma: float = 2.0
     min_bytes_per_token: float = 1.0
     max_bytes_per_token: float = 8.0

@@ -1,24 +1,39 @@
-"""What the text is made of, read from a bounded, evenly spread sample of the strings.
+"""What the text is made of, read from bounded, evenly spread samples of the strings.
 
 Tokenizers compress classes of text very differently (English prose ~4.5 bytes/token, Python
 ~3.4, CJK 2-4 with 3-byte characters, JSON ~3.9), and within a class the count follows the
 characters: spaces mostly merge into the next word, digits split into groups, punctuation and
 capitals often stand alone. So besides the content class we estimate a few character counts
 (spaces, newlines, digits, ASCII punctuation, capitals), which the calibrator learns token
-costs for. Both come from one sample of at most `SAMPLE_CHARS` characters taken at evenly spaced
-positions over the concatenated strings, so the cost is bounded whatever the body's size; counts
-are extrapolated by (all characters / sampled characters). Counting runs in C
-(`bytes.translate`, `bytes.count`) over the sample's UTF-8 encoding.
+costs for. The cost is bounded whatever the body's size: when the strings hold more than
+`SAMPLE_CHARS` characters, the counts of single characters come from a systematic sample (every
+k-th character of the concatenated strings, cut in C by extended slicing), and the counts of
+character sequences (4-space runs, indented lines, `":`) from `NGRAM_SAMPLE_CHARS` characters
+of evenly spaced slices; both are extrapolated by (all characters / sampled characters). A
+systematic sample of single characters has a much smaller error than contiguous slices of the
+same size (neighbouring characters are alike), and for prose the token count follows the space
+count closely, so that error goes straight into the estimate (bench/estimator_accuracy.py,
+Llama-3 prose, MAPE after 50 with a 0.998 window: 4K characters in 32-character slices 0.0199,
+these samples 0.0181, exact counts 0.0164; at about the same CPU cost). Counting runs in C
+(`np.bincount` of the bytes, `bytes.count` for sequences) over the samples' UTF-8 encoding.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
-#: Characters sampled per request (text and structured strings each) and slice length.
-SAMPLE_CHARS = 4096
+import numpy as np
+
+#: Characters sampled per request (text and structured strings each) for single-character
+#: counts; strings up to this size are counted exactly.
+SAMPLE_CHARS = 8192
+#: Characters (in slices of `SLICE_CHARS`) sampled for the counts of character sequences.
+NGRAM_SAMPLE_CHARS = 1024
 SLICE_CHARS = 32
+#: Slice length of the sequence sample (fewer, longer slices: each costs ~0.3 us of Python).
+NGRAM_SLICE_CHARS = 128
 #: Share of CJK characters (3-byte UTF-8 sequences led by 0xE3-0xED: kana, CJK ideographs,
 #: hangul) in the sample above which the request counts as CJK.
 CJK_CHAR_FRACTION = 0.15
@@ -33,21 +48,21 @@ _PUNCT = bytes(c for c in range(33, 127) if not chr(c).isalnum())
 _UPPER = bytes(range(65, 91))
 _CODE_MARKS = b"{}()[];=<>_#*/\\|&$%^~`@+"
 _CJK_LEADS = bytes(range(0xE3, 0xEE))
+_NON_SPACE = re.compile(r"\S")
 
 
-def _class_table() -> bytes:
-    """A `bytes.translate` table naming each byte's class by one code byte: one translation and
-    a `count` per class instead of one deleting translation per class (which costs ~2x)."""
-    table = bytearray(b"." * 256)
-    for codes, mark in ((_PUNCT, b"!"), (_CODE_MARKS, b"#"), (_DIGITS, b"0"), (_UPPER, b"A"),
-                        (_CJK_LEADS, b"j"), (b"\xe3", b"k")):
-        for byte in codes:
-            table[byte] = mark[0]
-    return bytes(table)
+def _class_matrix() -> np.ndarray:
+    """256 x 8 indicator matrix: byte -> (space, newline, digit, punctuation, uppercase, code
+    mark, kana lead 0xE3, CJK lead). One `np.bincount` of the bytes times this matrix gives every
+    single-character count in one C pass (a `bytes.count` per class costs ~4x as much)."""
+    matrix = np.zeros((256, 8), dtype=np.int64)
+    for column, codes in enumerate((b" ", b"\n", _DIGITS, _PUNCT, _UPPER, _CODE_MARKS, b"\xe3",
+                                    _CJK_LEADS)):
+        matrix[list(codes), column] = 1
+    return matrix
 
 
-#: Code marks are punctuation too ("#" counts for both), 0xE3 (kana) is a CJK lead ("k" for both).
-_CLASSES = _class_table()
+_CLASS_MATRIX = _class_matrix()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +91,56 @@ class CharCounts:
 ZERO_COUNTS = CharCounts(0, 0, 0, 0, 0, 0)
 
 
-def sample(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS) -> str:
-    """At most ~`budget` characters: slices of `SLICE_CHARS` at a fixed stride over the
+def sample(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS,
+           slice_chars: int = SLICE_CHARS) -> str:
+    """At most ~`budget` characters: slices of `slice_chars` at a fixed stride over the
     concatenated strings (a string shorter than the stride may contribute nothing)."""
     if total_chars <= budget:
         return "".join(strings)
-    stride = total_chars * SLICE_CHARS // budget
+    stride = total_chars * slice_chars // budget
     pieces: list[str] = []
     first = stride // 2  # position of the next slice, relative to the current string
     for s in strings:
         n = len(s)
         if first < n:
-            pieces += [s[p : p + SLICE_CHARS] for p in range(first, n, stride)]
+            pieces += [s[p : p + slice_chars] for p in range(first, n, stride)]
             first += ((n - first + stride - 1) // stride) * stride
         first -= n
     return "".join(pieces)
+
+
+def strided(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS) -> str:
+    """At most `budget` characters: every k-th character of the concatenated strings
+    (k = ceil(total / budget)), starting at k // 2; one extended slice per string."""
+    if total_chars <= budget:
+        return "".join(strings)
+    stride = -(-total_chars // budget)
+    pieces: list[str] = []
+    first = stride // 2  # position of the next sampled character in the current string
+    for s in strings:
+        n = len(s)
+        if first < n:
+            pieces.append(s[first::stride])
+            first += ((n - first + stride - 1) // stride) * stride
+        first -= n
+    return "".join(pieces)
+
+
+def measure_strings(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS,
+                    ngram_budget: int = NGRAM_SAMPLE_CHARS) -> SampleStats:
+    """Counts over the strings: exact up to `budget` characters, else single-character
+    counts from `strided` and sequence counts from `sample`, scaled to the strided sample."""
+    if total_chars <= budget:
+        return measure("".join(strings))
+    stats = _measure_singles(strided(strings, total_chars, budget))
+    seq = sample(strings, total_chars, ngram_budget, NGRAM_SLICE_CHARS)
+    raw = seq.encode("utf-8", "surrogatepass")
+    f = stats.chars / len(seq) if seq else 0.0
+    first = next((m.group() for m in map(_NON_SPACE.search, strings) if m), "")
+    return replace(stats, indents=round(raw.count(b"\n    ") * f),
+                   space_runs=round(raw.count(b"    ") * f),
+                   json_pairs=round(raw.count(b'":') * f) if first in ("{", "[") else 0,
+                   first=first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,30 +170,34 @@ class SampleStats:
                           round(self.space_runs * f), round(self.kana * f))
 
 
+def _single_counts(raw: bytes) -> list[int]:
+    """(spaces, newlines, digits, punctuation, uppercase, code marks, kana, CJK) in `raw`."""
+    counts: list[int] = (np.bincount(np.frombuffer(raw, np.uint8), minlength=256)
+                         @ _CLASS_MATRIX).tolist()
+    return counts
+
+
 def measure(text: str) -> SampleStats:
-    """Counts over a (bounded) sample, in C: its UTF-8 bytes, their classes (one translation),
-    one `count` pass per count."""
+    """Counts over a (bounded) text, in C: its UTF-8 bytes' classes in one pass
+    (`_single_counts`), plus one `count` pass per character sequence."""
     raw = text.encode("utf-8", "surrogatepass")
-    multibyte = len(raw) != len(text)
     first = text.lstrip()[:1]
-    classes = raw.translate(_CLASSES)
-    code_marks = classes.count(b"#")
-    kana = classes.count(b"k") if multibyte else 0
+    spaces, newlines, digits, punctuation, uppercase, code_marks, kana, cjk = _single_counts(raw)
     return SampleStats(
-        chars=len(text),
-        spaces=raw.count(b" "),
-        newlines=raw.count(b"\n"),
-        digits=classes.count(b"0"),
-        punctuation=code_marks + classes.count(b"!"),
-        uppercase=classes.count(b"A"),
-        code_marks=code_marks,
-        indents=raw.count(b"\n    "),
-        space_runs=raw.count(b"    "),
-        kana=kana,
-        cjk=(kana + classes.count(b"j")) if multibyte else 0,
-        json_pairs=raw.count(b'":') if first in ("{", "[") else 0,
-        first=first,
+        chars=len(text), spaces=spaces, newlines=newlines, digits=digits,
+        punctuation=punctuation, uppercase=uppercase, code_marks=code_marks,
+        indents=raw.count(b"\n    "), space_runs=raw.count(b"    "), kana=kana, cjk=cjk,
+        json_pairs=raw.count(b'":') if first in ("{", "[") else 0, first=first,
     )
+
+
+def _measure_singles(text: str) -> SampleStats:
+    """`measure` without the sequence counts (a strided sample has no adjacent characters)."""
+    spaces, newlines, digits, punctuation, uppercase, code_marks, kana, cjk = _single_counts(
+        text.encode("utf-8", "surrogatepass"))
+    return SampleStats(chars=len(text), spaces=spaces, newlines=newlines, digits=digits,
+                       punctuation=punctuation, uppercase=uppercase, code_marks=code_marks,
+                       indents=0, space_runs=0, kana=kana, cjk=cjk, json_pairs=0, first="")
 
 
 def classify(stats: SampleStats | None, text_bytes: int, structured_bytes: int,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from litellm_dualpool.core.content import ZERO_COUNTS, CharCounts, classify, measure, sample
+from litellm_dualpool.core.content import ZERO_COUNTS, CharCounts, classify, measure_strings
 from litellm_dualpool.errors import InvalidRequestError
 
 
@@ -206,13 +206,14 @@ class _Walker:
 
     def char_counts(self) -> tuple[CharCounts, str]:
         """(estimated counts over all strings, content class) from bounded samples."""
-        text_stats = measure(sample(self.text_strings, self.text_chars)) if self.text_chars else None
+        text_stats = (measure_strings(self.text_strings, self.text_chars)
+                      if self.text_chars else None)
         counts = ZERO_COUNTS
         if text_stats is not None:
             counts = text_stats.scaled(self.text_chars, self.text - self.text_chars)
         if self.struct_chars:
-            struct_stats = measure(sample(self.struct_strings, self.struct_chars,
-                                          _STRUCTURED_SAMPLE_CHARS))
+            struct_stats = measure_strings(self.struct_strings, self.struct_chars,
+                                           _STRUCTURED_SAMPLE_CHARS)
             counts = counts + struct_stats.scaled(self.struct_chars,
                                                   self.struct_str_bytes - self.struct_chars)
         if self.syntax_punct or self.syntax_spaces or self.syntax_digits:
