@@ -49,6 +49,10 @@ class CalibrationConfig(_Model):
         0.998, gt=0, lt=1,
         description="Per-observation decay of the fit (window ~1/(1-beta)); 0.998 measured best "
                     "in bench/estimator_accuracy.py (regime changes are caught separately).")
+    sigma_beta: float = Field(
+        0.99, gt=0, lt=1,
+        description="Per-observation decay of the learned spread that sets the routing margin "
+                    "(shorter than the fit's window, so the margin widens quickly).")
     gamma: float = Field(
         2.0, ge=0, le=20, description="Conservative margin in units of the learned spread.")
     min_bytes_per_token: float = Field(

@@ -88,6 +88,8 @@ class CalibrationSettings:
 
     cold_start_bytes_per_token: the ratio before any observation (the paper's 4.0).
     ema_beta: per-observation decay of the fit's statistics (window ~ 1/(1-beta) samples).
+    sigma_beta: per-observation decay of the spread `sigma`: shorter than the fit's window, so
+        the routing margin widens within ~100 requests when errors grow.
     gamma: conservative margin in units of sigma (mean absolute relative error).
     min/max_bytes_per_token: observations implying a ratio outside are rejected; the fit is
         clamped to them.
@@ -104,6 +106,7 @@ class CalibrationSettings:
 
     cold_start_bytes_per_token: float = 4.0
     ema_beta: float = 0.998
+    sigma_beta: float = 0.99
     gamma: float = 2.0
     min_bytes_per_token: float = 1.0
     max_bytes_per_token: float = 8.0
@@ -129,6 +132,7 @@ class CalibrationSettings:
             ("cold_start_bytes_per_token", self.min_bytes_per_token
              <= self.cold_start_bytes_per_token <= self.max_bytes_per_token),
             ("ema_beta", 0.0 < self.ema_beta < 1.0),
+            ("sigma_beta", 0.0 < self.sigma_beta < 1.0),
             ("gamma", self.gamma >= 0.0),
             ("min_bytes_per_token", 0.0 < self.min_bytes_per_token < self.max_bytes_per_token),
             ("max_step_fraction", self.max_step_fraction > 0.0),
@@ -356,8 +360,8 @@ class Calibrator:
                 state.b = [keep * v for v in state.b]
             state.rejected_streak = 0
             beta = s.ema_beta
-            state.dev_sum = beta * state.dev_sum + error
-            state.dev_weight = beta * state.dev_weight + 1.0
+            state.dev_sum = s.sigma_beta * state.dev_sum + error
+            state.dev_weight = s.sigma_beta * state.dev_weight + 1.0
             lo, hi = predicted / (1.0 + s.max_step_fraction), predicted * (1.0 + s.max_step_fraction)
             y_used = min(max(y, lo), hi)
             weight = 1.0 / max(y_used, _MIN_WEIGHT_TOKENS) ** 2
