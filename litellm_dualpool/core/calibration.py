@@ -46,7 +46,9 @@ from litellm_dualpool.core.linalg import solve, solve_spd
 from litellm_dualpool.core.shape import RequestShape
 from litellm_dualpool.errors import ConfigError
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
+#: Versions `restore` reads: 2 had the decayed statistics and no "scale" (read as scale 1).
+_READABLE_VERSIONS = (2, 3)
 SNAPSHOT_KIND = "litellm_dualpool.calibration"
 
 #: Feature vector layout (see the module docstring).
@@ -185,15 +187,22 @@ def features(shape: RequestShape,
 
 
 class _KeyState:
-    """Sufficient statistics of one key; mutated only under the calibrator's lock."""
+    """Sufficient statistics of one key; mutated only under the calibrator's lock.
+
+    The statistics are `scale * a` and `scale * b`: the per-observation decay multiplies `scale`
+    instead of all 182 entries, and an observation adds only the products of its non-zero
+    features (most requests have no tools, kana or indentation), which makes `observe` ~3x
+    cheaper. `stats()` gives the decayed values.
+    """
 
     __slots__ = ("a", "b", "densities", "dev_sum", "dev_weight", "rejected_streak", "samples",
-                 "theta", "version")
+                 "scale", "theta", "version")
 
     def __init__(self, settings: CalibrationSettings) -> None:
         self.densities = list(DEFAULT_DENSITIES)
         self.a = [[0.0] * _N for _ in range(_N)]
         self.b = [0.0] * _N
+        self.scale = 1.0
         self.theta = _prior_theta(settings)
         self.samples = 0
         self.dev_sum = settings.cold_start_sigma * settings.prior_sigma_samples
@@ -203,6 +212,26 @@ class _KeyState:
 
     def sigma(self, settings: CalibrationSettings) -> float:
         return max(self.dev_sum / self.dev_weight, settings.min_sigma)
+
+    def stats(self) -> tuple[list[list[float]], list[float]]:
+        """Copies of the decayed statistics (A, b)."""
+        k = self.scale
+        return [[k * v for v in row] for row in self.a], [k * v for v in self.b]
+
+    def add(self, x: list[float], y: float, weight: float, decay: float) -> None:
+        """A <- decay*A + weight*x*x', b <- decay*b + weight*x*y (on the scaled statistics)."""
+        self.scale *= decay
+        g = weight / self.scale
+        a, b = self.a, self.b
+        nonzero = [i for i in range(_N) if x[i]]
+        for n, i in enumerate(nonzero):  # symmetric: update the upper triangle, mirror it
+            row, gxi = a[i], g * x[i]
+            for j in nonzero[n:]:
+                row[j] = a[j][i] = row[j] + gxi * x[j]
+            b[i] += gxi * y
+        if self.scale < 1e-100:  # fold the scale in long before it could underflow
+            self.a, self.b = self.stats()
+            self.scale = 1.0
 
 
 def _prior_theta(s: CalibrationSettings) -> list[float]:
@@ -355,9 +384,9 @@ class Calibrator:
             if state.rejected_streak >= s.outlier_streak and state.samples >= s.outlier_warmup:
                 # a streak of "outliers" is a regime change (new tokenizer, new template):
                 # keep only a fraction of the old statistics so the fit follows quickly
-                keep = s.regime_change_keep
-                state.a = [[keep * v for v in row] for row in state.a]
-                state.b = [keep * v for v in state.b]
+                state.scale *= s.regime_change_keep
+                if state.scale == 0.0:  # regime_change_keep = 0: forget everything
+                    state.a, state.b, state.scale = [[0.0] * _N for _ in range(_N)], [0.0] * _N, 1.0
             state.rejected_streak = 0
             beta = s.ema_beta
             state.dev_sum = s.sigma_beta * state.dev_sum + error
@@ -365,12 +394,7 @@ class Calibrator:
             lo, hi = predicted / (1.0 + s.max_step_fraction), predicted * (1.0 + s.max_step_fraction)
             y_used = min(max(y, lo), hi)
             weight = 1.0 / max(y_used, _MIN_WEIGHT_TOKENS) ** 2
-            a = state.a
-            for i in range(_N):  # symmetric: update the upper triangle, mirror it
-                row, wxi = a[i], weight * x[i]
-                for j in range(i, _N):
-                    row[j] = a[j][i] = beta * row[j] + wxi * x[j]
-                state.b[i] = beta * state.b[i] + wxi * y_used
+            state.add(x, y_used, weight, beta)
             state.samples += 1
             if shape.char_counts is not None and shape.total_bytes:
                 kb = x[_F_KB]
@@ -379,8 +403,8 @@ class Calibrator:
             if state.samples > _REFIT_EVERY_AFTER and state.samples % _REFIT_EVERY:
                 return True
             state.version += 1
-            version, a_copy = state.version, [row[:] for row in state.a]
-            b_copy, densities = state.b[:], state.densities[:]
+            version, (a_copy, b_copy) = state.version, state.stats()
+            densities = state.densities[:]
         theta = self._fit(a_copy, b_copy, densities)  # outside the lock: ~0.1 ms of Python
         if theta is not None:
             with self._lock:
@@ -458,6 +482,7 @@ class Calibrator:
                     "samples": st.samples,
                     "a_upper": [st.a[i][j] for i in range(_N) for j in range(i, _N)],
                     "b": list(st.b),
+                    "scale": st.scale,
                     "theta": list(st.theta),
                     "densities": list(st.densities),
                     "dev_sum": st.dev_sum,
@@ -476,7 +501,8 @@ class Calibrator:
         """
         if not isinstance(snapshot, Mapping):
             raise ConfigError("a calibration snapshot must be an object", path="snapshot")
-        if snapshot.get("kind") != SNAPSHOT_KIND or snapshot.get("version") != SNAPSHOT_VERSION:
+        if (snapshot.get("kind") != SNAPSHOT_KIND
+                or snapshot.get("version") not in _READABLE_VERSIONS):
             raise ConfigError(
                 f"unsupported snapshot kind/version {snapshot.get('kind')!r}/"
                 f"{snapshot.get('version')!r} (expected {SNAPSHOT_KIND}/{SNAPSHOT_VERSION})",
@@ -525,6 +551,9 @@ class Calibrator:
             for j in range(i, _N):
                 state.a[i][j] = state.a[j][i] = next(values)
         state.b = vector("b", entry.get("b"))
+        state.scale = number("scale", entry.get("scale", 1.0))
+        if not state.scale > 0.0:
+            raise ConfigError("must be > 0", path=f"{path}.scale")
         state.theta = vector("theta", entry.get("theta"))
         densities = entry.get("densities")
         if not isinstance(densities, list) or len(densities) != len(DEFAULT_DENSITIES):

@@ -16,6 +16,7 @@ from litellm_dualpool.core.calibration import (
     CalibrationSettings,
     Calibrator,
     CategoryKey,
+    _KeyState,
 )
 from litellm_dualpool.core.shape import ContentClass, RequestShape
 from litellm_dualpool.errors import ConfigError
@@ -148,7 +149,7 @@ def test_snapshot_round_trip() -> None:
         b = rng.randint(500, 9000)
         cal.observe(key, shape(b, rng.randint(1, 5)), truth(b, 2, 3.5, 0.05, rng))
     snap = json.loads(json.dumps(cal.snapshot()))
-    assert snap["version"] == 2
+    assert snap["version"] == 3
     assert len(json.dumps(snap)) < 3 * 2500  # three keys
     other = Calibrator()
     other.restore(snap)
@@ -263,3 +264,60 @@ def test_appending_text_never_lowers_the_estimate(head: list[str], tail: list[st
     sb = shape_request({"messages": [{"role": "user", "content": b}]})
     for fn in (TRAINED.estimate_point_tokens, TRAINED.estimate_prompt_tokens):
         assert fn(KEY, sa) <= fn(KEY, sb)
+
+
+def _eager_statistics(observations: list[tuple[list[float], float, float]],
+                      beta: float) -> tuple[list[list[float]], list[float]]:
+    """The textbook update, A <- beta*A + w*x*x', b <- beta*b + w*x*y, entry by entry."""
+    n = len(observations[0][0])
+    a, b = [[0.0] * n for _ in range(n)], [0.0] * n
+    for x, y, w in observations:
+        a = [[beta * a[i][j] + w * x[i] * x[j] for j in range(n)] for i in range(n)]
+        b = [beta * b[i] + w * x[i] * y for i in range(n)]
+    return a, b
+
+
+def test_lazily_decayed_statistics_equal_the_textbook_update() -> None:
+    """The key state decays a scale factor and adds only non-zero products; over 3000
+    observations (the scale is folded in along the way) it equals the plain update."""
+    rng = random.Random(11)
+    state = _KeyState(CalibrationSettings())
+    observations = []
+    for _ in range(3000):
+        x = [rng.choice([0.0, rng.uniform(0, 9)]) for _ in range(13)]
+        y, w = rng.uniform(10, 5000), rng.uniform(1e-8, 1e-3)
+        observations.append((x, y, w))
+        state.add(x, y, w, 0.9)  # a short window: the scale passes 1e-100 every ~2200 adds
+    a, b = state.stats()
+    want_a, want_b = _eager_statistics(observations, 0.9)
+    assert all(v == pytest.approx(w, rel=1e-9, abs=1e-300)
+               for row, want_row in zip(a, want_a, strict=True)
+               for v, w in zip(row, want_row, strict=True))
+    assert b == pytest.approx(want_b, rel=1e-9)
+    assert a == [list(col) for col in zip(*a, strict=True)]  # symmetric
+
+
+def test_version_2_snapshots_restore_to_the_same_model() -> None:
+    """A snapshot written before the statistics were kept scaled (version 2: decayed values,
+    no "scale") restores to the same estimates and keeps learning the same way."""
+    rng = random.Random(5)
+    cal = Calibrator()
+    for _ in range(40):
+        b = rng.randint(500, 9000)
+        cal.observe(CategoryKey("g", "prose"), shape(b, 2), truth(b, 2, 3.7, 0.05, rng))
+    snap = json.loads(json.dumps(cal.snapshot()))
+    entry = snap["keys"][0]
+    scale = entry.pop("scale")
+    assert scale < 1.0
+    entry["a_upper"] = [scale * v for v in entry["a_upper"]]
+    entry["b"] = [scale * v for v in entry["b"]]
+    snap["version"] = 2
+    old = Calibrator()
+    old.restore(snap)
+    key = CategoryKey("g", "prose")
+    assert old.estimate_both(key, shape(7777, 3)) == cal.estimate_both(key, shape(7777, 3))
+    for c in (cal, old):
+        for i in range(8):
+            c.observe(key, shape(3000 + 500 * i, 2), 800 + 130 * i)
+    assert old.ratio(key).bytes_per_token == pytest.approx(cal.ratio(key).bytes_per_token,
+                                                           rel=1e-9)

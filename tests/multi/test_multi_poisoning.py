@@ -75,10 +75,30 @@ def probes() -> list[dict[str, object]]:
             for size in range(1000, 60000, 700) for out in (0, 512, 4096)]
 
 
-def decisions(calibrator: Calibrator) -> list[str | None]:
+def budgets(calibrator: Calibrator) -> list[int]:
     estimator = Estimator(calibrator)
-    return [decide(estimator.estimate(p, "llama", category="prose").budget.total_tokens, POOLS,
-                   PolicySettings(spillover_load_fraction=None)).pool for p in probes()]
+    return [estimator.estimate(p, "llama", category="prose").budget.total_tokens
+            for p in probes()]
+
+
+def decisions(calibrator: Calibrator) -> list[str | None]:
+    return [decide(total, POOLS, PolicySettings(spillover_load_fraction=None)).pool
+            for total in budgets(calibrator)]
+
+
+#: A probe whose budget is within this fraction of a pool's limit sits on the boundary: any
+#: change of the learned state, even 0.1% from one honest sample more or less, may move it.
+BOUNDARY = 0.005
+
+
+def flips_off_boundary(calibrator: Calibrator, baseline: Calibrator) -> list[int]:
+    """Probes that go elsewhere than with the baseline, except those on a pool boundary."""
+    headroom = 1 + PolicySettings().headroom_fraction
+    limits = [edge for pool in POOLS for edge in (pool.max_model_len,
+                                                   pool.max_model_len / headroom)]
+    return [i for i, (total, now, then) in enumerate(zip(
+                budgets(baseline), decisions(calibrator), decisions(baseline), strict=True))
+            if now != then and all(abs(total - limit) > BOUNDARY * limit for limit in limits)]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +121,7 @@ def test_the_attack_moves_an_unguarded_calibrator_but_only_within_bounds(
     run(feed, ATTACKS[attack])
     point, conservative = relative_change(calibrator, baseline)
     assert max(point, conservative) > 0.03  # the ratio, or the spread that guards it, moves
-    assert decisions(calibrator) != decisions(baseline)
+    assert flips_off_boundary(calibrator, baseline) != []
     settings = calibrator.settings
     assert settings.min_bytes_per_token <= calibrator.ratio(KEY).bytes_per_token <= (
         settings.max_bytes_per_token)
@@ -115,7 +135,7 @@ def test_outlier_floods_leave_the_key_and_everyone_elses_routing_unchanged(
     run(feed, ATTACKS[attack], honest_tenants)
     point, conservative = relative_change(calibrator, baseline)
     assert point < 0.02 and conservative < 0.02
-    assert decisions(calibrator) == decisions(baseline)
+    assert flips_off_boundary(calibrator, baseline) == []
 
 
 def test_a_subtle_flood_is_diluted_to_its_tenants_share(baseline: Calibrator) -> None:
