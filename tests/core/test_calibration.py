@@ -321,3 +321,24 @@ def test_version_2_snapshots_restore_to_the_same_model() -> None:
             c.observe(key, shape(3000 + 500 * i, 2), 800 + 130 * i)
     assert old.ratio(key).bytes_per_token == pytest.approx(cal.ratio(key).bytes_per_token,
                                                            rel=1e-9)
+
+
+def test_a_regime_change_on_a_long_lived_key_is_followed_at_once() -> None:
+    """Past 256 samples the fit is re-solved only every 16th observation, but a regime change
+    (a new tokenizer behind the same model name) makes the next ones refit every time."""
+    rng = random.Random(9)
+    cal = Calibrator()
+    for _ in range(600):
+        b = rng.randint(800, 6000)
+        cal.observe(KEY, shape(b, 2), truth(b, 2, 4.2, 0.02, rng))
+    assert cal.ratio(KEY).bytes_per_token == pytest.approx(4.2, rel=0.03)
+    errors = []
+    for _ in range(60):  # the backend now counts ~2x the tokens
+        b = rng.randint(800, 6000)
+        y = truth(b, 2, 2.1, 0.02, rng)
+        errors.append(abs(cal.estimate_point_tokens(KEY, shape(b, 2)) - y) / y)
+        cal.observe(KEY, shape(b, 2), y)
+    # outlier streaks let one observation in at a time, each clipped to 25% of the prediction,
+    # so it takes a few dozen; with a refit every 4th observation it took ~60 (0.04-0.22 here)
+    assert max(errors[:5]) > 0.4
+    assert max(errors[-10:]) < 0.05
