@@ -256,7 +256,7 @@ def render(results: list[dict[str, object]]) -> list[str]:
                   + ", ".join(f"`{c}`" for c in worse) + ": its long pool then runs above 90% of its capacity."
                   if worse else "")
     out += ["", verdict + ". All rates are far below the paper's 47.3 per 1000 baseline. The events are few "
-            "(counts in parentheses; no factor below 10) and come with a few bursts of long requests, so the factors move a lot "
+            "(counts in parentheses; no factor is given when both fleets have fewer than 10) and come with a few bursts of long requests, so the factors move a lot "
             "with the simulated span (a half-span run, `--quick`, gives different ones): read them as orders "
             "of magnitude, not as measurements to a decimal.", "",
             "- **The paper's A100 setting does not preempt in our model.** Azure requests (~1.4K tokens) never "
