@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
@@ -208,21 +209,19 @@ def per_round(slices: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]
         latencies = sorted(v for s in mine for v in s["latencies_ms"])
         n = len(latencies)
         seconds = sum(s["duration_s"] for s in mine)
-        statuses: dict[str, int] = {}
-        pools: dict[str, int] = {}
-        for s in mine:
-            for k, v in s["statuses"].items():
-                statuses[k] = statuses.get(k, 0) + v
-            for k, v in s["pools"].items():
-                pools[k] = pools.get(k, 0) + v
         out.append({
             "requests": n, "throughput_rps": n / seconds if seconds else 0.0,
             "p50_ms": _quantile(latencies, 0.50), "p99_ms": _quantile(latencies, 0.99),
             "proxy_cpu_ms_per_request": 1000.0 * sum(s["cpu_s"] for s in mine) / max(n, 1),
             # time the proxy's loop was ready to run but another process had the core: noise
             "proxy_cpu_wait_ms_per_request": 1000.0 * sum(s["wait_s"] for s in mine) / max(n, 1),
-            "statuses": statuses, "pools": pools})
+            "statuses": added(mine, "statuses"), "pools": added(mine, "pools")})
     return out
+
+
+def added(parts: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """The sum of the parts' `key` counters (answers by status, by pool)."""
+    return dict(sum((Counter(part[key]) for part in parts), Counter()))
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -243,19 +242,13 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], names: list[str]
     for name in names:
         table[name] = {}
         for size, rounds in runs[name].items():
-            statuses: dict[str, int] = {}
-            pools: dict[str, int] = {}
-            for r in rounds:
-                for k, v in r["statuses"].items():
-                    statuses[k] = statuses.get(k, 0) + v
-                for k, v in r["pools"].items():
-                    pools[k] = pools.get(k, 0) + v
             table[name][size] = {
                 key: spread([r[key] for r in rounds])
                 for key in ("throughput_rps", "p50_ms", "p99_ms", "proxy_cpu_ms_per_request",
                             "proxy_cpu_wait_ms_per_request")}
-            table[name][size].update(statuses=statuses, pools=pools, requests=sum(
-                r["requests"] for r in rounds))
+            table[name][size].update(statuses=added(rounds, "statuses"),
+                                     pools=added(rounds, "pools"),
+                                     requests=sum(r["requests"] for r in rounds))
     pairs: dict[str, Any] = {}
     for size in runs[names[0]]:
         pairs[size] = {}

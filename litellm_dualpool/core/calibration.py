@@ -219,8 +219,8 @@ class _KeyState:
     def sigma(self, settings: CalibrationSettings) -> float:
         return max(self.dev_sum / self.dev_weight, settings.min_sigma)
 
-    def refit_due(self) -> bool:
-        """Whether the observation just added should re-solve the fit."""
+    def take_refit(self) -> bool:
+        """Whether the observation just added should re-solve the fit (uses up an eager refit)."""
         if self.eager_refits > 0:
             self.eager_refits -= 1
             return True
@@ -417,7 +417,7 @@ class Calibrator:
                 kb = x[_F_KB]
                 for d, j in enumerate(_F_CHARS):
                     state.densities[d] = beta * state.densities[d] + (1 - beta) * x[j] / kb
-            if not state.refit_due():
+            if not state.take_refit():
                 return True
             state.version += 1
             version, (a_copy, b_copy) = state.version, state.stats()

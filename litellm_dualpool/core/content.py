@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, dataclass
 
 #: Characters sampled per request (text and structured strings each) for single-character
 #: counts; strings up to this size are counted exactly.
 SAMPLE_CHARS = 8192
-#: Characters (in slices of `SLICE_CHARS`) sampled for the counts of character sequences.
+#: Characters (in slices of `NGRAM_SLICE_CHARS`) sampled for the counts of character sequences.
 NGRAM_SAMPLE_CHARS = 1024
-SLICE_CHARS = 32
 #: Slice length of the sequence sample (fewer, longer slices: each costs ~0.3 us of Python).
 NGRAM_SLICE_CHARS = 128
 #: Share of CJK characters (3-byte UTF-8 sequences led by 0xE3-0xED: kana, CJK ideographs,
@@ -93,35 +92,23 @@ ZERO_COUNTS = CharCounts(0, 0, 0, 0, 0, 0)
 
 
 def sample(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS,
-           slice_chars: int = SLICE_CHARS) -> str:
-    """At most ~`budget` characters: slices of `slice_chars` at a fixed stride over the
-    concatenated strings (a string shorter than the stride may contribute nothing)."""
+           slice_chars: int = 1) -> str:
+    """At most `budget` characters of the concatenated strings: slices of `slice_chars` at a
+    fixed stride, the first half a stride in. With `slice_chars` 1 that is every k-th
+    character, cut by one extended slice per string (C speed); a string shorter than the
+    stride may contribute nothing."""
     if total_chars <= budget:
         return "".join(strings)
-    stride = total_chars * slice_chars // budget
+    stride = -(-total_chars * slice_chars // budget)
     pieces: list[str] = []
     first = stride // 2  # position of the next slice, relative to the current string
     for s in strings:
         n = len(s)
         if first < n:
-            pieces += [s[p : p + slice_chars] for p in range(first, n, stride)]
-            first += ((n - first + stride - 1) // stride) * stride
-        first -= n
-    return "".join(pieces)
-
-
-def strided(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS) -> str:
-    """At most `budget` characters: every k-th character of the concatenated strings
-    (k = ceil(total / budget)), starting at k // 2; one extended slice per string."""
-    if total_chars <= budget:
-        return "".join(strings)
-    stride = -(-total_chars // budget)
-    pieces: list[str] = []
-    first = stride // 2  # position of the next sampled character in the current string
-    for s in strings:
-        n = len(s)
-        if first < n:
-            pieces.append(s[first::stride])
+            if slice_chars == 1:
+                pieces.append(s[first::stride])
+            else:
+                pieces += [s[p : p + slice_chars] for p in range(first, n, stride)]
             first += ((n - first + stride - 1) // stride) * stride
         first -= n
     return "".join(pieces)
@@ -130,18 +117,17 @@ def strided(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS
 def measure_strings(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS,
                     ngram_budget: int = NGRAM_SAMPLE_CHARS) -> SampleStats:
     """Counts over the strings: exact up to `budget` characters, else single-character
-    counts from `strided` and sequence counts from `sample`, scaled to the strided sample."""
+    counts from every k-th character and sequence counts from slices, scaled to the former."""
     if total_chars <= budget:
         return measure("".join(strings))
-    stats = _measure_singles(strided(strings, total_chars, budget))
-    seq = sample(strings, total_chars, ngram_budget, NGRAM_SLICE_CHARS)
-    raw = seq.encode("utf-8", "surrogatepass")
-    f = stats.chars / len(seq) if seq else 0.0
     first = next((m.group() for m in map(_NON_SPACE.search, strings) if m), "")
-    return replace(stats, indents=round(raw.count(b"\n    ") * f),
-                   space_runs=round(raw.count(b"    ") * f),
-                   json_pairs=round(raw.count(b'":') * f) if first in ("{", "[") else 0,
-                   first=first)
+    singles = sample(strings, total_chars, budget)
+    seq = sample(strings, total_chars, ngram_budget, NGRAM_SLICE_CHARS)
+    f = len(singles) / len(seq) if seq else 0.0
+    sequences = [round(n * f) for n in _sequence_counts(seq.encode("utf-8", "surrogatepass"),
+                                                         first)]
+    return _stats(len(singles), _single_counts(singles.encode("utf-8", "surrogatepass")),
+                  sequences, first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,27 +169,27 @@ def _single_counts(raw: bytes) -> list[int]:
             code_marks + classes.count(b"!"), classes.count(b"A"), code_marks, kana, cjk]
 
 
+def _sequence_counts(raw: bytes, first: str) -> list[int]:
+    """(indented line starts, 4-space runs, `":` pairs if the text starts like JSON)."""
+    return [raw.count(b"\n    "), raw.count(b"    "),
+            raw.count(b'":') if first in ("{", "[") else 0]
+
+
+def _stats(chars: int, singles: list[int], sequences: list[int], first: str) -> SampleStats:
+    spaces, newlines, digits, punctuation, uppercase, code_marks, kana, cjk = singles
+    indents, space_runs, json_pairs = sequences
+    return SampleStats(chars=chars, spaces=spaces, newlines=newlines, digits=digits,
+                       punctuation=punctuation, uppercase=uppercase, code_marks=code_marks,
+                       indents=indents, space_runs=space_runs, kana=kana, cjk=cjk,
+                       json_pairs=json_pairs, first=first)
+
+
 def measure(text: str) -> SampleStats:
-    """Counts over a (bounded) text, in C: its UTF-8 bytes' classes in one pass
-    (`_single_counts`), plus one `count` pass per character sequence."""
+    """Counts over a (bounded) text, in C: one class translation of its UTF-8 bytes and a
+    `count` per class (`_single_counts`), plus one `count` pass per character sequence."""
     raw = text.encode("utf-8", "surrogatepass")
     first = text.lstrip()[:1]
-    spaces, newlines, digits, punctuation, uppercase, code_marks, kana, cjk = _single_counts(raw)
-    return SampleStats(
-        chars=len(text), spaces=spaces, newlines=newlines, digits=digits,
-        punctuation=punctuation, uppercase=uppercase, code_marks=code_marks,
-        indents=raw.count(b"\n    "), space_runs=raw.count(b"    "), kana=kana, cjk=cjk,
-        json_pairs=raw.count(b'":') if first in ("{", "[") else 0, first=first,
-    )
-
-
-def _measure_singles(text: str) -> SampleStats:
-    """`measure` without the sequence counts (a strided sample has no adjacent characters)."""
-    spaces, newlines, digits, punctuation, uppercase, code_marks, kana, cjk = _single_counts(
-        text.encode("utf-8", "surrogatepass"))
-    return SampleStats(chars=len(text), spaces=spaces, newlines=newlines, digits=digits,
-                       punctuation=punctuation, uppercase=uppercase, code_marks=code_marks,
-                       indents=0, space_runs=0, kana=kana, cjk=cjk, json_pairs=0, first="")
+    return _stats(len(text), _single_counts(raw), _sequence_counts(raw, first), first)
 
 
 def classify(stats: SampleStats | None, text_bytes: int, structured_bytes: int,

@@ -27,10 +27,10 @@ def _english() -> list[str]:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(max_size=60), max_size=12), st.integers(1, 300))
-def test_strided_takes_every_kth_character_of_the_concatenation(strings: list[str],
+def test_sample_takes_every_kth_character_of_the_concatenation(strings: list[str],
                                                                 budget: int) -> None:
     joined = "".join(strings)
-    got = content.strided(strings, len(joined), budget)
+    got = content.sample(strings, len(joined), budget)
     if len(joined) <= budget:
         assert got == joined
     else:

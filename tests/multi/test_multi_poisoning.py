@@ -82,8 +82,12 @@ def budgets(calibrator: Calibrator) -> list[int]:
 
 
 def decisions(calibrator: Calibrator) -> list[str | None]:
+    return routed(budgets(calibrator))
+
+
+def routed(totals: list[int]) -> list[str | None]:
     return [decide(total, POOLS, PolicySettings(spillover_load_fraction=None)).pool
-            for total in budgets(calibrator)]
+            for total in totals]
 
 
 #: A probe whose budget is within this fraction of a pool's limit sits on the boundary: any
@@ -96,9 +100,10 @@ def flips_off_boundary(calibrator: Calibrator, baseline: Calibrator) -> list[int
     headroom = 1 + PolicySettings().headroom_fraction
     limits = [edge for pool in POOLS for edge in (pool.max_model_len,
                                                    pool.max_model_len / headroom)]
-    return [i for i, (total, now, then) in enumerate(zip(
-                budgets(baseline), decisions(calibrator), decisions(baseline), strict=True))
-            if now != then and all(abs(total - limit) > BOUNDARY * limit for limit in limits)]
+    then = budgets(baseline)
+    return [i for i, (total, now, before) in enumerate(zip(
+                then, decisions(calibrator), routed(then), strict=True))
+            if now != before and all(abs(total - limit) > BOUNDARY * limit for limit in limits)]
 
 
 @pytest.fixture(scope="module")
