@@ -70,6 +70,10 @@ class DualPoolMetrics:
         self.requests = Counter(
             "dualpool_requests", "Routing decisions by model group, pool and reason.",
             ["model_group", "pool", "reason"], registry=registry)
+        self.retries = Counter(
+            "dualpool_retries",
+            "Attempts after the first in the pool already chosen (LiteLLM's retries).",
+            ["model_group", "pool"], registry=registry)
         self.decision_seconds = Histogram(
             "dualpool_decision_seconds", "Time to estimate and decide one request.",
             buckets=DECISION_BUCKETS_SECONDS, registry=registry)

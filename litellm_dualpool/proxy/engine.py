@@ -211,11 +211,23 @@ class DualPoolEngine:
         if chosen:
             self.inflight.open(stash["id"], group.model_group, stash["pool"])
             self._set_in_flight_gauge(group.model_group, stash["pool"])
-            self.metrics.requests.labels(group.model_group, stash["pool"], stash["reason"]).inc()
-            if stash["reason"] == Reason.SPILLOVER.value:
-                self.metrics.spillovers.labels(group.model_group, stash["preferred"],
-                                               stash["pool"]).inc()
+            self._count_placement(group, stash, retry=bool(failed_ids))
         return chosen or []
+
+    def _count_placement(self, group: GroupSpec, stash: dict[str, Any], *, retry: bool) -> None:
+        """One routing decision per placement: a retry in the pool already chosen (LiteLLM's
+        num_retries after a timeout or a 5xx) is counted as a retry, not as another decision,
+        so `dualpool_requests_total` sums to the requests routed. A new hop (misroute
+        recovery, failover to another pool) is a new decision."""
+        placement = [stash["pool"], stash["reason"]]
+        if stash.get("placed") == placement or (retry and stash.get("placed") is None):
+            self.metrics.retries.labels(group.model_group, stash["pool"]).inc()
+            return
+        stash["placed"] = placement
+        self.metrics.requests.labels(group.model_group, stash["pool"], stash["reason"]).inc()
+        if stash["reason"] == Reason.SPILLOVER.value:
+            self.metrics.spillovers.labels(group.model_group, stash["preferred"],
+                                           stash["pool"]).inc()
 
     def _in_pool(self, group: GroupSpec, stash: dict[str, Any],
                  healthy: Sequence[dict[str, Any]],

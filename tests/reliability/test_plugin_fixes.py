@@ -70,6 +70,28 @@ def test_a_retry_avoids_failed_deployments_and_spills_only_to_what_fits() -> Non
     assert ids(eng.choose("g", healthy, long, frozenset({"l1"}))) == ["l1"]
 
 
+def test_a_retry_in_the_same_pool_is_not_another_routing_decision() -> None:
+    eng, registry = engine()
+
+    def count(metric: str, **labels: str) -> float:
+        return registry.get_sample_value(metric, {"model_group": "g", **labels}) or 0.0
+
+    long = plan(eng, "word " * 8000)
+    eng.choose("g", model_list(), long)
+    eng.choose("g", model_list(), long, frozenset({"l1"}))  # the one long deployment, again
+    assert count("dualpool_requests_total", pool="long", reason="fits") == 1
+    assert count("dualpool_retries_total", pool="long") == 1
+    # A retry that moves the request to another pool is a new decision (failover spillover).
+    short = plan(eng, "hello")
+    eng.choose("g", model_list(), short)
+    eng.choose("g", model_list(), short, frozenset({"s1"}))
+    eng.choose("g", model_list(), short, frozenset({"s1", "s2"}))
+    assert count("dualpool_requests_total", pool="short", reason="fits") == 1
+    assert count("dualpool_retries_total", pool="short") == 1
+    assert count("dualpool_requests_total", pool="long", reason="spillover") == 1
+    assert count("dualpool_spillovers_total", from_pool="short", to_pool="long") == 1
+
+
 def test_a_failed_request_closes_every_open_attempt() -> None:
     eng, registry = engine()
     stash = plan(eng, "hello")

@@ -337,10 +337,12 @@ def test_load_2000_requests_200_connections_all_accounted_for(fleet: Fleet) -> N
     assert decisions.get(("long", "fits"), 0) + decisions.get(("long", "misroute_recovery"), 0) \
         == LOAD_REQUESTS // 20
     assert sum(decisions.values()) == LOAD_REQUESTS
+    retries = total(text, "dualpool_retries_total", model_group="load")
     after = memory_kib(pid)
     report = {"requests": LOAD_REQUESTS, "connections": LOAD_CONNECTIONS,
               "seconds": round(elapsed, 1), "requests_per_second": round(LOAD_REQUESTS / elapsed),
               "outcomes": dict(outcomes), "decisions": {f"{p}/{r}": v for (p, r), v in decisions.items()},
+              "retries": retries,
               "rss_before_kib": before["VmRSS"],
               "rss_after_kib": after["VmRSS"], "peak_rss_kib": after["VmHWM"]}
     print("load:", json.dumps(report))
