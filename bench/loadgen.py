@@ -17,7 +17,9 @@ are built once, in `variants` copies that differ in their last message, so nothi
 sees one body repeated. Before the first cycle every target answers `--warmup-requests`
 unmeasured requests. Per slice: latencies (ms), statuses, the pools named by
 ``x-dualpool-pool``, duration, and the target's CPU and run-queue wait (from /proc, see
-`proc_times`). Output: one JSON line.
+`proc_times`). With `--alternate CYCLES` the targets take turns request by request instead
+(concurrency 1, a shuffled order per cycle): latencies by cycle, for paired differences.
+Output: one JSON line.
 """
 
 from __future__ import annotations
@@ -176,12 +178,41 @@ class Target:
                 conn[1].close()
 
 
+async def alternate(targets: list[Target], cycles: int, gap: float) -> dict[str, Any]:
+    """One request at a time, to every target in turn (a fresh order each cycle): the
+    latencies of one cycle meet the same machine noise within milliseconds, so their paired
+    differences isolate what a target adds. Per target: latencies by cycle (None for a broken
+    connection), statuses, and CPU and run-queue wait over the whole run."""
+    loop = asyncio.get_running_loop()
+    latencies: dict[str, list[float | None]] = {t.name: [] for t in targets}
+    statuses: dict[str, Counter[str]] = {t.name: Counter() for t in targets}
+    before = {t.name: proc_times(t.pids) for t in targets}
+    start = loop.time()
+    for cycle in range(cycles):
+        for target in random.Random(cycle).sample(targets, len(targets)):
+            begin = loop.time()
+            answer = await target.call(0)
+            latency = None if answer is None else round((loop.time() - begin) * 1000.0, 3)
+            latencies[target.name].append(latency)
+            statuses[target.name][str(answer[0]) if answer else "broken"] += 1
+    duration = loop.time() - start
+    await asyncio.sleep(gap)  # deferred work (logging, learning) lands before CPU is read
+    after = {t.name: proc_times(t.pids) for t in targets}
+    return {t.name: {"latencies_ms": latencies[t.name], "statuses": dict(statuses[t.name]),
+                     "cpu_s": round(after[t.name][0] - before[t.name][0], 3),
+                     "wait_s": round(after[t.name][1] - before[t.name][1], 6),
+                     "duration_s": round(duration, 3)} for t in targets}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     specs = json.loads(Path(args.targets).read_text())
     targets = [Target(spec, args) for spec in specs]
     try:
         for target in targets:
             await target.warm(args.warmup_requests)
+        if args.alternate:
+            return {"alternate": await alternate(targets, args.alternate, args.gap),
+                    "connection_errors": {t.name: t.connection_errors for t in targets}}
         slices: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
         cpu_before = time.process_time()
         for cycle in range(args.cycles):
@@ -213,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="groups of consecutive cycles")
     ap.add_argument("--warmup-requests", type=int, default=8, help="unmeasured, per target")
     ap.add_argument("--variants", type=int, default=16, help="distinct bodies, sent in turn")
+    ap.add_argument("--alternate", type=int, default=0, metavar="CYCLES",
+                    help="instead of slices: CYCLES rounds of one request to each target in "
+                         "turn, concurrency 1 (paired latencies)")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= args.cycles:
         ap.error("--rounds must be between 1 and --cycles")

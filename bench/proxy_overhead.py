@@ -9,7 +9,7 @@ Set-up, all processes on 127.0.0.1: two emulated vLLM servers in instant mode (n
 answer comes at once, so what is measured is the proxy), declared to the proxy as a short pool
 (max_model_len 8192) and a long pool (131072) of one model group. Both servers accept any prompt
 up to 262144 tokens, so that every configuration answers every request with 200 even where it
-does not route by length (a). Four proxies run at once, one per configuration, each a plain
+does not route by length (a). Five proxies run at once, one per configuration, each a plain
 `litellm --config` process with one worker:
 
     a stock     routing_strategy simple-shuffle
@@ -17,11 +17,13 @@ does not route by length (a). Four proxies run at once, one per configuration, e
                 (LiteLLM counts every prompt's tokens with cl100k to filter deployments)
     c plugin    a + the dual-pool plugin (litellm_settings.callbacks), in-memory state
     d redis     c with dualpool_settings.state.backend redis (a unique key prefix, deleted after)
+    e null      a + a callback with the plugin's hooks doing nothing (bench/null_callback.py):
+                what LiteLLM spends on calling any callback, so c - e is the plugin's own work
 
 Load comes from bench/loadgen.py, a separate process: keep-alive connections in a closed loop,
 chat bodies of real MT-Bench text at 1 KB (2 messages), 32 KB (8) and 256 KB (16). One proxy is
 driven at a time, in slices of about a second: each cycle gives every proxy one slice, in an
-order shuffled per cycle, so that all four meet the same machine noise (this 2-core machine is
+order shuffled per cycle, so that all of them meet the same machine noise (this 2-core machine is
 shared); after each slice the proxy gets 0.15 s to finish its deferred work (logging,
 learning), charged to it. Two phases per size: "load" (`--concurrency` 4: the proxy saturated; throughput, CPU
 per request, latency with queueing) and "latency" (concurrency 1: no queueing, so the added
@@ -29,6 +31,11 @@ latency is the added work on the request's path). The cycles of a phase are spli
 `--rounds` consecutive groups; the tables give the median and the spread (min..max) across
 rounds, and ratios and added latencies are taken per round (the four configurations of one
 round interleaved), then summarised. Latency: from write to last byte, in the load generator.
+A third phase per size, "paired", alternates request by request (`--paired-cycles`, default
+1000: one request to each proxy in a shuffled order per cycle, concurrency 1), so that the
+latencies of one cycle meet the same machine noise within milliseconds; the added P50 of each
+configuration against a (and of the plugin against e) comes with a 95% bootstrap interval over
+the cycles. That interval, not a single figure, says whether a 0.2 ms target is resolved.
 With `--py-spy SECONDS` the plugin's proxy is then driven alone while py-spy samples it: the
 share of its CPU spent under litellm_dualpool frames, which no noise-bound difference between
 two proxies can resolve below ~0.3 ms.
@@ -69,13 +76,18 @@ plugin_stack.PROXY_START_SECONDS = max(plugin_stack.PROXY_START_SECONDS, 300.0)
 from litellm_dualpool.emulator.testing import RunningEmulator, start_emulators  # noqa: E402
 
 LOADGEN = Path(__file__).with_name("loadgen.py")
-CONFIGS = {"stock": "a", "precall": "b", "plugin": "c", "plugin_redis": "d"}
+CONFIGS = {"stock": "a", "precall": "b", "plugin": "c", "plugin_redis": "d", "null_callback": "e"}
+NULL_CALLBACK = Path(__file__).with_name("null_callback.py")
 #: size label -> (prompt bytes, messages)
 SIZES = {"1KB": (1024, 2), "32KB": (32 * 1024, 8), "256KB": (256 * 1024, 16)}
 #: seconds each proxy is driven per cycle (full, --quick); 256 KB is slow through a proxy
 SLICE_SECONDS = {"1KB": (1.0, 0.5), "32KB": (1.0, 0.5), "256KB": (1.5, 1.0)}
 #: the same at concurrency 1, for latency without queueing
 LATENCY_SLICE_SECONDS = {"1KB": (0.5, 0.5), "32KB": (0.5, 0.5), "256KB": (1.0, 0.5)}
+#: request-by-request cycles per size for paired latencies (full, --quick)
+PAIRED_CYCLES = (1000, 100)
+#: bootstrap resamples of the paired cycles for the confidence interval of an added P50
+BOOTSTRAP = 1000
 #: answers each proxy gives per size before measuring (lazy imports, tokenizer loads)
 WARMUP_REQUESTS = 20
 SHORT_LEN, LONG_LEN = 8192, 131072
@@ -113,6 +125,8 @@ def proxy_config(name: str, short: RunningEmulator, long: RunningEmulator, redis
     if name.startswith("plugin"):
         config["litellm_settings"] = {"callbacks": ["litellm_dualpool.proxy_handler_instance"]}
         config["dualpool_settings"] = {}
+    if name == "null_callback":
+        config["litellm_settings"] = {"callbacks": ["null_callback.proxy_handler_instance"]}
     if name == "plugin_redis":
         config["dualpool_settings"]["state"] = {
             "backend": "redis", "key_prefix": redis_prefix,
@@ -126,6 +140,8 @@ def start_proxies(configs: dict[str, dict[str, Any]], work: Path) -> Iterator[di
     managers: dict[str, AbstractContextManager[Proxy]] = {}
     for name, config in configs.items():
         (work / name).mkdir()
+        if name == "null_callback":  # imported from the config file's directory
+            (work / name / NULL_CALLBACK.name).write_text(NULL_CALLBACK.read_text())
         managers[name] = start_proxy(config, work / name)
     entered: dict[str, Proxy] = {}
     failures: list[BaseException] = []
@@ -201,6 +217,62 @@ def drive_size(targets: list[dict[str, Any]], size: str, work: Path, *, concurre
     return result
 
 
+def drive_alternate(targets: list[dict[str, Any]], size: str, work: Path, *, cycles: int,
+                    warmup_requests: int) -> dict[str, dict[str, Any]]:
+    """One load-generator process sending one request at a time to each proxy in turn."""
+    size_bytes, messages = SIZES[size]
+    spec = work / f"targets-{size}.json"
+    spec.write_text(json.dumps(targets))
+    argv = [sys.executable, str(LOADGEN), "--targets", str(spec), "--size-bytes",
+            str(size_bytes), "--messages", str(messages), "--concurrency", "1",
+            "--alternate", str(cycles), "--warmup-requests", str(warmup_requests)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=offline_env(), check=False,
+                          timeout=cycles * len(targets) * 5 + 300)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])["alternate"]
+    return result
+
+
+def paired_latency(measured: dict[str, dict[str, Any]], names: list[str], reference: str,
+                   seed: int = 0) -> dict[str, Any]:
+    """Per configuration, against `reference`, over the cycles where both answered: P50(x) -
+    P50(reference) with a 95% bootstrap interval (cycles resampled, pairs kept together),
+    and the median of the per-cycle differences."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ref = measured[reference]["latencies_ms"]
+    out: dict[str, Any] = {}
+    for name in names:
+        if name == reference:
+            continue
+        pairs = np.array([(x, y) for x, y in zip(measured[name]["latencies_ms"], ref, strict=True)
+                          if x is not None and y is not None])
+        if len(pairs) == 0:
+            continue
+        picks = rng.integers(0, len(pairs), size=(BOOTSTRAP, len(pairs)))
+        boot = (np.median(pairs[:, 0][picks], axis=1) - np.median(pairs[:, 1][picks], axis=1))
+        out[name] = {"added_p50_ms": round(float(np.median(pairs[:, 0]) - np.median(pairs[:, 1])), 3),
+                     "ci95_ms": [round(float(v), 3) for v in np.percentile(boot, [2.5, 97.5])],
+                     "median_of_differences_ms": round(float(np.median(pairs[:, 0] - pairs[:, 1])), 3),
+                     "pairs": len(pairs)}
+    return out
+
+
+def paired_figures(measured: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per configuration: P50/P99 and CPU per request over the alternating run."""
+    out = {}
+    for name, run in measured.items():
+        ok = sorted(v for v in run["latencies_ms"] if v is not None)
+        n = len(run["latencies_ms"])
+        out[name] = {"requests": n, "p50_ms": round(_quantile(ok, 0.5), 3),
+                     "p99_ms": round(_quantile(ok, 0.99), 3),
+                     "proxy_cpu_ms_per_request": round(1000.0 * run["cpu_s"] / max(n, 1), 3),
+                     "statuses": run["statuses"]}
+    return out
+
+
 def per_round(slices: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
     """Each round's figures from its slices (throughput: answers over the slices' time)."""
     out = []
@@ -262,6 +334,9 @@ def summarise(runs: dict[str, dict[str, list[dict[str, Any]]]], names: list[str]
             if name != "precall":
                 pairs[size][name]["throughput_vs_precall"] = _paired(
                     runs, name, "precall", size, "throughput_rps", "/")
+            if name.startswith("plugin") and "null_callback" in runs:
+                pairs[size][name]["throughput_vs_null_callback"] = _paired(
+                    runs, name, "null_callback", size, "throughput_rps", "/")
     return table, pairs
 
 
@@ -343,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                     help="configurations (a and b are always included: the references)")
+    ap.add_argument("--paired-cycles", type=int, default=None,
+                    help="request-by-request cycles per size for paired latencies "
+                         f"(default {PAIRED_CYCLES[0]}; --quick {PAIRED_CYCLES[1]}; 0: none)")
     ap.add_argument("--slice-scale", type=float, default=1.0, help="scale the slice lengths")
     ap.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS",
                     help="then sample the plugin's proxy with py-spy for SECONDS per size "
@@ -366,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
         phase: {n: {} for n in names} for phase in phases}
     spied: dict[str, Any] = {}
+    paired_cycles = PAIRED_CYCLES[quick] if args.paired_cycles is None else args.paired_cycles
+    paired: dict[str, Any] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="dualpool-bench-") as tmp:
         short, long = stack.enter_context(start_emulators(dict(emulator_flags),
                                                           dict(emulator_flags)))
@@ -391,6 +471,18 @@ def main(argv: list[str] | None = None) -> int:
                               f"cpu {result['proxy_cpu_ms_per_request']:6.2f} ms/req  "
                               f"wait {result['proxy_cpu_wait_ms_per_request']:6.2f} ms/req  "
                               f"{result['statuses']}", file=sys.stderr)
+            if paired_cycles > 0:
+                measured_pairs = drive_alternate(targets, size, Path(tmp), cycles=paired_cycles,
+                                                 warmup_requests=WARMUP_REQUESTS)
+                paired[size] = {"configs": paired_figures(measured_pairs),
+                                "vs_stock": paired_latency(measured_pairs, names, "stock")}
+                if "null_callback" in names:
+                    paired[size]["vs_null_callback"] = paired_latency(
+                        measured_pairs, [n for n in names if n.startswith("plugin")],
+                        "null_callback")
+                print(f"# {size:>5} paired  {paired_cycles} cycles: "
+                      + "  ".join(f"{n} {v['added_p50_ms']:+.2f} ms {v['ci95_ms']}"
+                                  for n, v in paired[size]["vs_stock"].items()), file=sys.stderr)
         if args.py_spy > 0 and "plugin" in names:
             for size in args.sizes:
                 spied[size] = spy_on_plugin(targets[names.index("plugin")], size, Path(tmp),
@@ -400,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     for phase, (concurrency, _, _) in phases.items():
         print(f"\n{phase} phase: concurrency {concurrency}")
         print_tables(*summaries[phase], names, args.sizes)
+    if paired:
+        print_paired(paired)
     if spied:
         print("\npy-spy on the plugin's proxy (share of active samples in litellm_dualpool frames)")
         for size, found in spied.items():
@@ -411,6 +505,25 @@ def main(argv: list[str] | None = None) -> int:
                            for p, (c, n, sl) in phases.items()}}
     result = build_result(summaries, names, settings, args.sizes, load_start, load_end,
                           time.monotonic() - started)
+    if paired:
+        result["paired"] = paired
+        result["settings"]["paired_cycles"] = paired_cycles
+        result["added_latency_p50_ms_paired"] = {
+            s: p["vs_stock"]["plugin"]["added_p50_ms"] for s, p in paired.items()
+            if "plugin" in p["vs_stock"]}
+        result["added_latency_p50_ms_paired_ci95"] = {
+            s: p["vs_stock"]["plugin"]["ci95_ms"] for s, p in paired.items()
+            if "plugin" in p["vs_stock"]}
+        if "null_callback" in names:
+            result["plugin_added_latency_p50_ms_vs_null_callback_paired"] = {
+                s: p["vs_null_callback"]["plugin"]["added_p50_ms"] for s, p in paired.items()
+                if "plugin" in p.get("vs_null_callback", {})}
+        if "32KB" in paired and "plugin" in paired["32KB"]["vs_stock"]:
+            high = paired["32KB"]["vs_stock"]["plugin"]["ci95_ms"][1]
+            result["targets"]["added_latency_p50_ms_32KB_paired_met"] = (
+                paired["32KB"]["vs_stock"]["plugin"]["added_p50_ms"]
+                <= TARGETS["added_latency_p50_ms_32KB_max"])
+            result["targets"]["added_latency_p50_ms_32KB_paired_ci95_high"] = high
     if spied:
         result["py_spy"] = spied
         result["plugin_cpu_ms_per_request_sampled"] = {
@@ -439,6 +552,9 @@ def build_result(summaries: dict[str, tuple[dict[str, Any], dict[str, Any]]], na
         "precall_vs_stock_throughput": headline(load, "precall", "throughput_vs_stock"),
         "precall_added_latency_p50_ms": headline(latency, "precall", "added_latency_p50_ms"),
         "redis_plugin_vs_stock_throughput": headline(load, "plugin_redis", "throughput_vs_stock"),
+        "null_callback_vs_stock_throughput": headline(load, "null_callback",
+                                                      "throughput_vs_stock"),
+        "plugin_vs_null_callback_throughput": headline(load, "plugin", "throughput_vs_null_callback"),
         "redis_plugin_added_latency_p50_ms": headline(latency, "plugin_redis",
                                                       "added_latency_p50_ms"),
         "configs": {phase: table for phase, (table, _) in summaries.items()},
@@ -469,6 +585,24 @@ def targets(load: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
             out[f"plugin_faster_than_precall_{size}_met"] = (
                 load[size]["plugin"]["throughput_vs_precall"]["median"] > 1.0)
     return out
+
+
+def print_paired(paired: dict[str, Any]) -> None:
+    """Request-by-request alternation at concurrency 1: P50, CPU and the added P50 with its
+    bootstrap interval, against a (and the plugin against e)."""
+    print("\npaired phase: one request to each proxy in turn, concurrency 1")
+    print(f"{'size':>6} {'config':<16} {'P50 ms':>8} {'P99 ms':>8} {'CPU ms/req':>10} "
+          f"{'+P50 vs a (95% CI)':>26} {'+P50 vs e (95% CI)':>26}")
+    for size, found in paired.items():
+        for name, row in found["configs"].items():
+            cells = []
+            for ref in ("vs_stock", "vs_null_callback"):
+                v = found.get(ref, {}).get(name)
+                cells.append(f"{v['added_p50_ms']:+.3f} ({v['ci95_ms'][0]:+.2f}..{v['ci95_ms'][1]:+.2f})"
+                             if v else "")
+            print(f"{size:>6} {CONFIGS[name] + ' ' + name:<16} {row['p50_ms']:>8.2f} "
+                  f"{row['p99_ms']:>8.2f} {row['proxy_cpu_ms_per_request']:>10.2f} "
+                  f"{cells[0]:>26} {cells[1]:>26}")
 
 
 def print_tables(table: dict[str, Any], pairs: dict[str, Any], names: list[str],
