@@ -29,7 +29,7 @@ learning), charged to it. Two phases per size: "load" (`--concurrency` 4: the pr
 per request, latency with queueing) and "latency" (concurrency 1: no queueing, so the added
 latency is the added work on the request's path). The cycles of a phase are split into
 `--rounds` consecutive groups; the tables give the median and the spread (min..max) across
-rounds, and ratios and added latencies are taken per round (the four configurations of one
+rounds, and ratios and added latencies are taken per round (the configurations of one
 round interleaved), then summarised. Latency: from write to last byte, in the load generator.
 A third phase per size, "paired", alternates request by request (`--paired-cycles`, default
 1000: one request to each proxy in a shuffled order per cycle, concurrency 1), so that the
@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import plugin_stack  # noqa: E402  (the e2e tests' launcher: YAML, ports, health, clean-up)
 from plugin_stack import Proxy, offline_env, start_proxy  # noqa: E402
 
-#: Four proxies importing LiteLLM at once on a busy 2-core machine need more than a test's wait.
+#: Five proxies importing LiteLLM at once on a busy 2-core machine need more than a test's wait.
 plugin_stack.PROXY_START_SECONDS = max(plugin_stack.PROXY_START_SECONDS, 300.0)
 
 from litellm_dualpool.emulator.testing import RunningEmulator, start_emulators  # noqa: E402
