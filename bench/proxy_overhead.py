@@ -511,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
         result["added_latency_p50_ms_paired"] = {
             s: p["vs_stock"]["plugin"]["added_p50_ms"] for s, p in paired.items()
             if "plugin" in p["vs_stock"]}
+        # CPU per request is what bounds throughput at saturation: a's over c's is the c/a
+        # throughput a CPU-bound proxy would show, measured over the same interleaved minutes.
+        result["plugin_vs_stock_cpu_throughput_paired"] = {
+            s: round(p["configs"]["stock"]["proxy_cpu_ms_per_request"]
+                     / p["configs"]["plugin"]["proxy_cpu_ms_per_request"], 3)
+            for s, p in paired.items() if "plugin" in p["configs"]}
         result["added_latency_p50_ms_paired_ci95"] = {
             s: p["vs_stock"]["plugin"]["ci95_ms"] for s, p in paired.items()
             if "plugin" in p["vs_stock"]}
