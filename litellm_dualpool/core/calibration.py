@@ -59,11 +59,16 @@ _F_MSG, _F_TOOL, _F_FIXED, _F_TOOLSET = 9, 10, 11, 12
 _N = 13
 #: Character densities (per byte) assumed before a key has seen character counts.
 DEFAULT_DENSITIES = (0.15, 0.01, 0.01, 0.03, 0.02, 0.0, 0.005, 0.0)
+#: Densities of a shape without character counts, as the fit sees it (see `observe`).
+_NO_DENSITIES = (0.0,) * len(_F_CHARS)
 #: Lowest token cost per thousand characters of each class relative to tokens/KB (so that
 #: adding any character never lowers the estimate): a class character is one byte (-1), a
-#: multi-byte character adds 1-2 extra bytes (-1.5), a 4-space run is four spaces (-4),
-#: a kana character is three bytes (-3).
-_CHAR_FLOORS = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.5, -4.0, -3.0)
+#: multi-byte character adds 1-2 extra bytes (-1.5), a kana character is three bytes (-3).
+#: 4-space runs have their own floor in `_fit` (a run is four bytes and four spaces).
+_CHAR_FLOORS = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.5, -math.inf, -3.0)
+#: Highest token cost per thousand characters of a class (Qwen3 gives every digit a token on
+#: top of its byte share: ~1200 per thousand digits, above the former cap of 1000).
+_CHAR_CAP = 4000.0
 #: Observations below this many tokens weigh as if they had this many (1/y^2 weights).
 _MIN_WEIGHT_TOKENS = 32.0
 #: A key with fewer samples borrows the (model group, content class) key's state when richer.
@@ -258,12 +263,17 @@ def _prior_theta(s: CalibrationSettings) -> list[float]:
 def _prior_precision(s: CalibrationSettings) -> list[float]:
     """Ridge strength per coefficient, in units of relative-error observations.
 
-    (noise / prior sd)^2 with an assumed 5% per-observation noise: tokens/KB sd 100 and per
-    thousand characters of a class sd 150 (weak: learned), message framing sd 2, tool item
-    sd 4, fixed sd 5, tool preamble sd 300 (weak: learned).
+    (noise / prior sd)^2 with an assumed 5% per-observation noise: tokens/KB sd 100; per
+    thousand characters of a class sd 1500 (barely there: the fitted costs reach -2600 per
+    thousand 4-space runs and +1200 per thousand Qwen3 digits, and a prior of sd 150 held
+    them near zero, which cost code and Qwen3 prose 0.5-0.8 points of MAPE), except newlines,
+    sd 600 (weaker still costs CJK ~0.5 points: few newlines, poorly identified); message
+    framing sd 2, tool item sd 4, fixed sd 5, tool preamble sd 300 (weak: learned). Chosen on
+    bench/estimator_accuracy.py over four seeds (docs/estimator.md).
     """
     noise = 0.05
-    sds = (100.0, *([150.0] * len(_F_CHARS)), 2.0, 4.0, 5.0, 300.0)
+    chars = (1500.0, 600.0, 1500.0, 1500.0, 1500.0, 1500.0, 1500.0, 1500.0)
+    sds = (100.0, *chars, 2.0, 4.0, 5.0, 300.0)
     return [(noise / sd) ** 2 for sd in sds]
 
 
@@ -411,7 +421,11 @@ class Calibrator:
             lo, hi = predicted / (1.0 + s.max_step_fraction), predicted * (1.0 + s.max_step_fraction)
             y_used = min(max(y, lo), hi)
             weight = 1.0 / max(y_used, _MIN_WEIGHT_TOKENS) ** 2
-            state.add(x, y_used, weight, beta)
+            # Without character counts the class features would only be the densities times
+            # the bytes: the same direction as the bytes, which the weak class priors would
+            # let the fit split at will (then clamp). Such observations teach bytes/token.
+            fitted = x if shape.char_counts is not None else features(shape, _NO_DENSITIES)
+            state.add(fitted, y_used, weight, beta)
             state.samples += 1
             if shape.char_counts is not None and shape.total_bytes:
                 kb = x[_F_KB]
@@ -472,10 +486,13 @@ class Calibrator:
         # monotone in every count: a character of any class adds >= 0 tokens
         kb = theta[_F_KB] = min(max(theta[_F_KB], 0.0), 1000.0 / s.min_bytes_per_token)
         for j, floor in zip(_F_CHARS, _CHAR_FLOORS, strict=True):
-            theta[j] = min(max(theta[j], floor * kb), 1000.0)
-        # a space that completes a 4-space run, a kana character (3 bytes, 2 extra): >= 0 too
+            lowest = floor * kb if math.isfinite(floor) else floor  # (-inf * 0 is nan)
+            theta[j] = min(max(theta[j], lowest), _CHAR_CAP)
+        # a 4-space run (4 bytes, 4 spaces), a kana character (3 bytes, 2 extra): >= 0 too.
+        # Monotone in whole runs of indentation, not in each space: the space that completes a
+        # run may lower the estimate (tokenizers merge indentation into one token).
         spaces, extra, runs, kana = 1, 6, 7, 8
-        theta[runs] = max(theta[runs], -(kb + theta[spaces]))
+        theta[runs] = min(max(theta[runs], -4.0 * (kb + theta[spaces])), _CHAR_CAP)
         theta[kana] = max(theta[kana], -(3 * kb + 2 * theta[extra]))
         # the ratio at the key's usual character mix stays within [min, max] bytes per token
         per_kb = _tokens_per_kb(theta, densities)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 #: Characters sampled per request (text and structured strings each) for single-character
 #: counts; strings up to this size are counted exactly.
@@ -31,6 +31,11 @@ SAMPLE_CHARS = 8192
 NGRAM_SAMPLE_CHARS = 1024
 #: Slice length of the sequence sample (fewer, longer slices: each costs ~0.3 us of Python).
 NGRAM_SLICE_CHARS = 128
+#: Up to this many characters the 4-space runs are counted over the whole strings (one C-level
+#: `str.count` pass, ~0.4 ns per byte: ~13 us at 32 KB, ~100 us at the bound), above it from
+#: the sequence sample. Indentation is the feature whose sampling error cost code the most
+#: (bench/estimator_accuracy.py, docs/estimator.md): 8 slices of 128 characters see too few.
+EXACT_RUN_CHARS = 262144
 #: Share of CJK characters (3-byte UTF-8 sequences led by 0xE3-0xED: kana, CJK ideographs,
 #: hangul) in the sample above which the request counts as CJK.
 CJK_CHAR_FRACTION = 0.15
@@ -115,9 +120,11 @@ def sample(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS,
 
 
 def measure_strings(strings: Sequence[str], total_chars: int, budget: int = SAMPLE_CHARS,
-                    ngram_budget: int = NGRAM_SAMPLE_CHARS) -> SampleStats:
+                    ngram_budget: int = NGRAM_SAMPLE_CHARS,
+                    exact_run_chars: int = EXACT_RUN_CHARS) -> SampleStats:
     """Counts over the strings: exact up to `budget` characters, else single-character
-    counts from every k-th character and sequence counts from slices, scaled to the former."""
+    counts from every k-th character and sequence counts from slices, scaled to the former;
+    4-space runs exactly up to `exact_run_chars`."""
     if total_chars <= budget:
         return measure("".join(strings))
     first = next((m.group() for m in map(_NON_SPACE.search, strings) if m), "")
@@ -126,8 +133,11 @@ def measure_strings(strings: Sequence[str], total_chars: int, budget: int = SAMP
     f = len(singles) / len(seq) if seq else 0.0
     sequences = [round(n * f) for n in _sequence_counts(seq.encode("utf-8", "surrogatepass"),
                                                          first)]
-    return _stats(len(singles), _single_counts(singles.encode("utf-8", "surrogatepass")),
-                  sequences, first)
+    stats = _stats(len(singles), _single_counts(singles.encode("utf-8", "surrogatepass")),
+                   sequences, first)
+    if total_chars <= exact_run_chars:
+        stats = replace(stats, exact_space_runs=sum(s.count("    ") for s in strings))
+    return stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +157,18 @@ class SampleStats:
     cjk: int
     json_pairs: int
     first: str
+    #: 4-space runs counted over all the strings (not scaled), when they were
+    exact_space_runs: int | None = None
 
     def scaled(self, total_chars: int, extra_bytes: int) -> CharCounts:
         if not self.chars:
             return CharCounts(0, 0, 0, 0, 0, extra_bytes)
         f = total_chars / self.chars
+        runs = (self.exact_space_runs if self.exact_space_runs is not None
+                else round(self.space_runs * f))
         return CharCounts(round(self.spaces * f), round(self.newlines * f), round(self.digits * f),
                           round(self.punctuation * f), round(self.uppercase * f), extra_bytes,
-                          round(self.space_runs * f), round(self.kana * f))
+                          runs, round(self.kana * f))
 
 
 def _single_counts(raw: bytes) -> list[int]:

@@ -18,6 +18,7 @@ from litellm_dualpool.core.calibration import (
     CategoryKey,
     _KeyState,
 )
+from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.shape import ContentClass, RequestShape
 from litellm_dualpool.errors import ConfigError
 
@@ -86,6 +87,29 @@ def test_estimate_is_monotonic_in_bytes(a: int, b: int, messages: int) -> None:
     lo, hi = sorted((a, b))
     for fn in (cal.estimate_prompt_tokens, cal.estimate_point_tokens):
         assert fn(KEY, shape(lo, messages)) <= fn(KEY, shape(hi, messages))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2000), st.integers(0, 20_000))
+def test_a_whole_indentation_run_never_lowers_the_estimate(seed: int, runs: int,
+                                                           spaces: int) -> None:
+    """Runs may cost far less than their four spaces (one token for the lot), never less
+    than nothing: appending a 4-space run (4 bytes, 4 spaces, 1 run) keeps the estimate."""
+    rng = random.Random(seed)
+    cal = Calibrator()
+    code = CategoryKey("llama", "code")
+    for _ in range(80):  # adversarial: each run lowers the count (no tokenizer does); clamped
+        b, r = rng.randint(500, 30_000), rng.randint(0, 400)
+        s = b // 6 + 4 * r
+        counts = CharCounts(s, b // 40, b // 50, b // 12, b // 40, 0, r)
+        tokens = round(b / 3.2 + s * 0.1 - 3.0 * r * rng.uniform(0.9, 1.1)) + 9
+        cal.observe(code, shape(b + 4 * r, char_counts=counts), max(tokens, 1))
+    bytes_ = 5000 + 4 * runs + spaces
+    before = shape(bytes_, char_counts=CharCounts(spaces + 4 * runs, 10, 10, 100, 50, 0, runs))
+    after = shape(bytes_ + 4, char_counts=CharCounts(spaces + 4 * runs + 4, 10, 10, 100, 50, 0,
+                                                      runs + 1))
+    for fn in (cal.estimate_prompt_tokens, cal.estimate_point_tokens):
+        assert fn(code, after) >= fn(code, before)
 
 
 def test_media_and_token_ids_are_not_learned() -> None:

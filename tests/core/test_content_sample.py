@@ -73,3 +73,18 @@ def test_first_character_is_the_texts_not_a_slices() -> None:
     shape = shape_request(body)
     assert len(body["messages"][0]["content"]) > content.SAMPLE_CHARS
     assert shape.content_class.value == "structured"
+
+
+def test_four_space_runs_are_exact_up_to_the_bound_and_sampled_beyond() -> None:
+    # Indented code, longer than the character sample: the runs are not sampled but counted.
+    lines = [("    " * (i % 4)) + f"value_{i} = compute({i}, other)\n" for i in range(900)]
+    strings = ["".join(lines[:450]), "".join(lines[450:])]
+    total = sum(map(len, strings))
+    assert total > content.SAMPLE_CHARS
+    exact = sum(s.count("    ") for s in strings)
+    counts = content.measure_strings(strings, total).scaled(total, 0)
+    assert counts.space_runs == exact
+    # Above the bound the slices estimate them (close, not exact).
+    sampled = content.measure_strings(strings, total, exact_run_chars=total - 1)
+    assert sampled.exact_space_runs is None
+    assert sampled.scaled(total, 0).space_runs == pytest.approx(exact, rel=0.25)
