@@ -59,6 +59,8 @@ _F_MSG, _F_TOOL, _F_FIXED, _F_TOOLSET = 9, 10, 11, 12
 _N = 13
 #: Character densities (per byte) assumed before a key has seen character counts.
 DEFAULT_DENSITIES = (0.15, 0.01, 0.01, 0.03, 0.02, 0.0, 0.005, 0.0)
+#: Passes of the bounded fit (each holds what the bounds moved and solves the rest again).
+_ACTIVE_SET_PASSES = 4
 #: Densities of a shape without character counts, as the fit sees it (see `observe`).
 _NO_DENSITIES = (0.0,) * len(_F_CHARS)
 #: Lowest token cost per thousand characters of each class relative to tokens/KB (so that
@@ -266,15 +268,31 @@ def _prior_precision(s: CalibrationSettings) -> list[float]:
     (noise / prior sd)^2 with an assumed 5% per-observation noise: tokens/KB sd 100; per
     thousand characters of a class sd 1500 (barely there: the fitted costs reach -2600 per
     thousand 4-space runs and +1200 per thousand Qwen3 digits, and a prior of sd 150 held
-    them near zero, which cost code and Qwen3 prose 0.5-0.8 points of MAPE), except newlines,
-    sd 600 (weaker still costs CJK ~0.5 points: few newlines, poorly identified); message
-    framing sd 2, tool item sd 4, fixed sd 5, tool preamble sd 300 (weak: learned). Chosen on
-    bench/estimator_accuracy.py over four seeds (docs/estimator.md).
+    them near zero, which cost code and Qwen3 prose 0.5-0.8 points of MAPE); message framing
+    sd 2, tool item sd 4, fixed sd 5, tool preamble sd 300 (weak: learned).
     """
     noise = 0.05
-    chars = (1500.0, 600.0, 1500.0, 1500.0, 1500.0, 1500.0, 1500.0, 1500.0)
-    sds = (100.0, *chars, 2.0, 4.0, 5.0, 300.0)
+    sds = (100.0, *([1500.0] * len(_F_CHARS)), 2.0, 4.0, 5.0, 300.0)
     return [(noise / sd) ** 2 for sd in sds]
+
+
+def _solve_holding(a: list[list[float]], b: list[float],
+                   held: dict[int, float]) -> list[float] | None:
+    """Solve `a x = b` with the coefficients in `held` fixed at their values."""
+    if not held:
+        return solve_spd(a, b) or solve(a, b)
+    free = [i for i in range(len(b)) if i not in held]
+    sub = [[a[i][j] for j in free] for i in free]
+    rhs = [b[i] - sum(a[i][j] * v for j, v in held.items()) for i in free]
+    part = solve_spd(sub, rhs) or solve(sub, rhs) if free else []
+    if part is None:
+        return None
+    out = [0.0] * len(b)
+    for i, v in zip(free, part, strict=True):
+        out[i] = v
+    for j, v in held.items():
+        out[j] = v
+    return out
 
 
 def _tokens_per_kb(theta: list[float], densities: list[float] | tuple[float, ...]) -> float:
@@ -473,18 +491,42 @@ class Calibrator:
 
     def _fit(self, stats_a: list[list[float]], stats_b: list[float],
              densities: list[float]) -> list[float] | None:
-        """Solve the ridge-regularised normal equations, then clamp (None if degenerate)."""
+        """Solve the ridge-regularised normal equations within the bounds (None if degenerate).
+
+        A coefficient the bounds move is held there and the others are solved again (a few
+        passes of an active-set method): clamping one coefficient of a solved system without
+        re-solving the rest leaves a fit that is no longer least squares (a cold start that
+        put the level into the space count and a negative cost per byte ended 8% high on
+        prose once the byte cost was clamped to zero)."""
         prior, precision = self._prior, self._precision
         a = [row[:] for row in stats_a]  # + the ridge on the diagonal (~5x cheaper than a
         for i, row in enumerate(a):      # comprehension over all 169 entries)
             row[i] += precision[i]
         b = [stats_b[i] + precision[i] * prior[i] for i in range(_N)]
-        theta = solve_spd(a, b) or solve(a, b)
-        if theta is None or not all(math.isfinite(t) for t in theta):
-            return None
+        held: dict[int, float] = {}
+        for _ in range(_ACTIVE_SET_PASSES):
+            theta = _solve_holding(a, b, held)
+            if theta is None or not all(math.isfinite(t) for t in theta):
+                return None
+            bounded = self._bounded(theta)
+            moved = {j: bounded[j] for j in range(_N) if j not in held and bounded[j] != theta[j]}
+            if not moved:
+                break
+            held.update(moved)
+        theta = bounded
+        # the ratio at the key's usual character mix stays within [min, max] bytes per token
         s = self.settings
-        # monotone in every count: a character of any class adds >= 0 tokens
-        kb = theta[_F_KB] = min(max(theta[_F_KB], 0.0), 1000.0 / s.min_bytes_per_token)
+        per_kb = _tokens_per_kb(theta, densities)
+        lo, hi = 1000.0 / s.max_bytes_per_token, 1000.0 / s.min_bytes_per_token
+        if not lo <= per_kb <= hi:
+            theta[_F_KB] += min(max(per_kb, lo), hi) - per_kb
+        return theta
+
+    def _bounded(self, solved: list[float]) -> list[float]:
+        """A copy within the bounds: monotone in every count (a character of any class adds
+        >= 0 tokens), caps on each cost, framing within sane ranges."""
+        theta = solved[:]
+        kb = theta[_F_KB] = min(max(theta[_F_KB], 0.0), 1000.0 / self.settings.min_bytes_per_token)
         for j, floor in zip(_F_CHARS, _CHAR_FLOORS, strict=True):
             lowest = floor * kb if math.isfinite(floor) else floor  # (-inf * 0 is nan)
             theta[j] = min(max(theta[j], lowest), _CHAR_CAP)
@@ -494,11 +536,6 @@ class Calibrator:
         spaces, extra, runs, kana = 1, 6, 7, 8
         theta[runs] = min(max(theta[runs], -4.0 * (kb + theta[spaces])), _CHAR_CAP)
         theta[kana] = max(theta[kana], -(3 * kb + 2 * theta[extra]))
-        # the ratio at the key's usual character mix stays within [min, max] bytes per token
-        per_kb = _tokens_per_kb(theta, densities)
-        lo, hi = 1000.0 / s.max_bytes_per_token, 1000.0 / s.min_bytes_per_token
-        if not lo <= per_kb <= hi:
-            theta[_F_KB] += min(max(per_kb, lo), hi) - per_kb
         theta[_F_MSG] = min(max(theta[_F_MSG], 0.0), 64.0)
         theta[_F_TOOL] = min(max(theta[_F_TOOL], 0.0), 256.0)
         theta[_F_FIXED] = min(max(theta[_F_FIXED], -64.0), 1024.0)
