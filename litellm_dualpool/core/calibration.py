@@ -284,7 +284,7 @@ def _solve_holding(a: list[list[float]], b: list[float],
     free = [i for i in range(len(b)) if i not in held]
     sub = [[a[i][j] for j in free] for i in free]
     rhs = [b[i] - sum(a[i][j] * v for j, v in held.items()) for i in free]
-    part = solve_spd(sub, rhs) or solve(sub, rhs) if free else []
+    part = (solve_spd(sub, rhs) or solve(sub, rhs)) if free else []
     if part is None:
         return None
     out = [0.0] * len(b)
@@ -496,7 +496,7 @@ class Calibrator:
         A coefficient the bounds move is held there and the others are solved again (a few
         passes of an active-set method): clamping one coefficient of a solved system without
         re-solving the rest leaves a fit that is no longer least squares (a cold start that
-        put the level into the space count and a negative cost per byte ended 8% high on
+        put the level into the space count and a negative cost per byte ended 7-12% high on
         prose once the byte cost was clamped to zero)."""
         prior, precision = self._prior, self._precision
         a = [row[:] for row in stats_a]  # + the ridge on the diagonal (~5x cheaper than a

@@ -32,7 +32,7 @@ NGRAM_SAMPLE_CHARS = 1024
 #: Slice length of the sequence sample (fewer, longer slices: each costs ~0.3 us of Python).
 NGRAM_SLICE_CHARS = 128
 #: Up to this many characters the 4-space runs are counted over the whole strings (one C-level
-#: `str.count` pass, ~0.4 ns per byte: ~13 us at 32 KB, ~100 us at the bound), above it from
+#: `str.count` pass, ~0.7 ns per byte: ~23 us at 32 KB, ~180 us at the bound), above it from
 #: the sequence sample. Indentation is the feature whose sampling error cost code the most
 #: (bench/estimator_accuracy.py, docs/estimator.md): 8 slices of 128 characters see too few.
 EXACT_RUN_CHARS = 262144
@@ -157,7 +157,7 @@ class SampleStats:
     cjk: int
     json_pairs: int
     first: str
-    #: 4-space runs counted over all the strings (not scaled), when they were
+    #: 4-space runs counted over all the strings (final, not scaled); None when sampled
     exact_space_runs: int | None = None
 
     def scaled(self, total_chars: int, extra_bytes: int) -> CharCounts:
