@@ -32,10 +32,10 @@ NGRAM_SAMPLE_CHARS = 1024
 #: Slice length of the sequence sample (fewer, longer slices: each costs ~0.3 us of Python).
 NGRAM_SLICE_CHARS = 128
 #: Up to this many characters the 4-space runs are counted over the whole strings (one C-level
-#: `str.count` pass, ~0.7 ns per byte: ~23 us at 32 KB, ~180 us at the bound), above it from
+#: `str.count` pass, ~0.7 ns per byte: ~23 us at 32 KB, ~90 us at the bound), above it from
 #: the sequence sample. Indentation is the feature whose sampling error cost code the most
 #: (bench/estimator_accuracy.py, docs/estimator.md): 8 slices of 128 characters see too few.
-EXACT_RUN_CHARS = 262144
+EXACT_RUN_CHARS = 131072
 #: Share of CJK characters (3-byte UTF-8 sequences led by 0xE3-0xED: kana, CJK ideographs,
 #: hangul) in the sample above which the request counts as CJK.
 CJK_CHAR_FRACTION = 0.15
