@@ -19,6 +19,9 @@ does not route by length (a). Five proxies run at once, one per configuration, e
     d redis     c with dualpool_settings.state.backend redis (a unique key prefix, deleted after)
     e null      a + a callback with the plugin's hooks doing nothing (bench/null_callback.py):
                 what LiteLLM spends on calling any callback, so c - e is the plugin's own work
+    e1-e3       (only with --configs) e plus one thing the plugin does each: the filter keeps
+                one deployment (e1), a plan in the request's metadata (e2), two response
+                headers (e3); for bisecting what the plugin makes LiteLLM do
 
 Load comes from bench/loadgen.py, a separate process: keep-alive connections in a closed loop,
 chat bodies of real MT-Bench text at 1 KB (2 messages), 32 KB (8) and 256 KB (16). One proxy is
@@ -76,7 +79,12 @@ plugin_stack.PROXY_START_SECONDS = max(plugin_stack.PROXY_START_SECONDS, 300.0)
 from litellm_dualpool.emulator.testing import RunningEmulator, start_emulators  # noqa: E402
 
 LOADGEN = Path(__file__).with_name("loadgen.py")
-CONFIGS = {"stock": "a", "precall": "b", "plugin": "c", "plugin_redis": "d", "null_callback": "e"}
+CONFIGS = {"stock": "a", "precall": "b", "plugin": "c", "plugin_redis": "d", "null_callback": "e",
+           "null_narrow": "e1", "null_plan": "e2", "null_headers": "e3"}
+#: e1-e3 each do one thing the plugin does (bench/null_callback.py): for bisecting, on request
+DEFAULT_CONFIGS = ["stock", "precall", "plugin", "plugin_redis", "null_callback"]
+NULL_INSTANCES = {"null_callback": "proxy_handler_instance", "null_narrow": "narrowing_instance",
+                  "null_plan": "plan_instance", "null_headers": "headers_instance"}
 NULL_CALLBACK = Path(__file__).with_name("null_callback.py")
 #: size label -> (prompt bytes, messages)
 SIZES = {"1KB": (1024, 2), "32KB": (32 * 1024, 8), "256KB": (256 * 1024, 16)}
@@ -125,8 +133,8 @@ def proxy_config(name: str, short: RunningEmulator, long: RunningEmulator, redis
     if name.startswith("plugin"):
         config["litellm_settings"] = {"callbacks": ["litellm_dualpool.proxy_handler_instance"]}
         config["dualpool_settings"] = {}
-    if name == "null_callback":
-        config["litellm_settings"] = {"callbacks": ["null_callback.proxy_handler_instance"]}
+    if name in NULL_INSTANCES:
+        config["litellm_settings"] = {"callbacks": [f"null_callback.{NULL_INSTANCES[name]}"]}
     if name == "plugin_redis":
         config["dualpool_settings"]["state"] = {
             "backend": "redis", "key_prefix": redis_prefix,
@@ -140,7 +148,7 @@ def start_proxies(configs: dict[str, dict[str, Any]], work: Path) -> Iterator[di
     managers: dict[str, AbstractContextManager[Proxy]] = {}
     for name, config in configs.items():
         (work / name).mkdir()
-        if name == "null_callback":  # imported from the config file's directory
+        if name in NULL_INSTANCES:  # imported from the config file's directory
             (work / name / NULL_CALLBACK.name).write_text(NULL_CALLBACK.read_text())
         managers[name] = start_proxy(config, work / name)
     entered: dict[str, Proxy] = {}
@@ -416,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="latency cycles per size, concurrency 1 (default 12; --quick 2)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (load)")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
-    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT_CONFIGS,
                     help="configurations (a and b are always included: the references)")
     ap.add_argument("--paired-cycles", type=int, default=None,
                     help="request-by-request cycles per size for paired latencies "
@@ -478,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "vs_stock": paired_latency(measured_pairs, names, "stock")}
                 if "null_callback" in names:
                     paired[size]["vs_null_callback"] = paired_latency(
-                        measured_pairs, [n for n in names if n.startswith("plugin")],
+                        measured_pairs, [n for n in names if n.startswith("plugin")
+                                         or n in ("null_narrow", "null_plan", "null_headers")],
                         "null_callback")
                 print(f"# {size:>5} paired  {paired_cycles} cycles: "
                       + "  ".join(f"{n} {v['added_p50_ms']:+.2f} ms {v['ci95_ms']}"
