@@ -554,7 +554,8 @@ def build_result(summaries: dict[str, tuple[dict[str, Any], dict[str, Any]]], na
     load, latency = summaries["load"][1], summaries["latency"][1]
 
     def headline(pairs: dict[str, Any], config: str, key: str) -> dict[str, float]:
-        return {s: pairs[s][config][key]["median"] for s in pairs if config in pairs[s]}
+        return {s: pairs[s][config][key]["median"] for s in pairs
+                if key in pairs[s].get(config, {})}
 
     result: dict[str, Any] = {
         "plugin_vs_stock_throughput": headline(load, "plugin", "throughput_vs_stock"),
