@@ -14,6 +14,7 @@ from litellm_dualpool.core.chat_template import render_prompt
 from litellm_dualpool.core.estimator import Estimator
 from litellm_dualpool.errors import InvalidRequestError
 from litellm_dualpool.tokenize import count_prompt_tokens, count_text_tokens
+from tests.shared_prompts import mt_bench_prose
 
 BODY = {"messages": [{"role": "system", "content": "You are terse."},
                      {"role": "user", "content": "Explain BPE tokenization in two sentences."}],
@@ -105,27 +106,15 @@ def test_estimate_command_file_and_errors(tmp_path: Path) -> None:
     assert run_cli([], "not json").returncode == 2
 
 
-def _mt_bench_prose(n_bytes: int, offset: int) -> str:
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "prompts" / "mt_bench_question.jsonl"
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    texts = [" ".join(row["turns"]) for row in rows if row["category"] in (
-        "writing", "roleplay", "humanities", "stem", "reasoning")]
-    out, i = [], offset
-    while sum(len(t.encode()) + 1 for t in out) < n_bytes:
-        out.append(texts[i % len(texts)])
-        i += 1
-    return " ".join(out)
-
-
 def test_a_cold_start_twice_too_high_is_learned_away_within_the_bounds() -> None:
     """Cold 8 bytes/token (Llama-3 gives ~4.5 on this prose): the early fit puts the level into
     the space count and wants a negative cost per byte, which the bounds clamp to zero. The
     bounded fit re-solves the other costs around the clamp, so 60 prompts later the point
     estimate is unbiased (clamping without re-solving left it up to 12% high)."""
     estimator = Estimator(Calibrator(CalibrationSettings(cold_start_bytes_per_token=8.0)))
-    first = {"messages": [{"role": "user", "content": _mt_bench_prose(10_000, 0)}]}
+    first = {"messages": [{"role": "user", "content": mt_bench_prose(10_000, 0)}]}
     estimator.learn(estimator.estimate(first, "g"), count_prompt_tokens(first, "llama3"))
-    texts = [_mt_bench_prose(600 + 110 * i, 3 * i) for i in range(60)]
+    texts = [mt_bench_prose(600 + 110 * i, 3 * i) for i in range(60)]
     for text in texts:
         body = {"messages": [{"role": "user", "content": text}]}
         estimator.learn(estimator.estimate(body, "g"), count_prompt_tokens(body, "llama3"))
@@ -138,7 +127,7 @@ def test_a_cold_start_twice_too_high_is_learned_away_within_the_bounds() -> None
     errors = []
     for i in range(5):
         body = {"messages": [{"role": "user",
-                              "content": _mt_bench_prose(3000 + 500 * i, 5 + 7 * i)}]}
+                              "content": mt_bench_prose(3000 + 500 * i, 5 + 7 * i)}]}
         exact = count_prompt_tokens(body, "llama3")
         errors.append((estimator.estimate(body, "g").budget.prompt_tokens_point or 0) / exact - 1)
     assert max(abs(e) for e in errors) < 0.03, errors

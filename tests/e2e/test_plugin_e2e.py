@@ -25,27 +25,14 @@ from plugin_stack import (
     start_proxy,
 )
 
+from tests.shared_prompts import PROMPTS
+from tests.shared_prompts import mt_bench_prose as prose
+
 pytestmark = [pytest.mark.e2e, pytest.mark.litellm_compat]
 
 SHORT_LEN, LONG_LEN = 2048, 16384
-PROMPTS = Path("/work/shared/data/prompts/mt_bench_question.jsonl")
-CODE = Path("/work/shared/data/prompts/HumanEval.jsonl.gz")
+CODE = PROMPTS / "HumanEval.jsonl.gz"
 COLD_BYTES_PER_TOKEN = 8.0
-
-
-def questions() -> list[str]:
-    rows = [json.loads(line) for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line]
-    return [" ".join(row["turns"]) for row in rows if row["category"] in (
-        "writing", "roleplay", "humanities", "stem", "reasoning")]
-
-
-def prose(n_bytes: int, offset: int = 0) -> str:
-    """Real English questions joined until `n_bytes` (a different mix per offset)."""
-    texts, out, i = questions(), [], offset
-    while sum(len(t.encode()) + 1 for t in out) < n_bytes:
-        out.append(texts[i % len(texts)])
-        i += 1
-    return " ".join(out)
 
 
 def code(n_bytes: int) -> str:

@@ -28,28 +28,14 @@ from litellm_dualpool.proxy.rejections import parse_context_rejection
 from litellm_dualpool.tokenize import count_prompt_tokens
 from tests.e2e.plugin_stack import Proxy, deployment, start_proxy
 from tests.realvllm.conftest import SERVED_MODEL, VllmServer, start_vllm_servers
+from tests.shared_prompts import PROMPTS
+from tests.shared_prompts import mt_bench_prose as prose
 
 pytestmark = [pytest.mark.e2e, pytest.mark.realvllm]
 
 SHORT_LEN, LONG_LEN = 512, 2048
 COLD_BYTES_PER_TOKEN = 8.0
 GROUP = "llama"
-PROMPTS = Path("/work/shared/data/prompts")
-
-
-def prose(n_bytes: int, offset: int = 0) -> str:
-    """Real English (MT-Bench questions) joined until `n_bytes`, a different mix per offset."""
-    rows = [json.loads(line) for line in (PROMPTS / "mt_bench_question.jsonl").read_text(
-        encoding="utf-8").splitlines() if line]
-    texts = [" ".join(row["turns"]) for row in rows if row["category"] in (
-        "writing", "roleplay", "humanities", "stem", "reasoning")]
-    out, i = [], offset
-    while sum(len(t.encode()) + 1 for t in out) < n_bytes:
-        out.append(texts[i % len(texts)])
-        i += 1
-    return " ".join(out)
-
-
 def code(n_bytes: int) -> str:
     """Real Python (HumanEval prompts and solutions), cut to `n_bytes`."""
     with gzip.open(PROMPTS / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as file:
