@@ -202,44 +202,43 @@ def delete_redis_prefix(prefix: str) -> int:
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def drive_size(targets: list[dict[str, Any]], size: str, work: Path, *, concurrency: int,
-               slice_seconds: float, cycles: int, rounds: int, warmup_requests: int
-               ) -> dict[str, list[dict[str, Any]]]:
-    """One load-generator process for one prompt size over every proxy, interleaved; its
-    slices per configuration."""
+def run_loadgen(targets: list[dict[str, Any]], size: str, work: Path, options: list[str],
+                timeout: float) -> dict[str, Any]:
+    """One load-generator process for one prompt size over every proxy; its JSON result."""
     size_bytes, messages = SIZES[size]
     spec = work / f"targets-{size}.json"
     spec.write_text(json.dumps(targets))
     argv = [sys.executable, str(LOADGEN), "--targets", str(spec),
-            "--size-bytes", str(size_bytes), "--messages", str(messages),
-            "--concurrency", str(concurrency), "--slice", str(slice_seconds),
-            "--cycles", str(cycles), "--rounds", str(rounds),
-            "--warmup-requests", str(warmup_requests)]
-    budget = cycles * len(targets) * (slice_seconds + 5) + 300
+            "--size-bytes", str(size_bytes), "--messages", str(messages), *options]
     done = subprocess.run(argv, capture_output=True, text=True, env=offline_env(), check=False,
-                          timeout=budget)
+                          timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, list[dict[str, Any]]] = json.loads(
-        done.stdout.strip().splitlines()[-1])["slices"]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def drive_size(targets: list[dict[str, Any]], size: str, work: Path, *, concurrency: int,
+               slice_seconds: float, cycles: int, rounds: int, warmup_requests: int
+               ) -> dict[str, list[dict[str, Any]]]:
+    """Every proxy driven in turn, slice by slice, interleaved; the slices per configuration."""
+    options = ["--concurrency", str(concurrency), "--slice", str(slice_seconds),
+               "--cycles", str(cycles), "--rounds", str(rounds),
+               "--warmup-requests", str(warmup_requests)]
+    budget = cycles * len(targets) * (slice_seconds + 5) + 300
+    slices: dict[str, list[dict[str, Any]]] = run_loadgen(targets, size, work, options,
+                                                          budget)["slices"]
+    return slices
 
 
 def drive_alternate(targets: list[dict[str, Any]], size: str, work: Path, *, cycles: int,
                     warmup_requests: int) -> dict[str, dict[str, Any]]:
-    """One load-generator process sending one request at a time to each proxy in turn."""
-    size_bytes, messages = SIZES[size]
-    spec = work / f"targets-{size}.json"
-    spec.write_text(json.dumps(targets))
-    argv = [sys.executable, str(LOADGEN), "--targets", str(spec), "--size-bytes",
-            str(size_bytes), "--messages", str(messages), "--concurrency", "1",
-            "--alternate", str(cycles), "--warmup-requests", str(warmup_requests)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=offline_env(), check=False,
-                          timeout=cycles * len(targets) * 5 + 300)
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])["alternate"]
-    return result
+    """One request at a time to each proxy in turn; per configuration its paired run."""
+    options = ["--concurrency", "1", "--alternate", str(cycles),
+               "--warmup-requests", str(warmup_requests)]
+    runs: dict[str, dict[str, Any]] = run_loadgen(targets, size, work, options,
+                                                  cycles * len(targets) * 5 + 300)["alternate"]
+    return runs
 
 
 def paired_latency(measured: dict[str, dict[str, Any]], names: list[str], reference: str,
@@ -486,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "vs_stock": paired_latency(measured_pairs, names, "stock")}
                 if "null_callback" in names:
                     paired[size]["vs_null_callback"] = paired_latency(
-                        measured_pairs, [n for n in names if n.startswith("plugin")
-                                         or n in ("null_narrow", "null_plan", "null_headers")],
+                        measured_pairs, [n for n in names
+                                         if n.startswith("plugin") or n in NULL_INSTANCES],
                         "null_callback")
                 print(f"# {size:>5} paired  {paired_cycles} cycles: "
                       + "  ".join(f"{n} {v['added_p50_ms']:+.2f} ms {v['ci95_ms']}"
@@ -515,30 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     result = build_result(summaries, names, settings, args.sizes, load_start, load_end,
                           time.monotonic() - started)
     if paired:
-        result["paired"] = paired
+        result.update(paired_headlines(paired, names))
         result["settings"]["paired_cycles"] = paired_cycles
-        result["added_latency_p50_ms_paired"] = {
-            s: p["vs_stock"]["plugin"]["added_p50_ms"] for s, p in paired.items()
-            if "plugin" in p["vs_stock"]}
-        # CPU per request is what bounds throughput at saturation: a's over c's is the c/a
-        # throughput a CPU-bound proxy would show, measured over the same interleaved minutes.
-        result["plugin_vs_stock_cpu_throughput_paired"] = {
-            s: round(p["configs"]["stock"]["proxy_cpu_ms_per_request"]
-                     / p["configs"]["plugin"]["proxy_cpu_ms_per_request"], 3)
-            for s, p in paired.items() if "plugin" in p["configs"]}
-        result["added_latency_p50_ms_paired_ci95"] = {
-            s: p["vs_stock"]["plugin"]["ci95_ms"] for s, p in paired.items()
-            if "plugin" in p["vs_stock"]}
-        if "null_callback" in names:
-            result["plugin_added_latency_p50_ms_vs_null_callback_paired"] = {
-                s: p["vs_null_callback"]["plugin"]["added_p50_ms"] for s, p in paired.items()
-                if "plugin" in p.get("vs_null_callback", {})}
-        if "32KB" in paired and "plugin" in paired["32KB"]["vs_stock"]:
-            high = paired["32KB"]["vs_stock"]["plugin"]["ci95_ms"][1]
-            result["targets"]["added_latency_p50_ms_32KB_paired_met"] = (
-                paired["32KB"]["vs_stock"]["plugin"]["added_p50_ms"]
-                <= TARGETS["added_latency_p50_ms_32KB_max"])
-            result["targets"]["added_latency_p50_ms_32KB_paired_ci95_high"] = high
+        result["targets"].update(paired_targets(paired))
     if spied:
         result["py_spy"] = spied
         result["plugin_cpu_ms_per_request_sampled"] = {
@@ -546,6 +524,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
     return 0
+
+
+def paired_headlines(paired: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The paired phase's figures for the plugin, per size, for the JSON line."""
+    def of(reference: str, key: str) -> dict[str, Any]:
+        return {s: p[reference]["plugin"][key] for s, p in paired.items()
+                if "plugin" in p.get(reference, {})}
+
+    out: dict[str, Any] = {
+        "paired": paired,
+        "added_latency_p50_ms_paired": of("vs_stock", "added_p50_ms"),
+        "added_latency_p50_ms_paired_ci95": of("vs_stock", "ci95_ms"),
+        # CPU per request is what bounds throughput at saturation: a's over c's is the c/a
+        # throughput a CPU-bound proxy would show, measured over the same interleaved minutes.
+        "plugin_vs_stock_cpu_throughput_paired": {
+            s: round(p["configs"]["stock"]["proxy_cpu_ms_per_request"]
+                     / p["configs"]["plugin"]["proxy_cpu_ms_per_request"], 3)
+            for s, p in paired.items() if "plugin" in p["configs"]},
+    }
+    if "null_callback" in names:
+        out["plugin_added_latency_p50_ms_vs_null_callback_paired"] = of("vs_null_callback",
+                                                                       "added_p50_ms")
+    return out
+
+
+def paired_targets(paired: dict[str, Any]) -> dict[str, Any]:
+    """The added-P50 target judged on the paired phase, with the interval's upper end."""
+    found = paired.get("32KB", {}).get("vs_stock", {}).get("plugin")
+    if found is None:
+        return {}
+    return {"added_latency_p50_ms_32KB_paired_met":
+            found["added_p50_ms"] <= TARGETS["added_latency_p50_ms_32KB_max"],
+            "added_latency_p50_ms_32KB_paired_ci95_high": found["ci95_ms"][1]}
 
 
 def build_result(summaries: dict[str, tuple[dict[str, Any], dict[str, Any]]], names: list[str],

@@ -65,9 +65,9 @@ _ACTIVE_SET_PASSES = 4
 _NO_DENSITIES = (0.0,) * len(_F_CHARS)
 #: Lowest token cost per thousand characters of each class relative to tokens/KB (so that
 #: adding any character never lowers the estimate): a class character is one byte (-1), a
-#: multi-byte character adds 1-2 extra bytes (-1.5), a kana character is three bytes (-3).
-#: 4-space runs have their own floor in `_fit` (a run is four bytes and four spaces).
-_CHAR_FLOORS = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.5, -math.inf, -3.0)
+#: multi-byte character adds 1-2 extra bytes (-1.5), a 4-space run is four bytes (-4; `_bounded`
+#: lowers its floor by its four spaces), a kana character is three bytes (-3).
+_CHAR_FLOORS = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.5, -4.0, -3.0)
 #: Highest token cost per thousand characters of a class (Qwen3 gives every digit a token on
 #: top of its byte share: ~1200 per thousand digits, above the former cap of 1000).
 _CHAR_CAP = 4000.0
@@ -534,13 +534,12 @@ class Calibrator:
         theta = solved[:]
         kb = theta[_F_KB] = min(max(theta[_F_KB], 0.0), 1000.0 / self.settings.min_bytes_per_token)
         for j, floor in zip(_F_CHARS, _CHAR_FLOORS, strict=True):
-            lowest = floor * kb if math.isfinite(floor) else floor  # (-inf * 0 is nan)
-            theta[j] = min(max(theta[j], lowest), _CHAR_CAP)
-        # a 4-space run (4 bytes, 4 spaces), a kana character (3 bytes, 2 extra): >= 0 too.
+            theta[j] = min(max(theta[j], floor * kb), _CHAR_CAP)
+        # a 4-space run (4 bytes and 4 spaces), a kana character (3 bytes, 2 extra): >= 0 too.
         # Monotone in whole runs of indentation, not in each space: the space that completes a
         # run may lower the estimate (tokenizers merge indentation into one token).
         spaces, extra, runs, kana = 1, 6, 7, 8
-        theta[runs] = min(max(theta[runs], -4.0 * (kb + theta[spaces])), _CHAR_CAP)
+        theta[runs] = min(max(solved[runs], -4.0 * (kb + theta[spaces])), _CHAR_CAP)
         theta[kana] = max(theta[kana], -(3 * kb + 2 * theta[extra]))
         theta[_F_MSG] = min(max(theta[_F_MSG], 0.0), 64.0)
         theta[_F_TOOL] = min(max(theta[_F_TOOL], 0.0), 256.0)
