@@ -359,11 +359,24 @@ simulated pools K times smaller, so the simulator sees less pooling than a full 
 simulated GPU counts are, if anything, high for both fleets.
 """
 
-TARGETS = """- **Planner vs simulator** (within 5 pp on each Azure trace): see the table. On Azure code the
-  saving matches but both GPU counts are ~50% too high: the queueing model is pessimistic for
-  prefill-heavy, short-output traffic, and the error cancels in the ratio. The balancer model (the
-  geometric mean of per-instance and paired queues) was chosen against the simulator on Azure conv;
-  with per-instance queues alone the conv error is about -10 pp, with pairs alone about +15 pp.
+TARGETS = """- **Planner vs simulator** (within 5 pp on each Azure trace): see the table. The target is on
+  the saving; the GPU counts can be further off, and each scenario's line "Queueing model at the
+  simulator's own pool sizes" separates the model's error from the slicing's (the simulator runs
+  1/K of the fleet, which pools less than the whole).
+  - *Azure conv* matches at equal pool size.
+  - *Azure code: the model is too high, about 50%.* The simulator's balancer compares in-flight
+    counts. Azure code's outputs are ~28 tokens, so almost every in-flight request is still in
+    prefill: the counts track the prefill queues, and the fleet pools them almost like one M/G/n
+    queue. The model's balancer term (the geometric mean of the per-instance and paired queues)
+    was chosen against Azure conv, whose ~200-token outputs fill the counts with decoding
+    requests and leave prompts queuing per instance. A variant whose pooling grows with the
+    prefill share of the in-flight counts overshot Azure code (34 instances against 47), so it
+    was not adopted. Both fleets carry the same error, so it cancels in the saving.
+  - *Mooncake: too low, about 15%; Qwen3: too high, about 15-40%.* Both are sized by the
+    utilisation cap, not by the queueing check. On Mooncake the check passes at the cap and the
+    simulator needs more instances for the 60 s P99 TTFT; on Qwen3 the simulator meets the SLO
+    above the planner's measured saturation throughput. Which term is responsible was not
+    isolated.
 - **Dual-pool saving on Azure conv at equal SLO >= 31-42%: missed** (about 10%, simulated). The
   cheapest layout the planner and the simulator find is a 32K pool with 256 sequences taking all
   the traffic beside one idle long instance: the saving comes from concurrency, not from a
