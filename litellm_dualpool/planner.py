@@ -39,6 +39,7 @@ from litellm_dualpool.sim.catalog import GpuSpec, ModelSpec, get_gpu, get_model
 from litellm_dualpool.sim.engine import EngineConfig
 from litellm_dualpool.sim.kv_headroom import KvHeadroom, kv_headroom
 from litellm_dualpool.sim.workload import Workload
+from litellm_dualpool.vllm_bench import LengthCheck, VllmBench, check_lengths
 
 HOURS_PER_YEAR = 8760.0
 #: Short-pool max_model_len candidates the threshold sweep tries.
@@ -410,11 +411,13 @@ class PoolPlan:
     binding: str  # "minimum", "utilisation", "slo" or "slo_infeasible"
     prediction: LoadPrediction | None
     kv: KvHeadroom | None = None  # when the pool's KV cache can overflow (vLLM preempts)
+    length_check: LengthCheck | None = None  # a measured pool: the bench's lengths vs its own
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["flags"] = asdict(self.flags)
         d["kv"] = None if self.kv is None else self.kv.to_dict()
+        d["length_check"] = None if self.length_check is None else self.length_check.to_dict()
         d["prediction"] = None if self.prediction is None else {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in asdict(self.prediction).items()}
@@ -457,7 +460,9 @@ class Planner:
     """Sizes pools for one workload on one hardware at one SLO. Engine-model throughputs are
     cached per (flags, pool range); ``measured_mu`` replaces them: ``{"short": 11.2, "long":
     2.8}`` req/s per instance (e.g. from ``vllm bench serve``), which also skips the
-    queueing check (a measured goodput already includes the SLO)."""
+    queueing check (a measured goodput already includes the SLO). ``measured_bench`` gives a
+    role's throughput as a ``vllm bench serve`` result instead: its request_throughput becomes
+    that role's measured mu and each pool of the role gets a :class:`LengthCheck`."""
 
     mix: LengthMix
     rate_per_second: float
@@ -467,6 +472,7 @@ class Planner:
     long_max_model_len: int = DEFAULT_LONG_MAX_MODEL_LEN
     long_max_num_seqs: int = DEFAULT_LONG_MAX_NUM_SEQS
     measured_mu: dict[str, float] | None = None
+    measured_bench: dict[str, VllmBench] | None = None
     check_slo: bool = True
     saturation_requests: int = 1200
     _mu_cache: dict[tuple[PoolFlags, int, int], float] = field(default_factory=dict, repr=False)
@@ -477,6 +483,12 @@ class Planner:
             raise ConfigError("must be > 0", path="rate")
         if not 0 < self.utilisation <= 1:
             raise ConfigError("must be in (0, 1]", path="utilisation")
+        if self.measured_bench:
+            both = set(self.measured_bench) & set(self.measured_mu or {})
+            if both:
+                raise ConfigError("a throughput and a bench file for the same role", path=min(both))
+            self.measured_mu = {**(self.measured_mu or {}),
+                                **{r: b.request_throughput for r, b in self.measured_bench.items()}}
         biggest = int(self.mix.total_tokens.max())
         if biggest > self.long_max_model_len:
             self.long_max_model_len = 1 << math.ceil(math.log2(biggest))
@@ -524,7 +536,18 @@ class Planner:
             n, prediction, binding = self._meet_slo(flags, low, rate, n, binding)
         usd = n * self.hardware.usd_per_instance_year
         return PoolPlan(name, flags, low, share, rate, mu, n, n * self.hardware.tensor_parallel_size,
-                        usd, rate / (n * mu), binding, prediction, self.kv(flags, low))
+                        usd, rate / (n * mu), binding, prediction, self.kv(flags, low),
+                        self.length_check(role, low, flags.max_model_len))
+
+    def length_check(self, role: str, low: int, high: int) -> LengthCheck | None:
+        """A role measured by a bench file: its mean lengths beside the pool's own requests'."""
+        bench = (self.measured_bench or {}).get(role)
+        if bench is None:
+            return None
+        sub = self.mix.within(low, high)
+        if not len(sub):
+            return check_lengths(bench, None, None)
+        return check_lengths(bench, float(sub.prompt_tokens.mean()), float(sub.output_tokens.mean()))
 
     def _meet_slo(self, flags: PoolFlags, low: int, rate: float, n: int,
                   binding: str) -> tuple[int, LoadPrediction, str]:
@@ -628,6 +651,7 @@ class Plan:
     hardware: Hardware
     slo: Slo
     utilisation: float
+    measured_bench: dict[str, VllmBench] = field(default_factory=dict)  # role -> its bench file
 
     def to_dict(self) -> dict[str, object]:
         hw = self.hardware
@@ -646,6 +670,7 @@ class Plan:
                          "tensor_parallel_size": hw.tensor_parallel_size, "dtype": hw.dtype,
                          "kv_cache_dtype": hw.kv_cache_dtype, "usd_per_gpu_hour": hw.usd_per_gpu_hour},
             "slo": asdict(self.slo), "utilisation": self.utilisation,
+            "measured_bench": {role: b.to_dict() for role, b in self.measured_bench.items()},
         }
 
 
@@ -682,7 +707,7 @@ def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
         bounds = b
     return Plan(best.threshold, base, best.fleet, best.saving_fraction, best.closed_form_saving_fraction,
                 best.alpha, best.rho, tuple(options), tuple(extras), planner.rate_per_second,
-                planner.hardware, planner.slo, planner.utilisation)
+                planner.hardware, planner.slo, planner.utilisation, dict(planner.measured_bench or {}))
 
 
 def predict_saving(

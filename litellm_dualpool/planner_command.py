@@ -9,6 +9,7 @@ Examples::
     litellm-dualpool plan --prompt-percentiles 50=1020,90=2734,99=4142,100=14050 \\
         --output-percentiles 50=129,90=424,99=601,100=1000 --rate 1000
     litellm-dualpool plan --trace conv.csv --rate 1000 --short-throughput 11.2 --long-throughput 2.8
+    litellm-dualpool plan --trace conv.csv --rate 1000 --short-bench short.json --long-bench long.json
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from litellm_dualpool.errors import ConfigError
@@ -37,6 +39,7 @@ from litellm_dualpool.planner import (
 )
 from litellm_dualpool.sim.catalog import GIB, GpuSpec, ModelSpec, get_gpu, get_model
 from litellm_dualpool.sim.workload import read_trace
+from litellm_dualpool.vllm_bench import read_vllm_bench
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -67,10 +70,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pools", type=int, default=3, help="show the gain of up to N pools")
     parser.add_argument("--long-max-model-len", type=int, default=DEFAULT_LONG_MAX_MODEL_LEN)
     parser.add_argument("--long-max-num-seqs", type=int, default=DEFAULT_LONG_MAX_NUM_SEQS)
-    parser.add_argument("--short-throughput", type=float, metavar="REQ_S",
-                        help="measured req/s of one short-configured instance (skips the engine model)")
-    parser.add_argument("--long-throughput", type=float, metavar="REQ_S",
-                        help="measured req/s of one long-configured instance")
+    for role in ("short", "long"):
+        measured = parser.add_mutually_exclusive_group()
+        measured.add_argument(f"--{role}-throughput", type=float, metavar="REQ_S",
+                              help=f"measured req/s of one {role}-configured instance (replaces the "
+                                   "engine model and the SLO check for that pool"
+                                   + (" and the homogeneous fleet)" if role == "long" else ")"))
+        measured.add_argument(f"--{role}-bench", metavar="FILE",
+                              help=f"the same, read from `vllm bench serve --request-rate inf "
+                                   f"--save-result` run against one {role}-configured instance; "
+                                   "the plan compares its mean lengths with the pool's")
     parser.add_argument("--no-slo-check", action="store_true", help="size by the utilisation cap only")
     parser.add_argument("--emit-config", metavar="DIR", help="write litellm_config.yaml and vLLM commands")
     parser.add_argument("--model-group", help="model_name of the emitted deployments (default: the model)")
@@ -136,9 +145,12 @@ def build_planner(args: argparse.Namespace) -> Planner:
                               gpu_memory_utilization=args.gpu_memory_utilization,
                               usd_per_gpu_hour=args.price, min_kv_tokens=4 * args.long_max_model_len)
     measured = {k: v for k, v in (("short", args.short_throughput), ("long", args.long_throughput)) if v}
+    benches = {role: read_vllm_bench(file, option=f"{role}_bench")
+               for role, file in (("short", args.short_bench), ("long", args.long_bench)) if file}
     return Planner(mix, rate, hardware, slo=Slo(args.slo_ttft, args.slo_tpot), utilisation=args.utilisation,
                    long_max_model_len=args.long_max_model_len, long_max_num_seqs=args.long_max_num_seqs,
-                   measured_mu=measured or None, check_slo=not args.no_slo_check)
+                   measured_mu=measured or None, measured_bench=benches or None,
+                   check_slo=not args.no_slo_check)
 
 
 def _thresholds(text: str) -> list[int]:
@@ -203,9 +215,34 @@ def render(plan: Plan, console: Console) -> None:
                     f"{kv.demand_over_capacity:.1f}x the {kv.kv_capacity_tokens:,}-token cache and vLLM "
                     f"preempts. Use --max-num-seqs {kv.safe_max_num_seqs} for that pool (or "
                     f"{kv.worst_case_max_num_seqs} never to preempt) if its load fills the slots.[/]")
+    _render_measured(plan, console)
     if not (plan.homogeneous.slo_met and plan.dual_pool.slo_met):
         console.print("[yellow]Some pool cannot meet the SLO at any size (e.g. prompts whose "
                       "prefill alone exceeds the TTFT target); it is sized by the utilisation cap.[/]")
+
+
+def _render_measured(plan: Plan, console: Console) -> None:
+    """Per pool sized from a bench file: where its mu came from and whether the bench's
+    lengths resemble the pool's (the figure transfers only if they do)."""
+    for role, bench in plan.measured_bench.items():
+        console.print(f"{role}: mu {bench.request_throughput:.2f} req/s from {escape(bench.source)} "
+                      f"({bench.completed} requests, mean {bench.mean_prompt_tokens:.0f} prompt / "
+                      f"{bench.mean_output_tokens:.0f} output tokens)")
+        for warning in bench.warnings:
+            console.print(f"[yellow]{escape(warning)}[/]")
+    for label, fleet in (("homogeneous", plan.homogeneous), ("dual pool", plan.dual_pool)):
+        for pool in fleet.pools:
+            check = pool.length_check
+            if check is None:
+                continue
+            if check.pool_mean_prompt_tokens is None or check.pool_mean_output_tokens is None:
+                console.print(f"{label} / {pool.name}: no requests in its range, lengths not compared")
+                continue
+            console.print(f"{label} / {pool.name}: bench mean {check.bench_mean_prompt_tokens:.0f} prompt / "
+                          f"{check.bench_mean_output_tokens:.0f} output tokens, pool's "
+                          f"{check.pool_mean_prompt_tokens:.0f} / {check.pool_mean_output_tokens:.0f}")
+            if check.warning:
+                console.print(f"[yellow]{label} / {pool.name}: {escape(check.warning)}[/]")
 
 
 def _kv_cell(pool: PoolPlan) -> str:

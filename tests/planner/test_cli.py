@@ -4,6 +4,7 @@ LiteLLM YAML read back by the plugin's own validator, and the figures."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from litellm_dualpool.plots import FILES
 REPO = Path(__file__).resolve().parents[2]
 TRACES = REPO.parent / "shared" / "data" / "traces"
 CONV = TRACES / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
+DATA = Path(__file__).with_name("data")
+SHORT_BENCH = DATA / "vllm-bench-short-256in-32out.json"  # far shorter than any short pool's mean
+LONG_BENCH = DATA / "vllm-bench-long-1152in-208out.json"  # ~the conv trace's means (1155 / 211)
 
 
 def test_plan_json_contract_end_to_end() -> None:
@@ -43,6 +47,48 @@ def test_plan_json_contract_end_to_end() -> None:
         kv = pool["kv"]
         assert kv["max_num_seqs"] == pool["flags"]["max_num_seqs"]
         assert kv["can_preempt"] == (kv["max_num_seqs"] > kv["safe_max_num_seqs"])
+
+
+def test_plan_sizes_measured_pools_from_vllm_bench_files() -> None:
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "litellm_dualpool.cli", "plan", "--trace", str(CONV), "--rate", "1000",
+         "--gpu", "a100", "--model", "llama-3-70b", "--short-bench", str(SHORT_BENCH),
+         "--long-bench", str(LONG_BENCH), "--json"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plan = json.loads(proc.stdout.strip().splitlines()[-1])
+    mu = {role: json.loads(path.read_text())["request_throughput"]
+          for role, path in (("short", SHORT_BENCH), ("long", LONG_BENCH))}
+    tp = plan["hardware"]["tensor_parallel_size"]
+    (homogeneous,) = plan["homogeneous"]["pools"]
+    short, long = plan["dual_pool"]["pools"]
+    for pool, role in ((homogeneous, "long"), (short, "short"), (long, "long")):
+        assert pool["mu_per_instance"] == mu[role]
+        instances = max(1, math.ceil(pool["rate_per_second"] / (0.9 * mu[role]) - 1e-9))
+        assert (pool["instances"], pool["gpus"]) == (instances, instances * tp)
+        assert pool["prediction"] is None  # a measured throughput skips the queueing check
+        assert pool["length_check"]["file"] == str(SHORT_BENCH if role == "short" else LONG_BENCH)
+    assert plan["measured_bench"]["short"]["request_throughput"] == mu["short"]
+    assert plan["rho"] == mu["short"] / mu["long"]
+    # the short file's 256/32 tokens against the short pool's ~1155/211: warned, in JSON and table
+    check = short["length_check"]
+    assert (check["bench_mean_prompt_tokens"], check["bench_mean_output_tokens"]) == (256, 32)
+    assert check["pool_mean_prompt_tokens"] > 700 and check["warning"] is not None
+    assert "differ by more than 25%" in check["warning"] and "differ by more than" in " ".join(proc.stderr.split())
+    # the long file's 1152/208 against the whole trace (the homogeneous pool): no warning
+    check = homogeneous["length_check"]
+    assert check["pool_mean_prompt_tokens"] == pytest.approx(1155, abs=1)
+    assert check["warning"] is None
+
+
+def test_bench_file_and_throughput_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--trace", str(CONV), "--short-throughput", "3", "--short-bench", str(SHORT_BENCH)])
+    assert info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    unsaturated = DATA / "vllm-bench-short-256in-32out-rate4.json"
+    assert main(["plan", "--trace", str(CONV), "--short-bench", str(unsaturated)]) == 2
+    assert "short_bench.request_rate" in capsys.readouterr().err
 
 
 def test_emit_config_is_accepted_by_the_plugin(tmp_path: Path) -> None:
