@@ -8,8 +8,8 @@ Examples::
         --model llama-3-70b --json
     litellm-dualpool plan --prompt-percentiles 50=1020,90=2734,99=4142,100=14050 \\
         --output-percentiles 50=129,90=424,99=601,100=1000 --rate 1000
-    litellm-dualpool plan --trace conv.csv --rate 1000 --short-throughput 11.2 --long-throughput 2.8
-    litellm-dualpool plan --trace conv.csv --rate 1000 --short-bench short.json --long-bench long.json
+    litellm-dualpool plan --trace conv.csv --rate 1000 --thresholds 8192 --short-throughput 11.2 --long-throughput 2.8
+    litellm-dualpool plan --trace conv.csv --rate 1000 --thresholds 8192 --short-bench short.json --long-bench long.json
 """
 
 from __future__ import annotations
@@ -257,7 +257,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         planner = build_planner(args)
-        plan = make_plan(planner, _thresholds(args.thresholds), max_pools=max(args.max_pools, 2))
+        thresholds = _thresholds(args.thresholds)
+        if "short" in (planner.measured_mu or {}) and len(thresholds) > 1:
+            # one measured figure for every candidate would make the sweep pick the largest
+            raise ConfigError("a measured short-pool throughput holds only for the max_model_len it was measured "
+                              "at: give --thresholds that one value (the short instance's --max-model-len)",
+                              path="thresholds")
+        plan = make_plan(planner, thresholds, max_pools=max(args.max_pools, 2))
         written = emit(plan, args.emit_config, model_group=args.model_group) if args.emit_config else []
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -53,7 +53,7 @@ def test_plan_sizes_measured_pools_from_vllm_bench_files() -> None:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"}
     proc = subprocess.run(
         [sys.executable, "-m", "litellm_dualpool.cli", "plan", "--trace", str(CONV), "--rate", "1000",
-         "--gpu", "a100", "--model", "llama-3-70b", "--short-bench", str(SHORT_BENCH),
+         "--gpu", "a100", "--model", "llama-3-70b", "--thresholds", "8192", "--short-bench", str(SHORT_BENCH),
          "--long-bench", str(LONG_BENCH), "--json"],
         capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -89,6 +89,11 @@ def test_bench_file_and_throughput_exclude_each_other(capsys: pytest.CaptureFixt
     unsaturated = DATA / "vllm-bench-short-256in-32out-rate4.json"
     assert main(["plan", "--trace", str(CONV), "--short-bench", str(unsaturated)]) == 2
     assert "short_bench.request_rate" in capsys.readouterr().err
+    # one measured short figure cannot rank several short-pool lengths
+    assert main(["plan", "--trace", str(CONV), "--short-throughput", "3"]) == 2
+    assert "thresholds" in capsys.readouterr().err
+    assert main(["plan", "--trace", str(CONV), "--short-bench", str(SHORT_BENCH), "--thresholds", "4096,8192"]) == 2
+    assert "short instance's --max-model-len" in capsys.readouterr().err
 
 
 def test_emit_config_is_accepted_by_the_plugin(tmp_path: Path) -> None:
