@@ -45,6 +45,19 @@ class TokenBudget:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens
 
+    @property
+    def total_tokens_floor(self) -> int:
+        """The optimistic total: the point estimate less the conservative margin (what the
+        budget plausibly is at least), for refusing only requests surely too large."""
+        if self.prompt_tokens_point is None:
+            return self.total_tokens
+        return optimistic_prompt_tokens(self.prompt_tokens_point, self.prompt_tokens) + self.output_tokens
+
+
+def optimistic_prompt_tokens(point: int, conservative: int) -> int:
+    """The point estimate minus the margin the conservative one adds (the same margin below)."""
+    return max(2 * point - conservative, 0)
+
 
 def _non_negative_int(body: Mapping[str, Any], field: str, minimum: int) -> int | None:
     value = body.get(field)

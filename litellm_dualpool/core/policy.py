@@ -28,6 +28,8 @@ class Reason(StrEnum):
     SPILLOVER = "spillover"            # preferred pool saturated, sent to a larger one
     FORCED = "forced"                  # per-request override allowed by policy
     RECOVERY = "misroute_recovery"     # a backend rejected for context length; next larger pool
+    BORDERLINE = "borderline"          # over every pool by the conservative estimate, within the
+                                       # largest by the optimistic one: that backend's exact count decides
     FITS_NOWHERE = "fits_nowhere"      # larger than every pool -> 400
     NOT_ALLOWED = "not_allowed"        # only a pool the tenant may not use would fit -> 400
 
@@ -106,18 +108,28 @@ def decide(
     allowed_pools: frozenset[str] | None = None,
     forced_pool: str | None = None,
     category: str | None = None,
+    floor_tokens: int | None = None,
 ) -> Decision:
     """Smallest pool whose max_model_len fits the budget (with headroom), spillover when it is
-    saturated, a final fit check, and an explicit FITS_NOWHERE/NOT_ALLOWED outcome."""
+    saturated, a final fit check, and an explicit FITS_NOWHERE/NOT_ALLOWED outcome.
+
+    floor_tokens: the smallest the budget plausibly is (the optimistic estimate). A request over
+    every pool by ``budget_tokens`` but within the largest by ``floor_tokens`` goes to the largest
+    pool (BORDERLINE): refusing it would turn away requests that fit, and the backend's exact
+    count costs one fast 400 when it does not."""
     if type(budget_tokens) is not int or budget_tokens < 0:
         raise InvalidRequestError(f"budget must be a non-negative integer, got {budget_tokens!r}",
                                   field="budget_tokens")
     ordered = sort_pools(pools)
     needed = math.ceil(budget_tokens * (1.0 + settings.headroom_fraction))
     fitting = [p for p in ordered if budget_tokens <= p.max_model_len]
+    borderline = False
     if not fitting:
-        return Decision(None, Reason.FITS_NOWHERE, budget_tokens, ordered[-1].max_model_len,
-                        category)
+        if floor_tokens is None or floor_tokens > ordered[-1].max_model_len:
+            return Decision(None, Reason.FITS_NOWHERE, budget_tokens, ordered[-1].max_model_len,
+                            category)
+        fitting = [p for p in ordered if p.max_model_len == ordered[-1].max_model_len]
+        borderline = True
     allowed = [p for p in fitting if allowed_pools is None or p.name in allowed_pools]
     if not allowed:
         limits = [p.max_model_len for p in ordered
@@ -130,6 +142,9 @@ def decide(
                                 category)
     roomy = [p for p in allowed if needed <= p.max_model_len]
     candidates = roomy or allowed[-1:]
+    if borderline:  # the only pool that may fit: no spillover, no final budget check
+        return Decision(candidates[0].name, Reason.BORDERLINE, budget_tokens,
+                        candidates[0].max_model_len, category)
     chosen, reason = candidates[0], Reason.FITS
     threshold = settings.spillover_load_fraction
     if _saturated(chosen, threshold):

@@ -153,7 +153,8 @@ class DualPoolEngine:
             default_output_tokens=policy.default_output_tokens, embedding=embedding)
         budget = estimate.budget.total_tokens
         decision = decide(budget, self.pool_states(group), self._policy,
-                          allowed_pools=allowed_pools, forced_pool=forced)
+                          allowed_pools=allowed_pools, forced_pool=forced,
+                          floor_tokens=estimate.budget.total_tokens_floor)
         self.metrics.decision_seconds.observe(self._clock() - started)
         if decision.pool is None:
             self.metrics.refusals.labels(group.model_group, decision.reason.value).inc()

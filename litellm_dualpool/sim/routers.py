@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from litellm_dualpool.core.budget import optimistic_prompt_tokens
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.policy import Decision, PolicySettings, PoolState, Reason, decide
 from litellm_dualpool.core.shape import RequestShape
@@ -58,9 +59,15 @@ class _BudgetRouter:
     def prompt_estimate(self, request: SimRequest) -> int:
         raise NotImplementedError
 
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
+        """(optimistic, routing) prompt estimates; the same number without an error model."""
+        estimate = self.prompt_estimate(request)
+        return estimate, estimate
+
     def choose(self, request: SimRequest, pools: Sequence[PoolState]) -> Decision:
-        budget = self.prompt_estimate(request) + request.output_budget_tokens
-        return decide(budget, pools, self.settings, category=request.category)
+        floor, routing = self.prompt_estimates(request)
+        out = request.output_budget_tokens
+        return decide(routing + out, pools, self.settings, category=request.category, floor_tokens=floor + out)
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
         return None
@@ -86,6 +93,10 @@ class PolicyRouter(_BudgetRouter):
 
     def prompt_estimate(self, request: SimRequest) -> int:
         return self.calibrator.estimate_prompt_tokens(self.key(request.category), request.shape)
+
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
+        point, conservative = self.calibrator.estimate_both(self.key(request.category), request.shape)
+        return optimistic_prompt_tokens(point, conservative), conservative
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
         self.calibrator.observe(self.key(request.category), request.shape, prompt_tokens)

@@ -99,6 +99,33 @@ def test_fits_nowhere_carries_the_numbers() -> None:
         70000, 65536, "prose")
 
 
+def test_over_every_pool_only_by_the_margin_goes_to_the_largest() -> None:
+    # conservative 70000 > 65536, optimistic 64000 <= 65536: the long backend's count decides
+    decision = decide(70000, [SHORT, LONG], DEFAULT, floor_tokens=64000)
+    assert (decision.pool, decision.reason, decision.limit_tokens) == ("long", Reason.BORDERLINE, 65536)
+    # surely too large: refused as before
+    assert decide(70000, [SHORT, LONG], DEFAULT, floor_tokens=65537).reason == Reason.FITS_NOWHERE
+    # a tenant without the long pool is still refused, as NOT_ALLOWED
+    denied = decide(70000, [SHORT, LONG], DEFAULT, floor_tokens=64000, allowed_pools=frozenset({"short"}))
+    assert (denied.pool, denied.reason) == (None, Reason.NOT_ALLOWED)
+    # a budget that fits somewhere is placed on the conservative estimate alone
+    assert decide(9000, [SHORT, LONG], DEFAULT, floor_tokens=100).pool == "long"
+
+
+def test_borderline_ignores_spillover_and_keeps_equal_largest_pools() -> None:
+    busy_long = PoolState("long", 65536, 1.0)
+    twin = PoolState("long-b", 65536, 0.0)
+    decision = decide(70000, [SHORT, busy_long, twin], DEFAULT, floor_tokens=60000)
+    assert decision.reason == Reason.BORDERLINE and decision.pool in ("long", "long-b")
+
+
+def test_the_optimistic_total_mirrors_the_conservative_margin() -> None:
+    budget = TokenBudget(prompt_tokens=1100, output_tokens=200, prompt_tokens_point=1000)
+    assert (budget.total_tokens, budget.total_tokens_floor) == (1300, 1100)
+    assert TokenBudget(prompt_tokens=50, output_tokens=7).total_tokens_floor == 57  # no point estimate
+    assert TokenBudget(prompt_tokens=300, output_tokens=0, prompt_tokens_point=100).total_tokens_floor == 0
+
+
 @pytest.mark.parametrize(("pools", "path"), [
     ([], "pools"),
     ([SHORT, PoolState("short", 100)], "pools[1].name"),
@@ -147,3 +174,14 @@ def test_never_sends_a_budget_above_the_pool_limit(
         if decision.reason == Reason.FITS:  # the smallest pool that fits with headroom, or bare
             smaller = [v for v in limits.values() if budget * (1 + headroom) <= v]
             assert decision.limit_tokens == (min(smaller) if smaller else max(limits.values()))
+
+
+@given(st.integers(0, 250_000), st.integers(0, 250_000), pool_lists)
+def test_refuses_only_what_surely_fits_nowhere(budget: int, floor: int, pools: list[PoolState]) -> None:
+    floor = min(floor, budget)  # the optimistic estimate is never above the conservative one
+    decision = decide(budget, pools, DEFAULT, floor_tokens=floor)
+    largest = max(p.max_model_len for p in pools)
+    if decision.pool is None:
+        assert floor > largest
+    elif budget > decision.limit_tokens:
+        assert decision.reason == Reason.BORDERLINE and decision.limit_tokens == largest >= floor

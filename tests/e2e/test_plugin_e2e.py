@@ -184,6 +184,24 @@ def test_a_request_larger_than_every_pool_gets_a_clear_400(stack: dict[str, Any]
                   reason="fits_nowhere") == 1
 
 
+def test_a_request_over_every_pool_only_by_the_margin_is_served(stack: dict[str, Any]) -> None:
+    """The conservative estimate puts it over the long pool, but it fits: the long backend
+    serves it instead of the plugin refusing it on an estimate."""
+    proxy, long = stack["proxy"], stack["long"]
+    text = prose(12_000, offset=21)
+    first = proxy.chat("llama", text, max_tokens=8)
+    real = first.json()["usage"]["prompt_tokens"]
+    again = proxy.chat("llama", text, max_tokens=8)  # the estimate after learning this text
+    assert int(again.headers["x-dualpool-budget-tokens"]) - 8 > real  # conservative: above the truth
+    response = proxy.chat("llama", text, max_tokens=LONG_LEN - real)  # exactly the long window
+    assert response.status_code == 200, response.text
+    assert int(response.headers["x-dualpool-budget-tokens"]) > LONG_LEN
+    assert (served_by(response), response.headers["x-dualpool-pool"]) == (long.api_base, "long")
+    assert response.json()["usage"]["prompt_tokens"] == real
+    assert metric(proxy.metrics(), "dualpool_requests_total", model_group="llama", pool="long",
+                  reason="borderline") == 1
+
+
 def test_backends_without_usage_teach_nothing(stack: dict[str, Any]) -> None:
     proxy = stack["proxy"]
     assert proxy.chat("blind", prose(700), max_tokens=8).status_code == 200

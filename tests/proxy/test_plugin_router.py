@@ -71,6 +71,22 @@ async def test_over_everything_is_refused_before_any_backend_call(env) -> None:
     assert env.metric("dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == 1
 
 
+async def test_over_everything_by_the_margin_only_goes_to_the_largest_pool(env) -> None:
+    # max_tokens puts the conservative total just over the long pool, the optimistic one under it
+    body = {"model": "llama", "messages": [{"role": "user", "content": "hello " * 2000}]}
+    estimate = env.plugin.engine.estimator.estimate(body, "llama", default_output_tokens=0)
+    point, conservative = estimate.budget.prompt_tokens_point, estimate.budget.prompt_tokens
+    assert conservative - point >= 4  # a margin to fall inside
+    max_tokens = LONG_LEN - conservative + 2
+    _, data = await env.call("hello " * 2000, max_tokens=max_tokens)
+    await env.settle()
+    assert env.pool_hits == ["long"]
+    stash = data["metadata"]["_dualpool"]
+    assert stash["reason"] == "borderline" and stash["budget"] > LONG_LEN
+    assert env.metric("dualpool_requests_total", model_group="llama", pool="long", reason="borderline") == 1
+    assert env.metric("dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == 0
+
+
 VLLM_REJECTIONS = {
     "current": {"error": {"message": "This model's maximum context length is {L} tokens. However, "
                           "your prompt contains at least {P} input tokens, which exceeds this limit "
