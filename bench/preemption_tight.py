@@ -253,8 +253,11 @@ def render(results: list[dict[str, object]]) -> list[str]:
             f"{e['per_1000']:.1f} ({e['preemptions']}, {'+'.join(map(str, e['instances']))}) | "  # type: ignore[index]
             f"{_factor_text(r, 'dual_equal_gpus')} |")  # type: ignore[index]
     sized, equal = _reached(results, "dual"), _reached(results, "dual_equal_gpus")
+    gated = {str(r["case"]) for r in results if r["reserve_full_isl"]}
     verdict = ("**>= 5.4x: reached** at the planner's sizing in " + ", ".join(f"`{c}`" for c in sized)
                if sized else "**>= 5.4x: not reached** in any case at the planner's sizing")
+    if sized and not set(sized) & gated:
+        verdict += " only, all with the full-prompt check off (older vLLM's admission)"
     verdict += ("; at equal GPUs in " + ", ".join(f"`{c}`" for c in equal)) if equal else "; at equal GPUs in none"
     verdict += " (the low end of the 95% interval at or above 5.4)"
     unsure = _point_reached(results, "dual_equal_gpus")
@@ -300,10 +303,11 @@ def render(results: list[dict[str, object]]) -> list[str]:
             + a100_text,
             "- **Isolation cuts both ways.** The long pool holds only long requests, so its KV-safe count is "
             "*lower* than the homogeneous mix's (column); with the same `max_num_seqs` the long pool is more "
-            "exposed, not less. The split removes preemptions where the homogeneous fleet runs far more "
+            "exposed, not less. The split reduces preemptions where the homogeneous fleet runs far more "
             "sequences than its cache holds (vLLM's default 1024: many short requests keep the slots full "
-            "while long ones grow), or where admission checks only the first chunk (older vLLM: a long prompt "
-            "admitted into a nearly full cache is preempted and re-admitted repeatedly)." + worse_text,
+            "while long ones grow), and removes them where admission checks only the first chunk (older "
+            "vLLM: a long prompt admitted into a nearly full cache is preempted and re-admitted repeatedly)."
+            + worse_text,
             "- **For an operator** the lever is `max_num_seqs` per pool, not the split itself." + safe_text
             + " `litellm-dualpool plan` reports each pool's KV-safe "
             "count and the worst case (`kv_capacity // max_model_len`, never preempts), warns when a pool's "
