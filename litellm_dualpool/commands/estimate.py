@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             headroom_fraction=args.headroom,
             spillover_load_fraction=args.spillover if args.spillover > 0 else None)
         decision = decide(estimate.budget.total_tokens, pools, settings,
-                          category=estimate.key.category, floor_tokens=estimate.budget.total_tokens_floor)
+                          category=estimate.key.category, floor_tokens=estimate.budget.refusal_floor_tokens)
     except (DualPoolError, OSError, ValueError) as exc:
         error = {"error": str(exc), "type": type(exc).__name__}
         field = getattr(exc, "field", None) or getattr(exc, "path", None)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     shape["content_class"] = estimate.shape.content_class.value
     budget = asdict(estimate.budget)
     budget["total_tokens"] = estimate.budget.total_tokens
-    budget["total_tokens_floor"] = estimate.budget.total_tokens_floor
+    budget["refusal_floor_tokens"] = estimate.budget.refusal_floor_tokens
     out = {
         "estimate": {"shape": shape, "key": asdict(estimate.key), "budget": budget},
         "decision": {**asdict(decision), "reason": decision.reason.value},

@@ -46,17 +46,24 @@ class TokenBudget:
         return self.prompt_tokens + self.output_tokens
 
     @property
-    def total_tokens_floor(self) -> int:
-        """The optimistic total: the point estimate less the conservative margin (what the
-        budget plausibly is at least), for refusing only requests surely too large."""
-        if self.prompt_tokens_point is None:
-            return self.total_tokens
-        return optimistic_prompt_tokens(self.prompt_tokens_point, self.prompt_tokens) + self.output_tokens
+    def refusal_floor_tokens(self) -> int:
+        """The least window a backend needs for this request: refuse only above it."""
+        prompt = self.prompt_tokens if self.prompt_tokens_point is None else optimistic_prompt_tokens(
+            self.prompt_tokens_point, self.prompt_tokens)
+        return window_needed_tokens(prompt, self.output_tokens)
 
 
 def optimistic_prompt_tokens(point: int, conservative: int) -> int:
     """The point estimate minus the margin the conservative one adds (the same margin below)."""
     return max(2 * point - conservative, 0)
+
+
+def window_needed_tokens(prompt_tokens: int, output_tokens: int) -> int:
+    """The smallest max_model_len that can serve the request at all: the prompt plus one output
+    token, or the output budget when that is larger. Not prompt + output: current vLLM lowers a
+    max_tokens that overflows only together with the prompt and serves the request; it refuses a
+    prompt that fills the window, and a max_tokens above it."""
+    return max(prompt_tokens + 1, output_tokens)
 
 
 def _non_negative_int(body: Mapping[str, Any], field: str, minimum: int) -> int | None:

@@ -28,8 +28,8 @@ class Reason(StrEnum):
     SPILLOVER = "spillover"            # preferred pool saturated, sent to a larger one
     FORCED = "forced"                  # per-request override allowed by policy
     RECOVERY = "misroute_recovery"     # a backend rejected for context length; next larger pool
-    BORDERLINE = "borderline"          # over every pool by the conservative estimate, within the
-                                       # largest by the optimistic one: that backend's exact count decides
+    BORDERLINE = "borderline"          # over every pool by the budget, but the largest may serve it
+                                       # (optimistic prompt, vLLM lowering max_tokens): that backend decides
     FITS_NOWHERE = "fits_nowhere"      # larger than every pool -> 400
     NOT_ALLOWED = "not_allowed"        # only a pool the tenant may not use would fit -> 400
 
@@ -113,10 +113,11 @@ def decide(
     """Smallest pool whose max_model_len fits the budget (with headroom), spillover when it is
     saturated, a final fit check, and an explicit FITS_NOWHERE/NOT_ALLOWED outcome.
 
-    floor_tokens: the smallest the budget plausibly is (the optimistic estimate). A request over
-    every pool by ``budget_tokens`` but within the largest by ``floor_tokens`` goes to the largest
-    pool (BORDERLINE): refusing it would turn away requests that fit, and the backend's exact
-    count costs one fast 400 when it does not."""
+    floor_tokens: the least window the request can be served in (``TokenBudget.
+    refusal_floor_tokens``: the optimistic prompt plus one token, or the output budget). A
+    request over every pool by ``budget_tokens`` but within the largest by ``floor_tokens`` goes
+    to the largest pool (BORDERLINE): refusing it would turn away requests the backend serves,
+    and its exact count costs one fast 400 when it cannot."""
     if type(budget_tokens) is not int or budget_tokens < 0:
         raise InvalidRequestError(f"budget must be a non-negative integer, got {budget_tokens!r}",
                                   field="budget_tokens")

@@ -154,7 +154,7 @@ class DualPoolEngine:
         budget = estimate.budget.total_tokens
         decision = decide(budget, self.pool_states(group), self._policy,
                           allowed_pools=allowed_pools, forced_pool=forced,
-                          floor_tokens=estimate.budget.total_tokens_floor)
+                          floor_tokens=estimate.budget.refusal_floor_tokens)
         self.metrics.decision_seconds.observe(self._clock() - started)
         if decision.pool is None:
             self.metrics.refusals.labels(group.model_group, decision.reason.value).inc()
@@ -198,9 +198,14 @@ class DualPoolEngine:
             decision = decide_recovery(stash["budget"], self.pool_states(group), failed,
                                        allowed_pools=allowed)
             if decision.pool is None:
-                logger.warning("litellm-dualpool: pool %r of %r rejected the request for context "
-                               "length and no larger pool exists", failed, group.model_group)
-                return []
+                # a 400 that says so; an empty list would end in LiteLLM's 429 "no deployments"
+                self.metrics.refusals.labels(group.model_group, decision.reason.value).inc()
+                raise NoPoolFitsError(
+                    model_group=group.model_group, budget_tokens=stash["budget"],
+                    largest_limit_tokens=decision.limit_tokens,
+                    message=f"litellm-dualpool: pool {failed!r} of model group {group.model_group!r} "
+                            "rejected the request for its context length (see the backend's error) "
+                            "and no larger pool exists. Shorten the prompt or lower max_tokens.")
             stash.update(pool=decision.pool, reason=Reason.RECOVERY.value, recovered_from=failed)
         chosen: list[dict[str, Any]] = []
         if failed_ids:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from litellm_dualpool.core.budget import optimistic_prompt_tokens
+from litellm_dualpool.core.budget import optimistic_prompt_tokens, window_needed_tokens
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.policy import Decision, PolicySettings, PoolState, Reason, decide
 from litellm_dualpool.core.shape import RequestShape
@@ -67,7 +67,8 @@ class _BudgetRouter:
     def choose(self, request: SimRequest, pools: Sequence[PoolState]) -> Decision:
         floor, routing = self.prompt_estimates(request)
         out = request.output_budget_tokens
-        return decide(routing + out, pools, self.settings, category=request.category, floor_tokens=floor + out)
+        return decide(routing + out, pools, self.settings, category=request.category,
+                      floor_tokens=window_needed_tokens(floor, out))
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
         return None

@@ -119,11 +119,22 @@ def test_borderline_ignores_spillover_and_keeps_equal_largest_pools() -> None:
     assert decision.reason == Reason.BORDERLINE and decision.pool in ("long", "long-b")
 
 
-def test_the_optimistic_total_mirrors_the_conservative_margin() -> None:
+def test_the_refusal_floor_is_the_least_window_a_backend_serves_in() -> None:
+    # the optimistic prompt (point less the conservative margin) plus one output token: vLLM
+    # lowers a max_tokens that only overflows with the prompt
     budget = TokenBudget(prompt_tokens=1100, output_tokens=200, prompt_tokens_point=1000)
-    assert (budget.total_tokens, budget.total_tokens_floor) == (1300, 1100)
-    assert TokenBudget(prompt_tokens=50, output_tokens=7).total_tokens_floor == 57  # no point estimate
-    assert TokenBudget(prompt_tokens=300, output_tokens=0, prompt_tokens_point=100).total_tokens_floor == 0
+    assert (budget.total_tokens, budget.refusal_floor_tokens) == (1300, 901)
+    assert TokenBudget(prompt_tokens=50, output_tokens=7).refusal_floor_tokens == 51  # no point estimate
+    assert TokenBudget(prompt_tokens=300, output_tokens=0, prompt_tokens_point=100).refusal_floor_tokens == 1
+    # ... or the output budget alone when larger: vLLM refuses max_tokens above max_model_len
+    assert TokenBudget(prompt_tokens=10, output_tokens=70000, prompt_tokens_point=9).refusal_floor_tokens == 70000
+    decision = decide(TokenBudget(prompt_tokens=10, output_tokens=70000).total_tokens, [SHORT, LONG], DEFAULT,
+                      floor_tokens=TokenBudget(prompt_tokens=10, output_tokens=70000).refusal_floor_tokens)
+    assert decision.reason == Reason.FITS_NOWHERE
+    # a 60K prompt asking for 20K more tokens: the long backend serves it with fewer
+    wide = TokenBudget(prompt_tokens=60000, output_tokens=20000, prompt_tokens_point=59000)
+    decision = decide(wide.total_tokens, [SHORT, LONG], DEFAULT, floor_tokens=wide.refusal_floor_tokens)
+    assert (decision.pool, decision.reason) == ("long", Reason.BORDERLINE)
 
 
 @pytest.mark.parametrize(("pools", "path"), [

@@ -94,14 +94,14 @@ def test_estimate_command_reads_stdin_and_prints_json() -> None:
     assert out["decision"]["reason"] == "fits"
     assert out["estimate"]["budget"]["output_tokens"] == 100
     budget = out["estimate"]["budget"]
-    assert budget["total_tokens_floor"] < budget["total_tokens"]  # the cold start's margin, both ways
+    assert budget["refusal_floor_tokens"] < budget["prompt_tokens"]  # the cold start's margin, both ways
 
 
 def test_estimate_command_sends_a_borderline_request_to_the_largest_pool() -> None:
     body = {"messages": [{"role": "user", "content": "x" * 40_000}]}
     probe = json.loads(run_cli(["--pool", "long=65536", "--default-output-tokens", "0"], json.dumps(body)).stdout)
     budget = probe["estimate"]["budget"]
-    limit = (budget["total_tokens"] + budget["total_tokens_floor"]) // 2  # between the two estimates
+    limit = (budget["total_tokens"] + budget["refusal_floor_tokens"]) // 2  # between the two estimates
     out = json.loads(run_cli(["--pool", "short=1024", "--pool", f"long={limit}", "--default-output-tokens", "0"],
                              json.dumps(body)).stdout)
     assert (out["decision"]["pool"], out["decision"]["reason"]) == ("long", "borderline")

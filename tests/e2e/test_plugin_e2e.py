@@ -202,6 +202,30 @@ def test_a_request_over_every_pool_only_by_the_margin_is_served(stack: dict[str,
                   reason="borderline") == 1
 
 
+def test_a_max_tokens_that_overflows_only_with_the_prompt_is_left_to_the_backend(
+        stack: dict[str, Any]) -> None:
+    """Prompt + max_tokens is over every pool, but the prompt fits: current vLLM would lower
+    max_tokens and serve it (tests/realvllm), so the plugin sends it to the long pool. This
+    backend, like older vLLM, refuses it: the client gets a 400 naming both, not LiteLLM's 429."""
+    proxy, long = stack["proxy"], stack["long"]
+    metrics = proxy.metrics()
+    borderline = metric(metrics, "dualpool_requests_total", model_group="llama", pool="long", reason="borderline")
+    refused = metric(metrics, "dualpool_refusals_total", model_group="llama", reason="fits_nowhere")
+    long_before = long.stats()["requests"]
+    response = proxy.chat("llama", prose(4_000, offset=31), max_tokens=LONG_LEN - 10)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "maximum context length is" in message  # the backend's own words
+    assert "rejected the request for its context length" in message and "no larger pool" in message
+    assert long.stats()["requests"] == long_before + 1
+    metrics = proxy.metrics()
+    assert metric(metrics, "dualpool_requests_total", model_group="llama", pool="long",
+                  reason="borderline") == borderline + 1
+    assert metric(metrics, "dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == refused + 1
+    for pool in ("short", "long"):
+        assert metric(metrics, "dualpool_in_flight_requests", model_group="llama", pool=pool) == 0
+
+
 def test_backends_without_usage_teach_nothing(stack: dict[str, Any]) -> None:
     proxy = stack["proxy"]
     assert proxy.chat("blind", prose(700), max_tokens=8).status_code == 200

@@ -243,6 +243,24 @@ def test_usage_is_reported_and_learned_in_streams_and_plain_responses(stack: dic
     assert learned_after == learned_before + 2
 
 
+def test_vllm_lowers_a_max_tokens_that_overflows_only_with_the_prompt(stack: dict[str, Any]) -> None:
+    """Prompt + max_tokens is over every pool but the prompt fits: the plugin leaves it to the
+    long pool (reason borderline), and vLLM 0.32 serves it with max_tokens lowered to the room
+    left, as it would without the gateway."""
+    proxy, long = stack["proxy"], stack["long"]
+    text = prose(6000, offset=7)
+    prompt = exact_tokens(text)
+    assert prompt < LONG_LEN < prompt + LONG_LEN - 100
+    response = proxy.chat(GROUP, text, max_tokens=LONG_LEN - 100)
+    assert response.status_code == 200, response.text
+    assert (served_by(response), response.headers["x-dualpool-pool"]) == (long.api_base, "long")
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] == prompt
+    assert 1 <= usage["completion_tokens"] <= LONG_LEN - prompt
+    assert metric(proxy.metrics(), "dualpool_requests_total", model_group=GROUP, pool="long",
+                  reason="borderline") == 1
+
+
 def test_a_request_larger_than_every_pool_is_refused_before_vllm(stack: dict[str, Any]) -> None:
     proxy, short, long = stack["proxy"], stack["short"], stack["long"]
     before = served_requests(short) + served_requests(long)
