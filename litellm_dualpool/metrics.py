@@ -91,7 +91,8 @@ class DualPoolMetrics:
             ["model_group", "outcome"], registry=registry)
         self.misroutes = Counter(
             "dualpool_misroutes",
-            "Context-length rejections by a backend of the pool the plugin chose.",
+            "Context-length rejections by a backend of the pool the plugin chose, when a larger "
+            "pool exists (the largest pool's rejections are refusals).",
             ["model_group", "pool"], registry=registry)
         self.misroutes_recovered = Counter(
             "dualpool_misroutes_recovered",

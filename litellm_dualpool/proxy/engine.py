@@ -304,7 +304,10 @@ class DualPoolEngine:
             return
         group = self.groups[stash["group"]]
         pool = self.pool_of(group, {"model_info": model_info or {}})
-        self.metrics.misroutes.labels(group.model_group, pool.name if pool else stash["pool"]).inc()
+        if pool is None or pool.max_model_len < group.largest.max_model_len:
+            self.metrics.misroutes.labels(group.model_group, pool.name if pool else stash["pool"]).inc()
+        # else the largest pool refused it: no pool could serve it, which the recovery hop
+        # reports as a refusal (a request sent there as borderline, not a routing error)
         # A lower bound ("at least N", current vLLM) is not a sample: the recovered call's
         # usage teaches the exact count instead.
         if rejection.prompt_tokens is not None and rejection.prompt_tokens_exact:

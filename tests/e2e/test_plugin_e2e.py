@@ -222,6 +222,8 @@ def test_a_max_tokens_that_overflows_only_with_the_prompt_is_left_to_the_backend
     assert metric(metrics, "dualpool_requests_total", model_group="llama", pool="long",
                   reason="borderline") == borderline + 1
     assert metric(metrics, "dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == refused + 1
+    # the largest pool's rejection is a refusal, not a misroute: nothing could serve it
+    assert metric(metrics, "dualpool_misroutes_total", model_group="llama", pool="long") == 0
     for pool in ("short", "long"):
         assert metric(metrics, "dualpool_in_flight_requests", model_group="llama", pool=pool) == 0
 
