@@ -162,6 +162,8 @@ class _PoolInfo(_Model):
     pool: str | None = Field(None, pattern=_LABEL_PATTERN)
     hardware: str | None = Field(None, max_length=128)
     max_num_seqs: int | None = Field(None, ge=1, le=1_000_000)
+    #: in-flight requests at which spillover counts this deployment as full (``plan`` derives it)
+    max_in_flight: int | None = Field(None, ge=1, le=1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +276,22 @@ def parse_pools(model_list: object, settings: DualPoolSettings | None = None) ->
     return groups
 
 
+def deployment_capacity(model_info: _PoolInfo | Mapping[str, Any] | None, default: int) -> int:
+    """In-flight requests at which spillover counts a deployment as full: ``model_info.
+    max_in_flight`` (what ``plan`` derives from the TTFT target), else ``max_num_seqs``, else
+    ``default``. The slots alone are too late for a prefill-bound pool: its TTFT is lost long
+    before 90% of 256 sequences are in flight."""
+    if isinstance(model_info, _PoolInfo):
+        values: tuple[object, ...] = (model_info.max_in_flight, model_info.max_num_seqs)
+    else:
+        info = model_info or {}
+        values = (info.get("max_in_flight"), info.get("max_num_seqs"))
+    for value in values:
+        if type(value) is int and value > 0:
+            return value
+    return default
+
+
 def _build_group(name: str, declared: list[tuple[int, _PoolInfo]],
                  settings: DualPoolSettings) -> GroupSpec:
     by_len: dict[int, list[tuple[int, _PoolInfo]]] = {}
@@ -305,7 +323,7 @@ def _build_group(name: str, declared: list[tuple[int, _PoolInfo]],
         hardware = {info.hardware for _, info in members if info.hardware}
         pools.append(PoolSpec(
             name=label, max_model_len=length, deployment_count=len(members),
-            max_in_flight=sum(info.max_num_seqs or default_capacity for _, info in members),
+            max_in_flight=sum(deployment_capacity(info, default_capacity) for _, info in members),
             hardware=", ".join(sorted(hardware)) or None))
     return GroupSpec(model_group=name, pools=tuple(pools))
 

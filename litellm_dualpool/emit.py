@@ -66,7 +66,8 @@ def litellm_config(plan: Plan, *, model_group: str | None = None,
                     "api_key": "none",
                 },
                 "model_info": {"max_model_len": pool.flags.max_model_len, "pool": pool.name,
-                               "max_num_seqs": pool.flags.max_num_seqs, "hardware": hardware},
+                               "max_num_seqs": pool.flags.max_num_seqs, "hardware": hardware,
+                               **({"max_in_flight": pool.max_in_flight} if pool.max_in_flight else {})},
             })
     return {
         "model_list": model_list,

@@ -412,6 +412,7 @@ class PoolPlan:
     prediction: LoadPrediction | None
     kv: KvHeadroom | None = None  # when the pool's KV cache can overflow (vLLM preempts)
     length_check: LengthCheck | None = None  # a measured pool: the bench's lengths vs its own
+    max_in_flight: int | None = None  # per instance: where spillover should count it full
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -537,7 +538,22 @@ class Planner:
         usd = n * self.hardware.usd_per_instance_year
         return PoolPlan(name, flags, low, share, rate, mu, n, n * self.hardware.tensor_parallel_size,
                         usd, rate / (n * mu), binding, prediction, self.kv(flags, low),
-                        self.length_check(role, low, flags.max_model_len))
+                        self.length_check(role, low, flags.max_model_len),
+                        self.spillover_in_flight(mu, low, flags.max_model_len, prediction))
+
+    def spillover_in_flight(self, mu: float, low: int, high: int,
+                            prediction: LoadPrediction | None) -> int:
+        """In-flight requests per instance at which spillover should count the pool as full:
+        ``ceil(mu * (TTFT target + E[output] * TPOT))``, what an instance holds when it serves its
+        saturation throughput and each request waits up to the TTFT target (Little's law). Below
+        it the pool meets its TTFT; ``max_num_seqs`` is far later when prefill is the bottleneck
+        (a 4 x A100 70B pool loses its TTFT with a fifth of 256 slots in flight). TPOT is the
+        queueing model's mean, or the target when the pool was not modelled (measured mu)."""
+        sub = self.mix.within(low, high)
+        out = float(sub.output_tokens.mean()) if len(sub) else float(self.mix.output_tokens.mean())
+        tpot = (prediction.tpot_mean_seconds if prediction is not None
+                and math.isfinite(prediction.tpot_mean_seconds) else self.slo.tpot_p99_seconds)
+        return max(1, math.ceil(mu * (self.slo.ttft_p99_seconds + out * tpot)))
 
     def length_check(self, role: str, low: int, high: int) -> LengthCheck | None:
         """A role measured by a bench file: its mean lengths beside the pool's own requests'."""

@@ -174,7 +174,8 @@ def render(plan: Plan, console: Console) -> None:
                   f"P99 TPOT <= {plan.slo.tpot_p99_seconds * 1e3:g} ms, ${hw.usd_per_gpu_hour}/GPU-h")
     table = Table(title=f"Recommended threshold: {plan.threshold} tokens")
     for col in ("fleet", "pool", "tokens", "share", "req/s", "mu", "inst", "GPUs", "$/year", "util",
-                "max_num_seqs", "KV-safe seqs", "batched tok", "P99 TTFT ms", "P99 TPOT ms", "sized by"):
+                "max_num_seqs", "KV-safe seqs", "max_in_flight", "batched tok", "P99 TTFT ms", "P99 TPOT ms",
+                "sized by"):
         table.add_column(col, justify="right")
     for label, fleet in (("homogeneous", plan.homogeneous), ("dual pool", plan.dual_pool)):
         for pool in fleet.pools:
@@ -183,7 +184,7 @@ def render(plan: Plan, console: Console) -> None:
                           f"{pool.share:.1%}", f"{pool.rate_per_second:.1f}", f"{pool.mu_per_instance:.2f}",
                           str(pool.instances), str(pool.gpus), f"{pool.usd_per_year / 1e6:.2f}M",
                           f"{pool.utilisation:.0%}", str(pool.flags.max_num_seqs),
-                          _kv_cell(pool), str(pool.flags.max_num_batched_tokens),
+                          _kv_cell(pool), str(pool.max_in_flight or "-"), str(pool.flags.max_num_batched_tokens),
                           _ms(pred.ttft_p99_seconds if pred else None),
                           _ms(pred.tpot_p99_seconds if pred else None), pool.binding)
     console.print(table)

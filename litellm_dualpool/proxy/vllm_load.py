@@ -3,7 +3,8 @@
 
 Why: the plugin's own in-flight counts see only this proxy's requests; with several gateway
 replicas or clients calling vLLM directly, the backend's queue is the truth. The pool's load is
-its deployments' running+waiting over their capacity (``model_info.max_num_seqs``); readings older
+its deployments' running+waiting over their capacity (``model_info.max_in_flight``, else
+``max_num_seqs``); readings older
 than ``stale_after_seconds`` are ignored, so a dead scrape never pins a pool as busy or idle.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from litellm_dualpool.config import GroupSpec, PoolSpec, VllmMetricsConfig
+from litellm_dualpool.config import GroupSpec, PoolSpec, VllmMetricsConfig, deployment_capacity
 
 logger = logging.getLogger("litellm_dualpool")
 
@@ -77,8 +78,7 @@ class VllmLoadPoller:
             api_base = (deployment.get("litellm_params") or {}).get("api_base")
             if pool is None or not isinstance(api_base, str):
                 continue
-            seqs = (deployment.get("model_info") or {}).get("max_num_seqs")
-            capacity = seqs if type(seqs) is int and seqs > 0 else self._default_capacity
+            capacity = deployment_capacity(deployment.get("model_info"), self._default_capacity)
             self._targets[(group.model_group, pool.name)].append(
                 _Target(metrics_url(api_base), capacity))
 

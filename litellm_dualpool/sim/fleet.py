@@ -56,10 +56,15 @@ class PoolSpec:
     engine: EngineConfig
     instances: int
     usd_per_gpu_hour: float | None = None
+    #: in-flight requests per instance at which spillover counts the pool as full (the plugin's
+    #: ``model_info.max_in_flight``); None: the engine's max_num_seqs, the plugin's default
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         if self.instances < 1:
             raise ConfigError("must be >= 1", path=f"pools.{self.name}.instances")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError("must be >= 1", path=f"pools.{self.name}.max_in_flight")
 
     @property
     def price(self) -> float | None:
@@ -170,7 +175,7 @@ class FleetSimulator:
         self._loads = np.zeros(n, dtype=np.int64)  # in-flight requests per instance
         self._rr = [lo for lo, _ in self._ranges]
         self._pool_inflight = [0] * len(self.pools)
-        self._pool_capacity = [p.instances * p.engine.max_num_seqs for p in self.pools]
+        self._pool_capacity = [p.instances * (p.max_in_flight or p.engine.max_num_seqs) for p in self.pools]
         self._version = [0] * n
         self._planned = [0] * n
         self._run_start = [0.0] * n

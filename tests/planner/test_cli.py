@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from litellm_dualpool.cli import main
 from litellm_dualpool.config import load_plugin_config_file
@@ -106,6 +107,12 @@ def test_emit_config_is_accepted_by_the_plugin(tmp_path: Path) -> None:
     group = config.groups["chat"]
     assert [p.name for p in group.pools] == ["short", "long"]
     assert group.pools[0].max_model_len in (4096, 8192) and group.pools[1].max_model_len == 65536
+    # the spillover capacity the planner derived reaches the plugin through model_info
+    emitted = yaml.safe_load((tmp_path / "litellm_config.yaml").read_text())
+    caps = {d["model_info"]["pool"]: d["model_info"]["max_in_flight"] for d in emitted["model_list"]}
+    counts = {p.name: p.deployment_count for p in group.pools}
+    assert [p.max_in_flight for p in group.pools] == [caps[p.name] * counts[p.name] for p in group.pools]
+    assert all(0 < caps[name] for name in caps)
     text = (tmp_path / "litellm_config.yaml").read_text()
     assert "litellm_dualpool.proxy_handler_instance" in text
     assert "os.environ/LITELLM_MASTER_KEY" in text

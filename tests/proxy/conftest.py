@@ -24,8 +24,9 @@ def make_env() -> Any:
     made: list[tuple[Env, list[Any]]] = []
 
     def factory(settings: dict[str, Any] | None = None, *, usage: bool = True,
-                install_router: bool = True, short_len: int = SHORT_LEN) -> Env:
-        config = load_plugin_config({"model_list": model_list(short_len=short_len),
+                install_router: bool = True, short_len: int = SHORT_LEN,
+                short_info: dict[str, Any] | None = None) -> Env:
+        config = load_plugin_config({"model_list": model_list(short_len=short_len, short_info=short_info),
                                      "dualpool_settings": settings or {}})
         registry = CollectorRegistry()
         plugin = DualPoolCallback(config, metrics=DualPoolMetrics(registry),
@@ -35,7 +36,7 @@ def make_env() -> Any:
         litellm._async_success_callback.append(plugin)
         litellm._async_failure_callback.append(plugin)
         litellm.disable_aiohttp_transport = True  # respx mocks httpx, LiteLLM's default is aiohttp
-        router = litellm.Router(model_list=model_list(short_len=short_len), num_retries=0)
+        router = litellm.Router(model_list=model_list(short_len=short_len, short_info=short_info), num_retries=0)
         if install_router:
             install(router, plugin)
         mock = respx.mock(assert_all_called=False)

@@ -19,11 +19,12 @@ SHORT_BASE, LONG_BASE = "http://short.vllm.test/v1", "http://long.vllm.test/v1"
 SHORT_LEN, LONG_LEN = 4096, 16384
 
 
-def model_list(*, short_len: int = SHORT_LEN, long_len: int = LONG_LEN) -> list[dict[str, Any]]:
+def model_list(*, short_len: int = SHORT_LEN, long_len: int = LONG_LEN,
+               short_info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return [
         {"model_name": "llama", "litellm_params": {"model": "hosted_vllm/m", "api_base": SHORT_BASE,
                                                    "api_key": "x"},
-         "model_info": {"max_model_len": short_len, "max_num_seqs": 4}},
+         "model_info": {"max_model_len": short_len, "max_num_seqs": 4, **(short_info or {})}},
         {"model_name": "llama", "litellm_params": {"model": "hosted_vllm/m", "api_base": LONG_BASE,
                                                    "api_key": "x"},
          "model_info": {"max_model_len": long_len, "max_num_seqs": 4}},

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from litellm_dualpool.cli import main
 from litellm_dualpool.config import (
     DualPoolSettings,
+    deployment_capacity,
     load_plugin_config,
     load_plugin_config_file,
     parse_pools,
@@ -41,6 +42,25 @@ def test_pools_are_grouped_by_max_model_len_smallest_first() -> None:
         "short", 8192, 2, 256)
     assert (long.name, long.max_model_len, long.hardware, long.max_in_flight) == (
         "long", 65536, "H100", DualPoolSettings().spillover.default_max_in_flight_per_deployment)
+
+
+def test_max_in_flight_sets_the_spillover_capacity_before_max_num_seqs() -> None:
+    groups = parse_pools([
+        deployment("llama", max_model_len=8192, max_num_seqs=256, max_in_flight=54),
+        deployment("llama", max_model_len=8192, max_num_seqs=256),
+        deployment("llama", max_model_len=65536),
+    ])
+    short, long = groups["llama"].pools
+    assert short.max_in_flight == 54 + 256  # each deployment's own capacity
+    assert long.max_in_flight == DualPoolSettings().spillover.default_max_in_flight_per_deployment
+    with pytest.raises(ConfigError) as info:
+        parse_pools([deployment("x", max_model_len=8192, max_in_flight=0),
+                      deployment("x", max_model_len=65536)])
+    assert info.value.path.endswith("model_info.max_in_flight")
+    # the same rule for the backend-metrics poller, which reads raw model_info
+    assert deployment_capacity({"max_in_flight": 5, "max_num_seqs": 9}, 64) == 5
+    assert deployment_capacity({"max_num_seqs": 9, "max_in_flight": True}, 64) == 9
+    assert deployment_capacity({}, 64) == deployment_capacity(None, 64) == 64
 
 
 def test_pool_labels_and_a_middle_pool() -> None:

@@ -240,6 +240,22 @@ async def test_spillover_when_the_short_pool_is_saturated(env) -> None:
                       to_pool="long") == 1
 
 
+@pytest.mark.parametrize(("short_info", "pool"), [({}, "short"), ({"max_in_flight": 2}, "long")])
+async def test_max_in_flight_is_the_spillover_capacity(make_env, short_info: dict[str, Any],
+                                                       pool: str) -> None:
+    # two requests in flight: half of max_num_seqs 4, all of max_in_flight 2
+    env = make_env(short_info=short_info)
+    inflight = env.plugin.engine.inflight
+    for i in range(2):
+        inflight.open(f"busy{i}", "llama", "short")
+    _, data = await env.call("hi", max_tokens=8)
+    for i in range(2):
+        inflight.close(f"busy{i}")
+    await env.settle()
+    assert data["metadata"]["_dualpool"]["pool"] == pool
+    assert env.pool_hits == [pool]
+
+
 async def test_other_groups_are_untouched(env) -> None:
     from litellm.proxy._types import UserAPIKeyAuth as Auth
 

@@ -10,6 +10,7 @@ import pytest
 
 from litellm_dualpool.cli import main
 from litellm_dualpool.core.policy import PolicySettings
+from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.sim.engine import EngineConfig
 from litellm_dualpool.sim.fleet import Fate, PoolSpec, simulate
 from litellm_dualpool.sim.routers import (
@@ -157,3 +158,19 @@ def test_simulate_command_prints_json_on_the_last_line(tmp_path: Path, capsys: p
 def test_simulate_command_reports_bad_pool_specs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--synthetic", "10", "--pool", "max_model_len=8192"]) == 2
     assert "pool[0].name" in capsys.readouterr().err
+
+
+def test_spillover_capacity_below_the_slots_spills_an_overloaded_short_pool_sooner() -> None:
+    """One short instance with most of the load: with the slots as capacity (64 per instance)
+    spillover waits until nearly 58 requests are in flight; with a capacity of 8 (what the
+    planner derives from the TTFT target) it starts sooner, and the short pool's TTFT holds."""
+    w = workload(n=1500, rate=60.0)
+    settings = PolicySettings(spillover_load_fraction=0.9)
+    slots = simulate(w, [PoolSpec("short", SHORT, 1), PoolSpec("long", LONG, 3)], OracleRouter(settings))
+    capped = simulate(w, [PoolSpec("short", SHORT, 1, max_in_flight=8), PoolSpec("long", LONG, 3)],
+                      OracleRouter(settings))
+    assert capped.reasons.get("spillover", 0) > slots.reasons.get("spillover", 0)
+    assert capped.pools[0].requests < slots.pools[0].requests
+    assert capped.pools[0].ttft_p99_seconds < slots.pools[0].ttft_p99_seconds
+    with pytest.raises(ConfigError):
+        PoolSpec("short", SHORT, 1, max_in_flight=0)
