@@ -539,21 +539,22 @@ class Planner:
         return PoolPlan(name, flags, low, share, rate, mu, n, n * self.hardware.tensor_parallel_size,
                         usd, rate / (n * mu), binding, prediction, self.kv(flags, low),
                         self.length_check(role, low, flags.max_model_len),
-                        self.spillover_in_flight(mu, low, flags.max_model_len, prediction))
+                        self.spillover_in_flight(mu, low, flags, prediction))
 
-    def spillover_in_flight(self, mu: float, low: int, high: int,
+    def spillover_in_flight(self, mu: float, low: int, flags: PoolFlags,
                             prediction: LoadPrediction | None) -> int:
         """In-flight requests per instance at which spillover should count the pool as full:
         ``ceil(mu * (TTFT target + E[output] * TPOT))``, what an instance holds when it serves its
-        saturation throughput and each request waits up to the TTFT target (Little's law). Below
-        it the pool meets its TTFT; ``max_num_seqs`` is far later when prefill is the bottleneck
-        (a 4 x A100 70B pool loses its TTFT with a fifth of 256 slots in flight). TPOT is the
-        queueing model's mean, or the target when the pool was not modelled (measured mu)."""
-        sub = self.mix.within(low, high)
+        saturation throughput and each request waits up to the TTFT target (Little's law), and
+        never more than its ``max_num_seqs`` (beyond them requests wait for a slot). The slots
+        alone are far too late when prefill is the bottleneck: a 4 x A100 70B pool loses its TTFT
+        with a fifth of 256 slots in flight. TPOT is the queueing model's mean, or the target
+        when the pool was not modelled (measured mu)."""
+        sub = self.mix.within(low, flags.max_model_len)
         out = float(sub.output_tokens.mean()) if len(sub) else float(self.mix.output_tokens.mean())
         tpot = (prediction.tpot_mean_seconds if prediction is not None
                 and math.isfinite(prediction.tpot_mean_seconds) else self.slo.tpot_p99_seconds)
-        return max(1, math.ceil(mu * (self.slo.ttft_p99_seconds + out * tpot)))
+        return max(1, min(flags.max_num_seqs, math.ceil(mu * (self.slo.ttft_p99_seconds + out * tpot))))
 
     def length_check(self, role: str, low: int, high: int) -> LengthCheck | None:
         """A role measured by a bench file: its mean lengths beside the pool's own requests'."""

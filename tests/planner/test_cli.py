@@ -109,10 +109,11 @@ def test_emit_config_is_accepted_by_the_plugin(tmp_path: Path) -> None:
     assert group.pools[0].max_model_len in (4096, 8192) and group.pools[1].max_model_len == 65536
     # the spillover capacity the planner derived reaches the plugin through model_info
     emitted = yaml.safe_load((tmp_path / "litellm_config.yaml").read_text())
-    caps = {d["model_info"]["pool"]: d["model_info"]["max_in_flight"] for d in emitted["model_list"]}
+    infos = {d["model_info"]["pool"]: d["model_info"] for d in emitted["model_list"]}
     counts = {p.name: p.deployment_count for p in group.pools}
-    assert [p.max_in_flight for p in group.pools] == [caps[p.name] * counts[p.name] for p in group.pools]
-    assert all(0 < caps[name] for name in caps)
+    assert [p.max_in_flight for p in group.pools] == [
+        infos[p.name]["max_in_flight"] * counts[p.name] for p in group.pools]
+    assert all(0 < info["max_in_flight"] <= info["max_num_seqs"] for info in infos.values())
     text = (tmp_path / "litellm_config.yaml").read_text()
     assert "litellm_dualpool.proxy_handler_instance" in text
     assert "os.environ/LITELLM_MASTER_KEY" in text

@@ -138,9 +138,11 @@ def test_sweep_with_measured_throughputs_matches_hand_sizing() -> None:
     at_2k = next(o for o in plan.sweep if o.threshold == 2048)
     assert at_2k.fleet.instances == math.ceil(50 / 9) + math.ceil(50 / 1.8)  # 6 + 28 = 34
     assert plan.dual_pool.usd_per_year < at_2k.fleet.usd_per_year
-    # spillover capacity per instance: mu * (TTFT target 2 s + 100 output tokens * TPOT); a
-    # measured pool has no modelled TPOT, so its target (80 ms) stands in: 10 * 10 = 100, 2 * 10 = 20
-    assert [p.max_in_flight for p in plan.dual_pool.pools] == [100, 20]
+    # spillover capacity per instance: mu * (TTFT target 2 s + 100 output tokens * TPOT), at most
+    # max_num_seqs; a measured pool has no modelled TPOT, so its target (80 ms) stands in:
+    # short 10 * 10 = 100, long 2 * 10 = 20 capped at its 16 sequences
+    short, long = plan.dual_pool.pools
+    assert (short.max_in_flight, long.max_in_flight) == (min(100, short.flags.max_num_seqs), 16)
 
 
 def test_engine_model_plan_is_consistent() -> None:
@@ -163,8 +165,8 @@ def test_engine_model_plan_is_consistent() -> None:
         assert pool.to_dict()["kv"]["can_preempt"] == kv.can_preempt  # type: ignore[index]
         if pool.prediction is not None:  # spillover capacity: Little's law at the TTFT target
             out = planner.mix.within(pool.low_tokens, pool.flags.max_model_len).output_tokens.mean()
-            assert pool.max_in_flight == math.ceil(pool.mu_per_instance * (
-                planner.slo.ttft_p99_seconds + out * pool.prediction.tpot_mean_seconds))
+            assert pool.max_in_flight == min(pool.flags.max_num_seqs, math.ceil(pool.mu_per_instance * (
+                planner.slo.ttft_p99_seconds + out * pool.prediction.tpot_mean_seconds)))
     assert plan.dual_pool.can_preempt == any(p.kv.can_preempt for p in plan.dual_pool.pools)  # type: ignore[union-attr]
     assert [e.pools for e in plan.extra_pools] == [2, 3]
     assert plan.extra_pools[1].marginal_saving_fraction == pytest.approx(
