@@ -481,10 +481,12 @@ DISCUSSION = """## Why we differ from the paper
   refuses requests that fit.
 - **Spillover.** At its planned size no pool fills 90% of its sequence slots, so spillover never
   fires. With the short pool 20% under its size (the last rows of each 4K table), a prefill-bound
-  pool loses its TTFT with a fraction of its slots in flight: spillover at 90% of
-  `max_num_seqs` still never fires. With the planner's `max_in_flight` as the capacity
-  (`model_info.max_in_flight`, written by `plan --emit-config`), it sends the excess to the long
-  pool and holds most of the SLO.
+  pool (Llama-3-70B on A100, Azure conv) loses its TTFT with a fraction of its slots in flight:
+  spillover at 90% of `max_num_seqs` still never fires. With the planner's `max_in_flight` as
+  the capacity (`model_info.max_in_flight`, written by `plan --emit-config`), it sends the excess
+  to the long pool and holds most of the SLO. A decode-bound pool (Qwen3 on MI300X) fills its
+  slots first; there the planner's capacity is the slots, and both rows spill alike. Azure code
+  and Mooncake keep their SLO 20% under size, so nothing spills.
 - **Refusals found by the simulator.** An earlier run of this page showed the estimator refusing
   6 of 1,500 Mooncake requests that fit the 128K pool: their conservative estimate was over it.
   The plugin now refuses only on the optimistic estimate, and sends a request that is over the
