@@ -205,7 +205,8 @@ class DualPoolEngine:
                     largest_limit_tokens=decision.limit_tokens,
                     message=f"litellm-dualpool: pool {failed!r} of model group {group.model_group!r} "
                             "rejected the request for its context length (see the backend's error) "
-                            "and no larger pool exists. Shorten the prompt or lower max_tokens.")
+                            "and no larger pool exists (that this caller may use). Shorten the prompt or "
+                            "lower max_tokens.")
             stash.update(pool=decision.pool, reason=Reason.RECOVERY.value, recovered_from=failed)
         chosen: list[dict[str, Any]] = []
         if failed_ids:
