@@ -503,12 +503,11 @@ def _preemption_target(tight: list[dict[str, object]] | None) -> str:
         return "not evaluated in this run (see \"Preemptions where the KV cache is tight\")."
     sized = set(preemption_tight._reached(tight, "dual"))
     equal = set(preemption_tight._reached(tight, "dual_equal_gpus"))
-    gated = {str(r["case"]): r for r in tight if r["reserve_full_isl"]}
-    current = [r["reduction"]["dual"] for r in gated.values()  # type: ignore[index]
-               if r["reduction"]["dual"].ratio is not None  # type: ignore[index]
-               and r["reduction"]["dual"].baseline_events >= preemption_tight.MIN_EVENTS]  # type: ignore[index]
-    current_text = ", ".join(f"x{iv.ratio:.1f} (x{iv.low:.1f}-x{iv.high:.1f})" for iv in current)
-    if sized and not sized & set(gated):
+    gated = preemption_tight.full_prompt_check_cases(tight)
+    current_text = ", ".join(preemption_tight._factor_text(r, "dual") for r in tight
+                             if str(r["case"]) in gated
+                             and preemption_tight.has_factor(r["reduction"]["dual"]))  # type: ignore[index]
+    if sized and not sized & gated:
         verdict = ("**reached only with older vLLM's admission** (a prompt admitted on its first chunk, "
                    f"`--no-scheduler-reserve-full-isl`): at the planner's sizing in {', '.join(sorted(sized))}, "
                    "where the dual fleet has no preemption at all, the low end of each 95% interval at or above "

@@ -47,23 +47,14 @@ class TokenBudget:
 
     @property
     def refusal_floor_tokens(self) -> int:
-        """The least window a backend needs for this request: refuse only above it."""
-        prompt = self.prompt_tokens if self.prompt_tokens_point is None else optimistic_prompt_tokens(
-            self.prompt_tokens_point, self.prompt_tokens)
-        return window_needed_tokens(prompt, self.output_tokens)
-
-
-def optimistic_prompt_tokens(point: int, conservative: int) -> int:
-    """The point estimate minus the margin the conservative one adds (the same margin below)."""
-    return max(2 * point - conservative, 0)
-
-
-def window_needed_tokens(prompt_tokens: int, output_tokens: int) -> int:
-    """The smallest max_model_len that can serve the request at all: the prompt plus one output
-    token, or the output budget when that is larger. Not prompt + output: current vLLM lowers a
-    max_tokens that overflows only together with the prompt and serves the request; it refuses a
-    prompt that fills the window, and a max_tokens above it."""
-    return max(prompt_tokens + 1, output_tokens)
+        """The least window a backend needs for this request: refuse only above it. The prompt
+        is the optimistic estimate (the point estimate less the margin the conservative one
+        adds); then one output token, or the output budget when that is larger. Not prompt +
+        output: current vLLM lowers a max_tokens that overflows only together with the prompt and
+        serves the request; it refuses a prompt that fills the window, and a max_tokens above it."""
+        point = self.prompt_tokens if self.prompt_tokens_point is None else self.prompt_tokens_point
+        optimistic = max(2 * point - self.prompt_tokens, 0)
+        return max(optimistic + 1, self.output_tokens)
 
 
 def _non_negative_int(body: Mapping[str, Any], field: str, minimum: int) -> int | None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from litellm_dualpool.core.budget import optimistic_prompt_tokens, window_needed_tokens
+from litellm_dualpool.core.budget import TokenBudget
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.policy import Decision, PolicySettings, PoolState, Reason, decide
 from litellm_dualpool.core.shape import RequestShape
@@ -56,19 +56,16 @@ class _BudgetRouter:
         self.settings = settings or PolicySettings()
         self.model_group = model_group
 
-    def prompt_estimate(self, request: SimRequest) -> int:
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
+        """(point, conservative) prompt estimates; the same number without an error model."""
         raise NotImplementedError
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
-        """(optimistic, routing) prompt estimates; the same number without an error model."""
-        estimate = self.prompt_estimate(request)
-        return estimate, estimate
-
     def choose(self, request: SimRequest, pools: Sequence[PoolState]) -> Decision:
-        floor, routing = self.prompt_estimates(request)
-        out = request.output_budget_tokens
-        return decide(routing + out, pools, self.settings, category=request.category,
-                      floor_tokens=window_needed_tokens(floor, out))
+        point, conservative = self.prompt_estimates(request)
+        budget = TokenBudget(prompt_tokens=conservative, output_tokens=request.output_budget_tokens,
+                             prompt_tokens_point=point)  # what the proxy's estimator builds
+        return decide(budget.total_tokens, pools, self.settings, category=request.category,
+                      floor_tokens=budget.refusal_floor_tokens)
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
         return None
@@ -92,12 +89,8 @@ class PolicyRouter(_BudgetRouter):
             key = self._keys[category] = CategoryKey(self.model_group, category)
         return key
 
-    def prompt_estimate(self, request: SimRequest) -> int:
-        return self.calibrator.estimate_prompt_tokens(self.key(request.category), request.shape)
-
     def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
-        point, conservative = self.calibrator.estimate_both(self.key(request.category), request.shape)
-        return optimistic_prompt_tokens(point, conservative), conservative
+        return self.calibrator.estimate_both(self.key(request.category), request.shape)
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
         self.calibrator.observe(self.key(request.category), request.shape, prompt_tokens)
@@ -113,8 +106,9 @@ class StaticRatioRouter(_BudgetRouter):
         super().__init__(settings, model_group=model_group)
         self.bytes_per_token = bytes_per_token
 
-    def prompt_estimate(self, request: SimRequest) -> int:
-        return math.ceil(request.shape.total_bytes / self.bytes_per_token)
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
+        estimate = math.ceil(request.shape.total_bytes / self.bytes_per_token)
+        return estimate, estimate
 
 
 class OracleRouter(_BudgetRouter):
@@ -122,8 +116,8 @@ class OracleRouter(_BudgetRouter):
 
     name = "oracle"
 
-    def prompt_estimate(self, request: SimRequest) -> int:
-        return request.true_prompt_tokens
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
+        return request.true_prompt_tokens, request.true_prompt_tokens
 
 
 class SinglePoolRouter:

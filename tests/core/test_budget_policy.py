@@ -127,9 +127,9 @@ def test_the_refusal_floor_is_the_least_window_a_backend_serves_in() -> None:
     assert TokenBudget(prompt_tokens=50, output_tokens=7).refusal_floor_tokens == 51  # no point estimate
     assert TokenBudget(prompt_tokens=300, output_tokens=0, prompt_tokens_point=100).refusal_floor_tokens == 1
     # ... or the output budget alone when larger: vLLM refuses max_tokens above max_model_len
-    assert TokenBudget(prompt_tokens=10, output_tokens=70000, prompt_tokens_point=9).refusal_floor_tokens == 70000
-    decision = decide(TokenBudget(prompt_tokens=10, output_tokens=70000).total_tokens, [SHORT, LONG], DEFAULT,
-                      floor_tokens=TokenBudget(prompt_tokens=10, output_tokens=70000).refusal_floor_tokens)
+    huge_output = TokenBudget(prompt_tokens=10, output_tokens=70000, prompt_tokens_point=9)
+    assert huge_output.refusal_floor_tokens == 70000
+    decision = decide(huge_output.total_tokens, [SHORT, LONG], DEFAULT, floor_tokens=huge_output.refusal_floor_tokens)
     assert decision.reason == Reason.FITS_NOWHERE
     # a 60K prompt asking for 20K more tokens: the long backend serves it with fewer
     wide = TokenBudget(prompt_tokens=60000, output_tokens=20000, prompt_tokens_point=59000)
