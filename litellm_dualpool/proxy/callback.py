@@ -24,6 +24,7 @@ catches at its boundary, logs and counts ``dualpool_callback_errors_total``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -46,6 +47,7 @@ from litellm_dualpool.proxy.policy import (
 )
 from litellm_dualpool.proxy.vllm_load import VllmLoadPoller
 from litellm_dualpool.state import StateStore, build_store
+from litellm_dualpool.tenancy import ObservationTrust
 
 logger = logging.getLogger("litellm_dualpool")
 
@@ -54,6 +56,9 @@ _ROUTER_WAIT_SECONDS = 120.0
 _ROUTER_POLL_SECONDS = 0.05
 HEADER_POOL = "x-dualpool-pool"
 HEADER_BUDGET = "x-dualpool-budget-tokens"
+#: The answer to a direct call of a hidden recovery group; it names no internal group.
+_RESERVED_NAME_MESSAGE = ("this model name is reserved for the plugin's internal routing; call "
+                          "the model group itself")
 
 
 def _metadata(container: dict[str, Any] | None, *, create: bool) -> dict[str, Any] | None:
@@ -132,6 +137,16 @@ def _valid_user_part_types() -> Any:
     from litellm.types.llms.openai import ValidUserMessageContentTypes
 
     return ValidUserMessageContentTypes
+
+
+def _permission_denied(message: str, model: str) -> Exception:
+    """LiteLLM's 403 (its exceptions want an httpx response to carry the status)."""
+    import httpx
+    import litellm
+
+    response = httpx.Response(403, request=httpx.Request("POST", "http://litellm-dualpool"))
+    return litellm.PermissionDeniedError(message=message, llm_provider="litellm_dualpool",
+                                         model=model, response=response)
 
 
 def check_user_parts(data: Mapping[str, Any]) -> None:
@@ -263,6 +278,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
                                   call_type: Any) -> dict[str, Any]:
         try:
             self.ensure_prepared()
+            self.check_model_name(data.get("model"))
             group = self.engine.groups.get(data.get("model"))  # type: ignore[arg-type]
             metadata = _metadata(data, create=group is not None)
             if metadata is not None:
@@ -303,23 +319,29 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
             group = self.engine.group_for(model)
             if group is None or not healthy_deployments:
                 return healthy_deployments
-            stash = self._stash_for_filter(group, messages, request_kwargs)
+            stash = self._stash_for_filter(group, messages, request_kwargs,
+                                           recovery=model in self.engine.recovery_groups)
             if stash is None:
                 return healthy_deployments
             return self.engine.choose(model, healthy_deployments, stash,
                                       failed_deployment_ids(request_kwargs))
-        except NoPoolFitsError as error:
+        except (NoPoolFitsError, InvalidRequestError) as error:
             import litellm
 
-            raise litellm.BadRequestError(message=str(error), model=model,
+            raise litellm.BadRequestError(message=str(error), model=self._public_name(model),
                                           llm_provider="litellm_dualpool") from None
+        except TenantPolicyError as error:
+            raise _permission_denied(f"litellm-dualpool: invalid tenant policy: {error}",
+                                     self._public_name(model)) from None
         except Exception as error:
             self._count_error("filter", error)
             return healthy_deployments
 
-    def _stash_for_filter(self, group: Any, messages: Any,
-                          request_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The pre-call hook's plan; outside the proxy (a bare Router) plan here instead."""
+    def _stash_for_filter(self, group: Any, messages: Any, request_kwargs: dict[str, Any] | None,
+                          *, recovery: bool = False) -> dict[str, Any] | None:
+        """The pre-call hook's plan; else (a model alias, a bare Router) a plan made here with the
+        caller's own policy. A recovery group is never planned here: it is reachable only as
+        the fallback hop of a request that carries a plan (InvalidRequestError otherwise)."""
         if request_kwargs is None:
             return None
         metadata = _metadata(request_kwargs, create=True)
@@ -328,18 +350,50 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         stash = _stash_in(metadata)
         if stash is not None:
             return stash
+        if recovery:
+            raise InvalidRequestError(_RESERVED_NAME_MESSAGE, field="model")
         body = dict(request_kwargs)
         if messages is not None:
             body["messages"] = messages
         try:
-            stash = self.engine.plan(body, group, TenantPolicy(
-                allow_force_pool=self.settings.overrides.allow_force_pool,
-                allow_category=self.settings.overrides.allow_category), metadata=metadata)
+            stash = self.engine.plan(body, group, self.caller_policy(metadata), metadata=metadata)
         except InvalidRequestError:
             return None
         stash["stream"] = bool(request_kwargs.get("stream"))
         metadata[STASH_KEY] = stash
         return stash
+
+    def caller_policy(self, metadata: Mapping[str, Any]) -> TenantPolicy:
+        """The policy of whoever sent a request that reached the router without the pre-call
+        hook's plan: from LiteLLM's own auth object in the metadata (a client cannot send one:
+        JSON makes no UserAPIKeyAuth). In a proxy without one, the most restrictive default
+        (the default policy, no overrides, observations untrusted); outside a proxy (a bare
+        Router: the operator's own code) the anonymous caller's policy."""
+        auth = metadata.get("user_api_key_auth")
+        if auth is not None and type(auth).__name__ == "UserAPIKeyAuth":
+            return self.policy_resolver(auth, self.settings)
+        anonymous = self.policy_resolver(None, self.settings)
+        if self.router_provider() is None:
+            return anonymous
+        return dataclasses.replace(anonymous, allow_force_pool=False, allow_category=False,
+                                   observation_trust=ObservationTrust.NONE)
+
+    def check_model_name(self, model: object) -> None:
+        """InvalidRequestError for a name the plugin cannot route with the caller's policy: a
+        hidden recovery group called directly, or a comma-separated list (LiteLLM's batch
+        route, where no plan is made per model) that names a dual-pool group."""
+        if not isinstance(model, str):
+            return
+        names = [name.strip() for name in model.split(",")] if "," in model else [model]
+        if any(name in self.engine.recovery_groups for name in names):
+            raise InvalidRequestError(_RESERVED_NAME_MESSAGE, field="model")
+        if len(names) > 1:
+            routed = sorted({name for name in names if name in self.engine.groups})
+            if routed:
+                raise InvalidRequestError(
+                    f"a comma-separated model list cannot include a dual-pool model group "
+                    f"({', '.join(map(repr, routed))}); send one request per model",
+                    field="model")
 
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
@@ -364,15 +418,45 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
 
     async def async_post_call_failure_hook(self, request_data: dict[str, Any],
                                            original_exception: Exception, user_api_key_dict: Any,
-                                           traceback_str: str | None = None) -> None:
+                                           traceback_str: str | None = None) -> Any:
         """The proxy answers the client with an error: nothing of this request is in flight any
         more (an attempt that failed before reaching a backend may log no failure event)."""
         try:
             stash = _stash_in(_metadata(request_data, create=False))
             if stash is not None:
                 self.engine.close_request(stash)
+            return self._client_error(stash, original_exception)
         except Exception as error:
             self._count_error("post_call_failure", error)
+        return None
+
+    def _client_error(self, stash: Mapping[str, Any] | None, error: BaseException) -> Any:
+        """What the client is told instead of LiteLLM's error, or None to keep it: a recovery
+        hop whose larger pool failed is a 503 saying so (not a context-length 400), and no
+        message names a hidden recovery group."""
+        from fastapi import HTTPException
+
+        text = str(error)
+        status = getattr(error, "status_code", None)
+        status = status if isinstance(status, int) and 400 <= status <= 599 else 500
+        recovered_from = (stash or {}).get("recovered_from")
+        if recovered_from and status != 400:
+            return HTTPException(status_code=503, detail={"error": (
+                f"litellm-dualpool: pool {recovered_from!r} of model group {stash['group']!r} "
+                f"rejected the request for its context length and the larger pool "
+                f"{stash['pool']!r} failed: {self._public_text(text)}")})
+        if any(name in text for name in self.engine.recovery_groups):
+            return HTTPException(status_code=status, detail={"error": self._public_text(text)})
+        return None
+
+    def _public_name(self, model: str) -> str:
+        return self.engine.recovery_groups.get(model, model)
+
+    def _public_text(self, text: str) -> str:
+        """`text` with each hidden recovery group's name replaced by its public group's."""
+        for recovery, group in self.engine.recovery_groups.items():
+            text = text.replace(recovery, group)
+        return text
 
     async def async_post_call_streaming_iterator_hook(
             self, user_api_key_dict: Any, response: Any,

@@ -194,7 +194,9 @@ class DualPoolEngine:
         group = self.groups[stash["group"]]
         allowed = frozenset(stash["allowed"]) if stash.get("allowed") is not None else None
         if model in self.recovery_groups:
-            failed = stash["pool"]
+            # The pool that rejected the request: on LiteLLM's retry of the recovery hop the
+            # plan already names the recovery pool, which must be tried again, not skipped.
+            failed = stash.get("recovered_from") or stash["pool"]
             decision = decide_recovery(stash["budget"], self.pool_states(group), failed,
                                        allowed_pools=allowed)
             if decision.pool is None:
