@@ -25,7 +25,7 @@ What a client sees is what a vLLM 0.32 server would give it:
   KV blocks, preemption, roofline step times) run in virtual time = wall time x ``--speedup``
   (:mod:`.backend`); ``--instant`` skips the engine (for proxy-overhead benchmarks).
 * Fault knobs (:mod:`.faults`), as flags and at run time via ``POST /admin/faults`` (loopback
-  only): error_rate, latency_seconds, hang_rate, drop_rate, refuse (503 | connection),
+  only): error_rate, fail_next, latency_seconds, hang_rate, drop_rate, refuse (503 | connection),
   refuse_seconds, stall, no_usage, error_format.
 
 For tests and demos, :func:`litellm_dualpool.emulator.testing.start_emulator` runs one as a

@@ -6,6 +6,8 @@ fields changes them (unknown fields or bad values -> 400 naming the field), ``GE
 ``refuse`` applies to every route except ``/admin/*``.
 
 error_rate      fraction of requests answered HTTP 500 (vLLM's InternalServerError body)
+fail_next       the next N requests are answered HTTP 500, whatever error_rate says (a
+                deterministic "fails once": the knob counts down to 0)
 latency_seconds wall-clock delay added before a request is handled
 hang_rate       fraction of requests never answered (held until the client gives up)
 drop_rate       fraction of requests whose connection is cut: no response at all for
@@ -52,6 +54,7 @@ _RATES = ("error_rate", "hang_rate", "drop_rate")
 @dataclass
 class Faults:
     error_rate: float = 0.0
+    fail_next: int = 0
     latency_seconds: float = 0.0
     hang_rate: float = 0.0
     drop_rate: float = 0.0
@@ -87,6 +90,9 @@ class Faults:
             return FaultAction.HANG
         if self.drop_rate and rng.random() < self.drop_rate:
             return FaultAction.DROP
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return FaultAction.ERROR
         if self.error_rate and rng.random() < self.error_rate:
             return FaultAction.ERROR
         return FaultAction.SERVE
@@ -97,6 +103,10 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{name}: must be a number between 0 and 1, got {value!r}")
         return float(value)
+    if name == "fail_next":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**6:
+            raise ValueError(f"{name}: must be an integer between 0 and 1000000, got {value!r}")
+        return value
     if name == "latency_seconds":
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"{name}: must be a number >= 0, got {value!r}")

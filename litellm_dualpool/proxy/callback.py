@@ -45,6 +45,7 @@ from litellm_dualpool.proxy.policy import (
     TenantPolicyError,
     resolve_policy,
 )
+from litellm_dualpool.proxy.rejections import parse_context_rejection
 from litellm_dualpool.proxy.vllm_load import VllmLoadPoller
 from litellm_dualpool.state import StateStore, build_store
 from litellm_dualpool.tenancy import ObservationTrust
@@ -416,6 +417,26 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         except Exception as error:
             self._count_error("failure", error)
 
+    async def log_failure_fallback_event(self, original_model_group: str, kwargs: dict[str, Any],
+                                         original_exception: Exception) -> None:
+        """A fallback hop failed for good (LiteLLM awaits this before it answers, on both
+        versions; the attempts' failure events are logged once per request, so they do not see
+        it). On the recovery hop: remember whether the larger pool rejected the request for its
+        length, from the hop's last exception in the request's logging object."""
+        try:
+            if kwargs.get("model") not in self.engine.recovery_groups:
+                return
+            stash = _stash_in(_metadata(kwargs, create=False))
+            if stash is None:
+                return
+            details = getattr(kwargs.get("litellm_logging_obj"), "model_call_details", None)
+            latest = details.get("exception") if isinstance(details, dict) else None
+            rejected = (isinstance(latest, BaseException) and latest is not original_exception
+                        and parse_context_rejection(latest) is not None)
+            self.engine.recovery_failed(stash, context_rejected=rejected)
+        except Exception as error:
+            self._count_error("fallback_failure", error)
+
     async def async_post_call_failure_hook(self, request_data: dict[str, Any],
                                            original_exception: Exception, user_api_key_dict: Any,
                                            traceback_str: str | None = None) -> Any:
@@ -440,7 +461,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         status = getattr(error, "status_code", None)
         status = status if isinstance(status, int) and 400 <= status <= 599 else 500
         recovered_from = (stash or {}).get("recovered_from")
-        if recovered_from and status != 400:
+        failure = (stash or {}).get("recovery_failure")
+        if recovered_from and (failure == "error" or (failure is None and status >= 500)):
             return HTTPException(status_code=503, detail={"error": (
                 f"litellm-dualpool: pool {recovered_from!r} of model group {stash['group']!r} "
                 f"rejected the request for its context length and the larger pool "

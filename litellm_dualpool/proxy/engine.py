@@ -316,6 +316,13 @@ class DualPoolEngine:
         if rejection.prompt_tokens is not None and rejection.prompt_tokens_exact:
             self.learn(stash, rejection.prompt_tokens)
 
+    def recovery_failed(self, stash: dict[str, Any], *, context_rejected: bool) -> None:
+        """The recovery hop failed for good: what the client is told is "fits nowhere" (a 400)
+        only when the larger pool rejected the request for its length too; else that the larger
+        pool failed (a 5xx), since the request may well fit it."""
+        if stash.get("recovered_from"):
+            stash["recovery_failure"] = "context" if context_rejected else "error"
+
     def learn(self, stash: dict[str, Any], prompt_tokens: int) -> bool:
         """Learn once per request from the backend's prompt token count."""
         if stash.get("learned") or type(prompt_tokens) is not int or prompt_tokens <= 0:

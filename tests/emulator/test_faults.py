@@ -55,6 +55,17 @@ def test_draws_follow_the_rates() -> None:
     assert 450 < errors < 750
 
 
+def test_fail_next_fails_exactly_that_many_requests_then_serves() -> None:
+    rng = random.Random(7)
+    faults = Faults()
+    faults.update({"fail_next": 2})
+    assert [faults.draw(rng) for _ in range(4)] == [FaultAction.ERROR] * 2 + [FaultAction.SERVE] * 2
+    assert faults.snapshot()["fail_next"] == 0
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="fail_next"):
+            faults.update({"fail_next": bad})
+
+
 @pytest.mark.parametrize("spec", ["fixed:0", "uniform:5:2", "exp:0", "normal:3", "fixed:x", "fixed"])
 def test_bad_output_length_specs(spec: str) -> None:
     with pytest.raises(ValueError, match="--output-len-dist"):
