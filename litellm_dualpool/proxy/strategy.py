@@ -41,7 +41,9 @@ class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]
         request_kwargs = request_kwargs if request_kwargs is not None else {}
         deployments = [dict(d) for d in self.router.get_model_list(model_name=model) or []]
         group = self.engine.group_for(model)
-        stash = self.callback._stash_for_filter(group, messages, request_kwargs) if group else None
+        stash = self.callback._stash_for_filter(
+            group, messages, request_kwargs,
+            recovery=model in self.engine.recovery_groups) if group else None
         if stash is not None:
             deployments = self.engine.choose(model, deployments, stash)
         return self.pick(deployments, request_kwargs)
