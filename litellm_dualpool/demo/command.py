@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from litellm_dualpool.demo import report as rpt
-from litellm_dualpool.demo.orchestrator import DEMO_POOLS, EngineFlags, Stack, StackError
+from litellm_dualpool.demo.orchestrator import DEMO_POOLS, EngineFlags, Stack
 from litellm_dualpool.demo.replay import Outcome, Replayer, Status
 from litellm_dualpool.demo.workload import (
     RequestSpec,
@@ -38,6 +38,7 @@ from litellm_dualpool.demo.workload import (
     builtin_workload,
     load_trace,
 )
+from litellm_dualpool.processes import ProcessStartError
 
 MODEL_GROUP = "llama-3-70b"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "proxy_config" / "demo.yaml"
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         code = _run(args, stack, console, errors)
         clean = code == 0
         return code
-    except StackError as exc:
+    except ProcessStartError as exc:  # StackError included
         errors.print(f"[red]litellm-dualpool demo: could not start the stack:[/red] {exc}")
         errors.print(f"logs of the demo's processes: {log_dir}")
         return 2

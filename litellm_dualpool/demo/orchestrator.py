@@ -10,24 +10,24 @@ started. Backends are found by the proxy through environment variables that
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from litellm_dualpool.emulator.testing import emulator_command
+from litellm_dualpool.processes import (
+    ManagedProcess,
+    ProcessStartError,
+    free_port,
+    spawn,
+    wait_for_ready_file,
+    wait_healthy,
+)
 
 #: a fresh LiteLLM proxy takes 8-16 s here to import and load its config; allow for a busy box
 PROXY_START_TIMEOUT_SECONDS = 150.0
@@ -38,7 +38,7 @@ OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "
                "HF_HUB_OFFLINE": "1"}
 
 
-class StackError(RuntimeError):
+class StackError(ProcessStartError):
     """A process of the demo did not start; the message names it and ends with its log tail."""
 
 
@@ -75,53 +75,6 @@ class EngineFlags:
     tensor_parallel_size: int = 4
     speedup: float = 20.0
     seed: int = 7
-
-
-@dataclass
-class ManagedProcess:
-    """A child process in its own process group, with its output in ``log_path``."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(grace_seconds)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(grace_seconds)
-
-
-def _spawn(name: str, argv: list[str], log_dir: Path, env: Mapping[str, str]) -> ManagedProcess:
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=dict(env),
-                                   start_new_session=True)
-    return ManagedProcess(name, process, log_path)
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (the proxy has no ready file to report its own)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def litellm_executable() -> str:
@@ -180,14 +133,16 @@ class Stack:
                     speedup=self.engine.speedup, seed=self.engine.seed + i,
                     served_model_name=self.engine.model, host="127.0.0.1", port=0,
                     ready_file=str(ready))
-                process = _spawn(f"emulator-{pool.name}-{i}", argv, self.log_dir, os.environ)
+                name = f"emulator-{pool.name}-{i}"
+                process = spawn(name, argv, self.log_dir / f"{name}.log", env=os.environ,
+                                new_session=True)
                 self.processes.append(process)
                 pending.append((pool, process, ready))
         deadline = time.monotonic() + EMULATOR_START_TIMEOUT_SECONDS
         for pool, process, ready in pending:
-            port = _wait_for_ready_file(process, ready, deadline, self._cancelled)
+            port = wait_for_ready_file(process, ready, _left(deadline), cancelled=self._cancelled)
             base = f"http://127.0.0.1:{port}"
-            _wait_for_http(process, base + "/health", deadline, self._cancelled)
+            wait_healthy(process, base + "/health", _left(deadline), cancelled=self._cancelled)
             self.backends.setdefault(pool.name, []).append(base + "/v1")
 
     def backend_env(self) -> dict[str, str]:
@@ -212,49 +167,19 @@ class Stack:
                 "--host", "127.0.0.1", "--port", str(port)]
         if self._cancelled.is_set():
             raise StackError("cancelled")
-        process = _spawn("litellm-proxy", argv, self.log_dir, self.proxy_env())
+        process = spawn("litellm-proxy", argv, self.log_dir / "litellm-proxy.log",
+                        env=self.proxy_env(), new_session=True)
         self.processes.append(process)
         self.proxy_url = f"http://127.0.0.1:{port}"
-        _wait_for_http(process, self.proxy_url + "/health/liveliness",
-                       time.monotonic() + PROXY_START_TIMEOUT_SECONDS, self._cancelled)
-
-    def check_alive(self) -> list[str]:
-        """Names of started processes that have exited."""
-        return [p.name for p in self.processes if not p.alive()]
+        wait_healthy(process, self.proxy_url + "/health/liveliness", PROXY_START_TIMEOUT_SECONDS,
+                     cancelled=self._cancelled)
 
     def stop(self) -> None:
         # the proxy first (it holds connections to the backends), then the backends
         for process in reversed(self.processes):
-            process.stop()
+            process.stop(STOP_GRACE_SECONDS)
 
 
-def _wait_for_ready_file(process: ManagedProcess, ready: Path, deadline: float,
-                         cancelled: threading.Event) -> int:
-    while time.monotonic() < deadline and not cancelled.is_set():
-        if ready.exists():
-            with contextlib.suppress(json.JSONDecodeError, KeyError):
-                return int(json.loads(ready.read_text())["port"])
-        if not process.alive():
-            raise StackError(f"{process.name} exited with status {process.process.returncode} "
-                             f"before listening:\n{process.log_tail()}")
-        time.sleep(0.05)
-    if cancelled.is_set():
-        raise StackError("cancelled")
-    raise StackError(f"{process.name} did not start listening in time:\n{process.log_tail()}")
-
-
-def _wait_for_http(process: ManagedProcess, url: str, deadline: float,
-                   cancelled: threading.Event) -> None:
-    while time.monotonic() < deadline and not cancelled.is_set():
-        if not process.alive():
-            raise StackError(f"{process.name} exited with status {process.process.returncode}:"
-                             f"\n{process.log_tail()}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    if cancelled.is_set():
-        raise StackError("cancelled")
-    raise StackError(f"{process.name} did not answer {url} in time:\n{process.log_tail()}")
+def _left(deadline: float) -> float:
+    """Seconds from now until `deadline` (one deadline shared by the instances' waits)."""
+    return max(deadline - time.monotonic(), 0.0)

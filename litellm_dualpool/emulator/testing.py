@@ -16,7 +16,6 @@ back from its ready file, so parallel tests never collide. ``stop()`` (also on l
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,11 +29,19 @@ from typing import Any
 
 import httpx
 
+from litellm_dualpool.processes import (
+    ManagedProcess,
+    ProcessStartError,
+    spawn,
+    wait_for_ready_file,
+    wait_healthy,
+)
+
 #: How long a fresh emulator may take to answer /health (imports + tokenizer load: ~1-2 s).
 START_TIMEOUT_SECONDS = 30.0
 
 
-class EmulatorStartError(RuntimeError):
+class EmulatorStartError(ProcessStartError):
     """The emulator process exited or did not become healthy in time; carries its output."""
 
 
@@ -44,9 +51,16 @@ class RunningEmulator:
 
     base_url: str
     port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    child: ManagedProcess
     _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.child.process
+
+    @property
+    def log_path(self) -> Path:
+        return self.child.log_path
 
     @property
     def openai_base_url(self) -> str:
@@ -66,9 +80,9 @@ class RunningEmulator:
     def wait_healthy(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         """Block until ``/health`` answers 200 (EmulatorStartError, with the log, otherwise)."""
         try:
-            _wait_for_health(self, time.monotonic() + timeout)
-        except EmulatorStartError as exc:
-            raise EmulatorStartError(f"{exc}\n--- emulator output ---\n{self.log()}") from None
+            wait_healthy(self.child, self.base_url + "/health", timeout)
+        except ProcessStartError as exc:
+            raise EmulatorStartError(str(exc)) from None
 
     def metrics_text(self) -> str:
         return httpx.get(self.base_url + "/metrics", timeout=10).text
@@ -78,17 +92,11 @@ class RunningEmulator:
 
     def stop(self, grace_seconds: float = 5.0) -> int | None:
         """Terminate the process (SIGTERM, then SIGKILL) and clean up; returns its exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(grace_seconds)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(grace_seconds)
+        code = self.child.stop(grace_seconds)
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
-        return self.process.returncode
+        return code
 
     def __enter__(self) -> RunningEmulator:
         return self
@@ -126,23 +134,18 @@ def launch_emulator(*, wait: bool = True, timeout: float = START_TIMEOUT_SECONDS
     flags.setdefault("port", 0)
     flags.setdefault("host", "127.0.0.1")
     flags["ready_file"] = str(ready)
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            emulator_command(**flags), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-    emu = RunningEmulator("", 0, process, log_path, tmpdir)
+    child = spawn("emulator", emulator_command(**flags), log_path, env={**os.environ, **(env or {})})
+    emu = RunningEmulator("", 0, child, tmpdir)
     try:
         deadline = time.monotonic() + timeout
-        emu.port = _wait_for_port(process, ready, deadline)
+        emu.port = wait_for_ready_file(child, ready, timeout)
         emu.base_url = f"http://127.0.0.1:{emu.port}"
         if wait:
-            _wait_for_health(emu, deadline)
+            wait_healthy(child, emu.base_url + "/health", max(deadline - time.monotonic(), 0.0))
         return emu
-    except EmulatorStartError as exc:
-        output = emu.log()
+    except ProcessStartError as exc:
         emu.stop()
-        raise EmulatorStartError(f"{exc}\n--- emulator output ---\n{output}") from None
+        raise EmulatorStartError(str(exc)) from None
     except BaseException:
         emu.stop()
         raise
@@ -171,27 +174,3 @@ def start_emulators(*flag_sets: dict[str, Any]) -> Iterator[list[RunningEmulator
     finally:
         for emu in running:
             emu.stop()
-
-
-def _wait_for_port(process: subprocess.Popen[bytes], ready: Path, deadline: float) -> int:
-    while time.monotonic() < deadline:
-        if ready.exists():
-            port: int = json.loads(ready.read_text())["port"]
-            return port
-        if process.poll() is not None:
-            raise EmulatorStartError(f"emulator exited with status {process.returncode} before listening")
-        time.sleep(0.05)
-    raise EmulatorStartError("emulator did not start listening in time")
-
-
-def _wait_for_health(emu: RunningEmulator, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if emu.process.poll() is not None:
-            raise EmulatorStartError(f"emulator exited with status {emu.process.returncode}")
-        try:
-            if httpx.get(emu.base_url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise EmulatorStartError("emulator did not become healthy in time")
