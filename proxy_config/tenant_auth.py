@@ -87,8 +87,8 @@ async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     ``/metrics`` admits the admin and ``metrics_only`` entries alone; a ``metrics_only`` entry is
     refused everywhere else. Refusals are HTTPExceptions, which LiteLLM answers with their
     status (a 401 for an unknown key, a 403 for a key on a route it may not use; ``/metrics``
-    answers 401 to both). Any other exception type is classified by LiteLLM's auth error
-    handler, which took a PermissionError (an OSError) for a database outage and answered 500."""
+    answers 401 to both). LiteLLM sends any other exception through its database-outage
+    classifier first: without the prisma package that fails, and an unknown key got a 500."""
     key = api_key.removeprefix("Bearer ").strip()
     master = os.environ.get("LITELLM_MASTER_KEY", "")
     if master and hmac.compare_digest(key, master):

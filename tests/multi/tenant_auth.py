@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from starlette.routing import get_route_path
 
@@ -42,8 +42,8 @@ async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
     if key and key == os.environ.get("LITELLM_MASTER_KEY"):
         return UserAPIKeyAuth(api_key=key, user_role=LitellmUserRoles.PROXY_ADMIN)
     entry = TENANTS.get(key)
-    if entry is None:
-        raise Exception("unknown API key")  # LiteLLM turns this into a 401
+    if entry is None:  # an HTTPException keeps its status (others go to LiteLLM's DB checks)
+        raise HTTPException(status_code=401, detail="unknown API key")
     if get_route_path(request.scope).startswith("/metrics"):
-        raise Exception("/metrics is for the proxy admin")
+        raise HTTPException(status_code=403, detail="/metrics is for the proxy admin")
     return UserAPIKeyAuth(api_key=key, **entry)

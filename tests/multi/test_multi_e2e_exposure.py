@@ -79,8 +79,8 @@ def test_metrics_are_the_admins_and_the_scrape_keys_not_the_tenants(proxy: Proxy
         assert samples(read.text, "dualpool_requests_total", model_group="llama")
     # what the 401 protects: LiteLLM's own series name the tenant's key alias
     assert PLAIN_ALIAS in scrape(proxy, MASTER_KEY).text
-    # the scrape key reads /metrics and nothing else; an unknown key is a 401 (a PermissionError
-    # raised by custom_auth was taken for a database outage: 500)
+    # the scrape key reads /metrics and nothing else; an unknown key is a 401 (custom_auth's
+    # PermissionError went to LiteLLM's database-outage classifier, which failed: 500)
     assert proxy.chat(SCRAPER, TEXT, max_tokens=8).status_code == 403
     assert proxy.chat("sk-not-a-key-at-all-0001", TEXT, max_tokens=8).status_code == 401
 
