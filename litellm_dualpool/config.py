@@ -140,7 +140,8 @@ class DualPoolSettings(_Model):
         description="filter: the gateway's routing_strategy picks inside the chosen pool; "
                     "strategy: the plugin also picks the least-in-flight deployment.")
     response_headers: bool = Field(
-        True, description="Add x-dualpool-pool and x-dualpool-budget-tokens to responses.")
+        True, description="Add x-dualpool-pool to responses, and x-dualpool-budget-tokens where "
+                          "the caller's policy sets expose_budget_header (the admin's by default).")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     spillover: SpilloverConfig = Field(default_factory=SpilloverConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)

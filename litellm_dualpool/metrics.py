@@ -85,6 +85,12 @@ class DualPoolMetrics:
             "dualpool_learned_bytes_per_token", "Learned bytes-per-token ratio per category.",
             ["model_group", "category"], registry=registry,
             multiprocess_mode="mostrecent")  # workers share one state: the latest write
+        self.spread = Gauge(
+            "dualpool_learned_spread_ratio",
+            "Learned spread per category: mean absolute relative error of the estimate before "
+            "each observation (sigma); routing adds gamma * sigma to the prompt estimate.",
+            ["model_group", "category"], registry=registry,
+            multiprocess_mode="mostrecent")  # as the ratio: one shared state
         self.learning = Counter(
             "dualpool_learning_samples",
             "Finished requests by learning outcome (learned, rejected, no_backend_usage).",

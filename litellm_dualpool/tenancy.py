@@ -72,6 +72,10 @@ class PolicySpec(BaseModel):
         None, description="May a request declare its calibration category?")
     observation_trust: ObservationTrust | None = Field(
         None, description="trusted, normal or none: how this tenant's usage feeds learning.")
+    expose_budget_header: StrictBool | None = Field(
+        None, description="Add x-dualpool-budget-tokens (the estimated budget, read from the "
+                          "shared learned state) to this tenant's responses? Unset: only the "
+                          "proxy admin's.")
 
 
 class TenancyConfig(BaseModel):
@@ -104,6 +108,9 @@ class TenantPolicy:
     category: a fixed calibration category (None: the request's, else its content class).
     allow_long_pool: False removes each group's largest pool from the allowed pools.
     tenant: the tenant's identity hash (ANONYMOUS_TENANT without key or team).
+    expose_budget_header: whether responses carry x-dualpool-budget-tokens. The header shows
+        the live shared estimate, a gauge a tenant could steer a drag of the shared ratio by,
+        so it is the admin's unless a policy grants it.
     """
 
     allow_force_pool: bool = False
@@ -114,6 +121,7 @@ class TenantPolicy:
     allow_long_pool: bool = True
     observation_trust: ObservationTrust = ObservationTrust.TRUSTED
     tenant: str = ANONYMOUS_TENANT
+    expose_budget_header: bool = False
 
     def pools_for(self, pool_names: list[str]) -> frozenset[str] | None:
         """The allowed subset of a group's pools (sorted smallest first); None when all are."""
@@ -217,6 +225,7 @@ PROXY_ADMIN_ROLE = "proxy_admin"
 
 
 def is_proxy_admin(user_api_key_dict: Any) -> bool:
+    """Whether the caller holds LiteLLM's proxy_admin role (the master key, or an admin key)."""
     role = _field(user_api_key_dict, "user_role")
     return getattr(role, "value", role) == PROXY_ADMIN_ROLE
 
@@ -243,7 +252,8 @@ def _resolve(tenant: str, admin: bool, tenancy: TenancyConfig,
              else tenancy.admin_observation_trust if admin
              else tenancy.default_observation_trust)
     values: dict[str, Any] = {"allow_force_pool": allow_force_pool,
-                              "allow_category": allow_category, "observation_trust": trust}
+                              "allow_category": allow_category, "observation_trust": trust,
+                              "expose_budget_header": admin}
     layers = [tenancy.default_policy]
     for entry, label in entries:
         layers.append(parse_policy(entry, f"{label} metadata.{tenancy.metadata_key}"))
@@ -255,4 +265,5 @@ def _resolve(tenant: str, admin: bool, tenancy: TenancyConfig,
         allowed_pools=frozenset(pools) if pools is not None else None,
         default_output_tokens=values.get("default_output_tokens"),
         category=values.get("category"), allow_long_pool=values.get("allow_long_pool", True),
-        observation_trust=ObservationTrust(values["observation_trust"]), tenant=tenant)
+        observation_trust=ObservationTrust(values["observation_trust"]), tenant=tenant,
+        expose_budget_header=values["expose_budget_header"])

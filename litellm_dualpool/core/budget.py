@@ -34,12 +34,16 @@ class TokenBudget:
         fit on its own, so it does not enter `total_tokens`, but it multiplies the load.
     prompt_tokens_point: the calibrator's point estimate (prompt_tokens is the conservative one
         used for routing); None when not known.
+    prompt_tokens_optimistic: the calibrator's optimistic estimate (the point estimate less the
+        margin, never below the prompt's bytes at ``max_bytes_per_token``); None: no error model,
+        the conservative estimate is the only one.
     """
 
     prompt_tokens: int
     output_tokens: int
     sequences: int = 1
     prompt_tokens_point: int | None = None
+    prompt_tokens_optimistic: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -48,12 +52,13 @@ class TokenBudget:
     @property
     def refusal_floor_tokens(self) -> int:
         """The least window a backend needs for this request: refuse only above it. The prompt
-        is the optimistic estimate (the point estimate less the margin the conservative one
-        adds); then one output token, or the output budget when that is larger. Not prompt +
-        output: current vLLM lowers a max_tokens that overflows only together with the prompt and
-        serves the request; it refuses a prompt that fills the window, and a max_tokens above it."""
-        point = self.prompt_tokens if self.prompt_tokens_point is None else self.prompt_tokens_point
-        optimistic = max(2 * point - self.prompt_tokens, 0)
+        is the optimistic estimate (see `Calibrator.estimate_range`: it keeps a floor however
+        wide the learned spread); then one output token, or the output budget when that is
+        larger. Not prompt + output: current vLLM lowers a max_tokens that overflows only
+        together with the prompt and serves the request; it refuses a prompt that fills the
+        window, and a max_tokens above it."""
+        optimistic = (self.prompt_tokens if self.prompt_tokens_optimistic is None
+                      else self.prompt_tokens_optimistic)
         return max(optimistic + 1, self.output_tokens)
 
 

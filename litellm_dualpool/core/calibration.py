@@ -346,12 +346,22 @@ class Calibrator:
 
     def estimate_both(self, key: CategoryKey, shape: RequestShape) -> tuple[int, int]:
         """(point, conservative) under one lock acquisition."""
+        return self.estimate_range(key, shape)[1:]
+
+    def estimate_range(self, key: CategoryKey, shape: RequestShape) -> tuple[int, int, int]:
+        """(optimistic, point, conservative) under one lock acquisition; see `_combine`."""
         with self._lock:
             state = self._lookup(key, shape)
             theta = state.theta if state else self._prior
             densities = state.densities if state else DEFAULT_DENSITIES
             sigma = state.sigma(self.settings) if state else self._cold_sigma()
             return self._combine(theta, densities, sigma, shape)
+
+    def min_text_tokens(self, shape: RequestShape) -> int:
+        """The fewest tokens the text of `shape` can take: its bytes at `max_bytes_per_token`.
+        An observation above that ratio is rejected as impossible, so no learned state, however
+        wide its spread, may estimate fewer."""
+        return math.ceil(shape.total_bytes / self.settings.max_bytes_per_token)
 
     def _estimate(self, key: CategoryKey, shape: RequestShape, *, conservative: bool) -> int:
         point, cons = self.estimate_both(key, shape)
@@ -361,15 +371,22 @@ class Calibrator:
         return max(self.settings.cold_start_sigma, self.settings.min_sigma)
 
     def _combine(self, theta: list[float], densities: list[float] | tuple[float, ...],
-                 sigma: float, shape: RequestShape) -> tuple[int, int]:
+                 sigma: float, shape: RequestShape) -> tuple[int, int, int]:
+        """(optimistic, point, conservative): the text estimate scaled by `1 - gamma*sigma`,
+        1 and `1 + gamma*sigma`, plus the fixed media and token-id counts.
+
+        The optimistic one (what the refusal check uses) never goes below the text's bytes at
+        `max_bytes_per_token`: a spread of 1/gamma (0.5 at gamma 2) makes the scaled estimate
+        zero, and without the bound a 9 MB request was sent to the backend. It is computed
+        from the unrounded text estimate (not as `2*point - conservative`, whose roundings
+        made it dip by a token as the prompt grew), so it is monotone in the text."""
         fixed = self._media_tokens(shape) + (shape.exact_prompt_tokens or 0)
         if shape.total_bytes == 0 and shape.exact_prompt_tokens is not None:
-            text = 0.0  # a pure token-id prompt: exact, no framing to add
-        else:
-            text = max(_dot(theta, features(shape, densities)), 0.0)
-        point = fixed + math.ceil(text)
-        cons = fixed + math.ceil(text * (1.0 + self.settings.gamma * sigma))
-        return point, cons
+            return fixed, fixed, fixed  # a pure token-id prompt: exact, no framing to add
+        text = max(_dot(theta, features(shape, densities)), 0.0)
+        margin = self.settings.gamma * sigma
+        low = max(math.floor(text * max(1.0 - margin, 0.0)), self.min_text_tokens(shape))
+        return fixed + low, fixed + math.ceil(text), fixed + math.ceil(text * (1.0 + margin))
 
     def ratio(self, key: CategoryKey) -> RatioView:
         with self._lock:
@@ -397,6 +414,15 @@ class Calibrator:
             if state is None:
                 return 1000.0 / _tokens_per_kb(self._prior, DEFAULT_DENSITIES)
             return 1000.0 / _tokens_per_kb(state.theta, state.densities)
+
+    def spread(self, key: CategoryKey) -> float:
+        """The learned spread `sigma` of a key (mean absolute relative error of its out-of-sample
+        predictions, floored at `min_sigma`): routing adds `gamma * sigma` to the point
+        estimate. Exported per key so a widening margin is visible (a gauge reads it after
+        every observation)."""
+        with self._lock:
+            state = self._states.get(key)
+            return state.sigma(self.settings) if state else self._cold_sigma()
 
     def keys(self) -> list[CategoryKey]:
         with self._lock:

@@ -64,9 +64,10 @@ class Estimator:
             default_output_tokens)
         output_tokens = output_budget_tokens(body, default, embedding=embedding)
         key = category_key(model_group, shape, category)
-        point, conservative = self.calibrator.estimate_both(key, shape)
+        optimistic, point, conservative = self.calibrator.estimate_range(key, shape)
         budget = TokenBudget(prompt_tokens=conservative, output_tokens=output_tokens,
-                             sequences=sequence_count(body), prompt_tokens_point=point)
+                             sequences=sequence_count(body), prompt_tokens_point=point,
+                             prompt_tokens_optimistic=optimistic)
         return Estimate(shape=shape, key=key, budget=budget)
 
     def learn(self, estimate: Estimate, prompt_tokens: int) -> bool:

@@ -13,7 +13,8 @@ Hooks used (same on LiteLLM 1.106 and 1.110):
   usage chunk when the stream ends. LiteLLM counts tokens itself (another tokenizer) when a
   backend sends none, so the usage it logs for a stream cannot be trusted; the raw chunks can.
 - ``async_post_call_failure_hook`` (proxy, once per failed request): close its in-flight count.
-- ``async_post_call_response_headers_hook``: ``x-dualpool-pool``, ``x-dualpool-budget-tokens``.
+- ``async_post_call_response_headers_hook``: ``x-dualpool-pool``; ``x-dualpool-budget-tokens``
+  where the caller's policy exposes it (the proxy admin's by default).
 - ``async_filter_listed_models``: hide the recovery groups from ``/v1/models``.
 
 Only the pre-call hook and the filter may fail a request, and only with the plugin's own 400
@@ -500,14 +501,29 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
             self, data: dict[str, Any], user_api_key_dict: Any, response: Any,
             request_headers: dict[str, str] | None = None,
             litellm_call_info: dict[str, Any] | None = None) -> dict[str, str] | None:
+        """``x-dualpool-pool`` for every caller; ``x-dualpool-budget-tokens`` only where the
+        caller's policy exposes it (``expose_budget_header``: the admin's by default): the
+        budget is read from the shared learned state, and a tenant who sees it can measure how
+        far its own traffic drags that state."""
         try:
             stash = _stash_in(_metadata(data, create=False))
             if stash is None or not self.settings.response_headers:
                 return None
-            return {HEADER_POOL: str(stash["pool"]), HEADER_BUDGET: str(stash["budget"])}
+            headers = {HEADER_POOL: str(stash["pool"])}
+            if self._exposes_budget(user_api_key_dict):
+                headers[HEADER_BUDGET] = str(stash["budget"])
+            return headers
         except Exception as error:
             self._count_error("headers", error)
             return None
+
+    def _exposes_budget(self, user_api_key_dict: Any) -> bool:
+        """The caller's ``expose_budget_header``; False when its policy entry is invalid (the
+        pre-call hook has refused such a request already; never show more on an error)."""
+        try:
+            return self.policy_resolver(user_api_key_dict, self.settings).expose_budget_header
+        except TenantPolicyError:
+            return False
 
     async def async_filter_listed_models(self, user_api_key_dict: Any,
                                          model_names: Sequence[str]) -> Sequence[str]:

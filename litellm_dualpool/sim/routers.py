@@ -56,14 +56,16 @@ class _BudgetRouter:
         self.settings = settings or PolicySettings()
         self.model_group = model_group
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
-        """(point, conservative) prompt estimates; the same number without an error model."""
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
+        """(optimistic, point, conservative) prompt estimates; one number three times without
+        an error model."""
         raise NotImplementedError
 
     def choose(self, request: SimRequest, pools: Sequence[PoolState]) -> Decision:
-        point, conservative = self.prompt_estimates(request)
+        optimistic, point, conservative = self.prompt_estimates(request)
         budget = TokenBudget(prompt_tokens=conservative, output_tokens=request.output_budget_tokens,
-                             prompt_tokens_point=point)  # what the proxy's estimator builds
+                             prompt_tokens_point=point,
+                             prompt_tokens_optimistic=optimistic)  # what the proxy's estimator builds
         return decide(budget.total_tokens, pools, self.settings, category=request.category,
                       floor_tokens=budget.refusal_floor_tokens)
 
@@ -89,8 +91,8 @@ class PolicyRouter(_BudgetRouter):
             key = self._keys[category] = CategoryKey(self.model_group, category)
         return key
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
-        return self.calibrator.estimate_both(self.key(request.category), request.shape)
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
+        return self.calibrator.estimate_range(self.key(request.category), request.shape)
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
         self.calibrator.observe(self.key(request.category), request.shape, prompt_tokens)
@@ -106,9 +108,9 @@ class StaticRatioRouter(_BudgetRouter):
         super().__init__(settings, model_group=model_group)
         self.bytes_per_token = bytes_per_token
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
         estimate = math.ceil(request.shape.total_bytes / self.bytes_per_token)
-        return estimate, estimate
+        return estimate, estimate, estimate
 
 
 class OracleRouter(_BudgetRouter):
@@ -116,8 +118,9 @@ class OracleRouter(_BudgetRouter):
 
     name = "oracle"
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int]:
-        return request.true_prompt_tokens, request.true_prompt_tokens
+    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
+        tokens = request.true_prompt_tokens
+        return tokens, tokens, tokens
 
 
 class SinglePoolRouter:

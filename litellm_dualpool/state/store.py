@@ -106,6 +106,7 @@ class StateStore:
             calibrator = self.learner.calibrator
             key = calibrator.stored_key(obs.key, obs.shape)  # bounded labels
             metrics.bytes_per_token.labels(group, key.category).set(calibrator.bytes_per_token(key))
+            metrics.spread.labels(group, key.category).set(calibrator.spread(key))
 
 
 class MemoryStore(StateStore):

@@ -120,19 +120,23 @@ def test_borderline_ignores_spillover_and_keeps_equal_largest_pools() -> None:
 
 
 def test_the_refusal_floor_is_the_least_window_a_backend_serves_in() -> None:
-    # the optimistic prompt (point less the conservative margin) plus one output token: vLLM
-    # lowers a max_tokens that only overflows with the prompt
-    budget = TokenBudget(prompt_tokens=1100, output_tokens=200, prompt_tokens_point=1000)
+    # the optimistic prompt (the calibrator's: point less the margin, kept above the bytes
+    # bound) plus one output token: vLLM lowers a max_tokens that only overflows with the prompt
+    budget = TokenBudget(prompt_tokens=1100, output_tokens=200, prompt_tokens_point=1000,
+                         prompt_tokens_optimistic=900)
     assert (budget.total_tokens, budget.refusal_floor_tokens) == (1300, 901)
-    assert TokenBudget(prompt_tokens=50, output_tokens=7).refusal_floor_tokens == 51  # no point estimate
-    assert TokenBudget(prompt_tokens=300, output_tokens=0, prompt_tokens_point=100).refusal_floor_tokens == 1
+    assert TokenBudget(prompt_tokens=50, output_tokens=7).refusal_floor_tokens == 51  # no error model
+    assert TokenBudget(prompt_tokens=300, output_tokens=0, prompt_tokens_point=100,
+                       prompt_tokens_optimistic=0).refusal_floor_tokens == 1
     # ... or the output budget alone when larger: vLLM refuses max_tokens above max_model_len
-    huge_output = TokenBudget(prompt_tokens=10, output_tokens=70000, prompt_tokens_point=9)
+    huge_output = TokenBudget(prompt_tokens=10, output_tokens=70000, prompt_tokens_point=9,
+                              prompt_tokens_optimistic=8)
     assert huge_output.refusal_floor_tokens == 70000
     decision = decide(huge_output.total_tokens, [SHORT, LONG], DEFAULT, floor_tokens=huge_output.refusal_floor_tokens)
     assert decision.reason == Reason.FITS_NOWHERE
     # a 60K prompt asking for 20K more tokens: the long backend serves it with fewer
-    wide = TokenBudget(prompt_tokens=60000, output_tokens=20000, prompt_tokens_point=59000)
+    wide = TokenBudget(prompt_tokens=60000, output_tokens=20000, prompt_tokens_point=59000,
+                       prompt_tokens_optimistic=58000)
     decision = decide(wide.total_tokens, [SHORT, LONG], DEFAULT, floor_tokens=wide.refusal_floor_tokens)
     assert (decision.pool, decision.reason) == ("long", Reason.BORDERLINE)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from fastapi import HTTPException
+from starlette.requests import Request
 
 from litellm_dualpool.config import load_plugin_config_file, read_yaml
 
@@ -50,6 +52,8 @@ def test_plugin_validator_accepts_shipped_config(name: str) -> None:
     raw = read_yaml(CONFIG_DIR / name)
     assert "litellm_dualpool.proxy_handler_instance" in raw["litellm_settings"]["callbacks"]
     assert raw["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    # /metrics stays behind auth (LiteLLM's default), so custom_auth decides who reads it
+    assert raw["litellm_settings"].get("require_auth_for_metrics_endpoint", True) is True
     if name != "demo.yaml":  # fleet configs: replicas share state through Redis, tenants have keys
         assert {"redis_host", "redis_port", "redis_password"} <= set(raw["router_settings"])
         assert raw["general_settings"]["custom_auth"] == "tenant_auth.user_api_key_auth"
@@ -124,27 +128,38 @@ def _tenant_auth() -> ModuleType:
     return module
 
 
+def on(path: str, root_path: str = "") -> Request:
+    """A request for `path` as LiteLLM hands it to custom_auth (mounted under `root_path`)."""
+    return Request({"type": "http", "method": "GET", "path": root_path + path,
+                    "root_path": root_path, "headers": [], "query_string": b""})
+
+
+CHAT = on("/v1/chat/completions")
+MASTER = "sk-master-" + "m" * 24
+
+
 @pytest.fixture
 def tenants_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "tenants.yaml"
     path.write_text((CONFIG_DIR / "tenants.example.yaml").read_text(encoding="utf-8"))
     monkeypatch.setenv("DUALPOOL_TENANTS_FILE", str(path))
-    monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-master-" + "m" * 24)
+    monkeypatch.setenv("LITELLM_MASTER_KEY", MASTER)
     return path
 
 
 async def test_tenant_keys_map_to_their_team_and_policy(tenants_file: Path) -> None:
     auth = _tenant_auth()
-    batch = await auth.user_api_key_auth(None, "Bearer sk-example-batch-team-change-me")
+    batch = await auth.user_api_key_auth(CHAT, "Bearer sk-example-batch-team-change-me")
     assert batch.team_id == "team-batch" and batch.key_alias == "batch-summaries"
     assert batch.team_metadata["dualpool_policy"] == {"allow_long_pool": False}
     assert batch.metadata["dualpool_policy"]["default_output_tokens"] == 512
-    agents = await auth.user_api_key_auth(None, "sk-example-agents-team-change-me")
+    agents = await auth.user_api_key_auth(CHAT, "sk-example-agents-team-change-me")
     assert agents.team_id == "team-agents" and agents.metadata["dualpool_policy"]["allow_force_pool"]
-    admin = await auth.user_api_key_auth(None, "Bearer sk-master-" + "m" * 24)
+    admin = await auth.user_api_key_auth(CHAT, "Bearer " + MASTER)
     assert admin.user_role == "proxy_admin"
-    with pytest.raises(PermissionError):
-        await auth.user_api_key_auth(None, "Bearer sk-not-a-tenant")
+    with pytest.raises(HTTPException) as unknown:  # an HTTPException: LiteLLM keeps its status
+        await auth.user_api_key_auth(CHAT, "Bearer sk-not-a-tenant")
+    assert unknown.value.status_code == 401
 
 
 async def test_tenant_file_changes_are_picked_up_and_bad_digests_named(tenants_file: Path) -> None:
@@ -154,8 +169,30 @@ async def test_tenant_file_changes_are_picked_up_and_bad_digests_named(tenants_f
         f"tenants:\n  - key_sha256: {hashlib.sha256(new_key.encode()).hexdigest()}\n"
         "    team_id: team-new\n", encoding="utf-8")
     os.utime(tenants_file, (1, 1))  # a different mtime even within the same second
-    assert (await auth.user_api_key_auth(None, new_key)).team_id == "team-new"
+    assert (await auth.user_api_key_auth(CHAT, new_key)).team_id == "team-new"
     tenants_file.write_text("tenants:\n  - key_sha256: not-a-digest\n", encoding="utf-8")
     os.utime(tenants_file, (2, 2))
     with pytest.raises(ValueError, match=r"tenants\[0\]\.key_sha256"):
-        await auth.user_api_key_auth(None, new_key)
+        await auth.user_api_key_auth(CHAT, new_key)
+
+
+@pytest.mark.parametrize("route", [on("/metrics"), on("/metrics/"), on("/metrics/", "/gateway")])
+async def test_metrics_are_the_admins_and_the_scrape_keys_only(tenants_file: Path,
+                                                               route: Request) -> None:
+    # LiteLLM's /metrics carries every tenant's key alias, hashed key and client IP: a tenant
+    # key is refused there (issue 18), the master key and a metrics_only key read it
+    auth = _tenant_auth()
+    for tenant in ("sk-example-batch-team-change-me", "sk-example-agents-team-change-me"):
+        with pytest.raises(HTTPException, match="/metrics is for the proxy admin") as refused:
+            await auth.user_api_key_auth(route, "Bearer " + tenant)
+        assert refused.value.status_code == 403
+    assert (await auth.user_api_key_auth(route, "Bearer " + MASTER)).user_role == "proxy_admin"
+    scraper = await auth.user_api_key_auth(route, "Bearer sk-example-metrics-scraper-change-me")
+    assert scraper.key_alias == "prometheus"
+
+
+async def test_a_scrape_key_may_read_metrics_only(tenants_file: Path) -> None:
+    auth = _tenant_auth()
+    for path in ("/v1/chat/completions", "/v1/models", "/metricsx", "/health"):
+        with pytest.raises(HTTPException, match="metrics_only key may read /metrics only"):
+            await auth.user_api_key_auth(on(path), "sk-example-metrics-scraper-change-me")

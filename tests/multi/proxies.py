@@ -23,6 +23,7 @@ TESTS = Path(__file__).resolve().parents[1]
 BACKEND_SCRIPT = TESTS / "e2e" / "backend.py"
 AUTH_MODULE = Path(__file__).with_name("tenant_auth.py")
 START_SECONDS = 120.0
+MASTER_KEY = "sk-master-" + "0" * 24
 
 
 stop = stop_process
@@ -69,8 +70,7 @@ def proxy_config(group: str, pools: list[Backend], dualpool_settings: dict[str, 
                                            "api_key": "none"},
                         "model_info": {"max_model_len": b.max_model_len}} for b in pools],
         "litellm_settings": {"callbacks": ["litellm_dualpool.proxy_handler_instance",
-                                           "prometheus"],
-                             "require_auth_for_metrics_endpoint": False},
+                                           "prometheus"]},  # /metrics: the master key's
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY",
                              "custom_auth": "tenant_auth.user_api_key_auth"},
         "dualpool_settings": dualpool_settings,
@@ -86,6 +86,8 @@ class Proxy:
     directory: Path
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    #: the custom_auth module copied beside the YAML (the config names `tenant_auth`)
+    auth_module: Path = AUTH_MODULE
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -99,7 +101,7 @@ class Proxy:
 
     def launch(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        shutil.copy(AUTH_MODULE, self.directory / AUTH_MODULE.name)  # custom_auth is found here
+        shutil.copy(self.auth_module, self.directory / "tenant_auth.py")  # custom_auth is found here
         path = self.directory / "litellm.yaml"
         path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         command = [str(Path(sys.executable).with_name("litellm")), "--config", str(path),
@@ -110,7 +112,7 @@ class Proxy:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, cwd=self.directory,
-                env=offline_env(LITELLM_MASTER_KEY="sk-master-" + "0" * 24, **self.env))
+                env=offline_env(LITELLM_MASTER_KEY=MASTER_KEY, **self.env))
 
     def wait(self) -> None:
         assert self.process is not None
@@ -136,8 +138,12 @@ class Proxy:
         response.raise_for_status()
         return int(response.headers["x-dualpool-budget-tokens"])
 
-    def metrics(self) -> str:
-        return httpx.get(self.url + "/metrics/", timeout=10, follow_redirects=True).text
+    def metrics(self, key: str = MASTER_KEY) -> str:
+        """The proxy's /metrics as `key` reads it (the master key: a tenant key gets a 401)."""
+        response = httpx.get(self.url + "/metrics/", timeout=10, follow_redirects=True,
+                             headers={"Authorization": f"Bearer {key}"})
+        response.raise_for_status()
+        return response.text
 
 
 @contextmanager

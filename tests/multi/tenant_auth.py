@@ -4,15 +4,18 @@ LiteLLM's DB-backed virtual keys need Prisma engines downloaded at run time (imp
 so the end-to-end tests authenticate with ``general_settings.custom_auth:
 tenant_auth.user_api_key_auth``, which fills the same ``UserAPIKeyAuth`` fields (team id, key
 alias, key and team metadata) that a database key would. Never use fixed keys like these in
-production.
+production. Like the shipped ``proxy_config/tenant_auth.py``, the master key is the proxy admin
+and the only key that reads ``/metrics``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from fastapi import Request
-from litellm.proxy._types import UserAPIKeyAuth
+from fastapi import HTTPException, Request
+from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+from starlette.routing import get_route_path
 
 TENANTS: dict[str, dict[str, Any]] = {
     "sk-test-alpha-0000000001": {"team_id": "team-alpha", "key_alias": "alpha"},
@@ -26,7 +29,8 @@ TENANTS: dict[str, dict[str, Any]] = {
         "team_metadata": {"dualpool_policy": {"allow_long_pool": False}}},
     "sk-test-probe-0000000001": {  # measures budgets without teaching the shared state
         "team_id": "team-probe", "key_alias": "probe",
-        "metadata": {"dualpool_policy": {"observation_trust": "none"}}},
+        "metadata": {"dualpool_policy": {"observation_trust": "none",
+                                         "expose_budget_header": True}}},
     "sk-test-broken-000000001": {
         "team_id": "team-broken", "key_alias": "broken",
         "metadata": {"dualpool_policy": {"allow_long_pool": "sometimes"}}},
@@ -34,7 +38,12 @@ TENANTS: dict[str, dict[str, Any]] = {
 
 
 async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    entry = TENANTS.get(api_key)
-    if entry is None:
-        raise Exception("unknown API key")  # LiteLLM turns this into a 401
-    return UserAPIKeyAuth(api_key=api_key, **entry)
+    key = api_key.removeprefix("Bearer ").strip()
+    if key and key == os.environ.get("LITELLM_MASTER_KEY"):
+        return UserAPIKeyAuth(api_key=key, user_role=LitellmUserRoles.PROXY_ADMIN)
+    entry = TENANTS.get(key)
+    if entry is None:  # an HTTPException keeps its status (others go to LiteLLM's DB checks)
+        raise HTTPException(status_code=401, detail="unknown API key")
+    if get_route_path(request.scope).startswith("/metrics"):
+        raise HTTPException(status_code=403, detail="/metrics is for the proxy admin")
+    return UserAPIKeyAuth(api_key=key, **entry)

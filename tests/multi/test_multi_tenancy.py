@@ -68,6 +68,7 @@ def test_default_policy_applies_to_tenants_without_entries() -> None:
     ({"observation_trust": "full"}, "key metadata.dualpool_policy.observation_trust"),
     ({"long_pool": False}, "key metadata.dualpool_policy.long_pool"),
     ({"category": "has space"}, "key metadata.dualpool_policy.category"),
+    ({"expose_budget_header": "yes"}, "key metadata.dualpool_policy.expose_budget_header"),
     ("yes", "key metadata.dualpool_policy"),
 ])
 def test_an_invalid_entry_is_an_error_naming_its_field(entry: object, path: str) -> None:
@@ -113,3 +114,27 @@ def test_the_policy_key_can_be_renamed() -> None:
                           metadata={"routing": {"allow_force_pool": True},
                                     "dualpool_policy": {"allow_force_pool": "ignored"}})
     assert resolve(auth, tenancy).allow_force_pool is True
+
+
+def test_the_budget_header_is_the_admins_unless_a_policy_grants_it() -> None:
+    # x-dualpool-budget-tokens shows the live shared estimate (issue 18): off for tenants and
+    # for callers without key, on for the proxy admin
+    assert resolve(UserAPIKeyAuth(api_key="sk-plain-key-0002")).expose_budget_header is False
+    assert resolve(UserAPIKeyAuth()).expose_budget_header is False
+    admin = UserAPIKeyAuth(api_key="sk-master-key-0002", user_role="proxy_admin")
+    assert resolve(admin).expose_budget_header is True
+    granted = UserAPIKeyAuth(api_key="sk-ops-key-000002", team_id="ops",
+                             team_metadata={"dualpool_policy": {"expose_budget_header": True}})
+    assert resolve(granted).expose_budget_header is True
+    revoked = UserAPIKeyAuth(api_key="sk-ops-key-000003", team_id="ops",
+                             team_metadata={"dualpool_policy": {"expose_budget_header": True}},
+                             metadata={"dualpool_policy": {"expose_budget_header": False}})
+    assert resolve(revoked).expose_budget_header is False
+
+
+def test_the_default_policy_can_open_or_close_the_budget_header_for_everyone() -> None:
+    opened = TenancyConfig.model_validate({"default_policy": {"expose_budget_header": True}})
+    assert resolve(UserAPIKeyAuth(api_key="sk-plain-key-0003"), opened).expose_budget_header
+    closed = TenancyConfig.model_validate({"default_policy": {"expose_budget_header": False}})
+    admin = UserAPIKeyAuth(api_key="sk-master-key-0003", user_role="proxy_admin")
+    assert resolve(admin, closed).expose_budget_header is False

@@ -37,8 +37,14 @@ async def test_short_request_goes_to_the_short_pool(env) -> None:
     assert env.metric("dualpool_requests_total", model_group="llama", pool="short",
                       reason="fits") == 1
     assert env.metric("dualpool_decision_seconds_count") == 1
-    headers = await env.plugin.async_post_call_response_headers_hook(data, None, response)
+    # the budget header is the admin's (issue 18); a tenant key and an unauthenticated caller
+    # see the pool only
+    admin = UserAPIKeyAuth(api_key="sk-master-key-0001", user_role="proxy_admin")
+    headers = await env.plugin.async_post_call_response_headers_hook(data, admin, response)
     assert headers == {"x-dualpool-pool": "short", "x-dualpool-budget-tokens": str(stash["budget"])}
+    for caller in (UserAPIKeyAuth(api_key="sk-tenant-key-0001", team_id="t"), None):
+        headers = await env.plugin.async_post_call_response_headers_hook(data, caller, response)
+        assert headers == {"x-dualpool-pool": "short"}
 
 
 async def test_long_prompt_goes_to_the_long_pool(env) -> None:
