@@ -45,8 +45,8 @@ class Observation:
         """Text-only shapes with a count in [1, MAX_PROMPT_TOKENS]; media and token-id prompts
         never are (nor absurd counts: they are never shared with the other workers)."""
         s = self.shape
-        return (0 < self.prompt_tokens <= MAX_PROMPT_TOKENS and s.media_count == 0
-                and s.exact_prompt_tokens is None and s.total_bytes > 0)
+        return (type(self.prompt_tokens) is int and 0 < self.prompt_tokens <= MAX_PROMPT_TOKENS
+                and s.media_count == 0 and s.exact_prompt_tokens is None and s.total_bytes > 0)
 
 
 def encode(obs: Observation) -> str:

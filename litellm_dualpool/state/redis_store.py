@@ -277,7 +277,7 @@ class RedisStore(StateStore):
         if clamped:
             self._skip("restore", f"the state snapshot in {self.snapshot_key} held {clamped} "
                                   f"calibration key(s) outside the configured bounds: clamped "
-                                  f"and re-solved from their statistics", None)
+                                  f"and re-solved from their statistics", None, kind="clamp")
         self._last_id = position
         self._snapshot_id = self._last_id
         self._origins = origins
@@ -334,7 +334,7 @@ class RedisStore(StateStore):
             except redis_errors.ResponseError as error:
                 if not _wrong_type(error):
                     raise
-                self._skip("restore", f"ignoring {self.snapshot_key}", error)
+                self._skip("restore", f"ignoring {self.snapshot_key}", error, kind="wrong-type")
                 fields = {}
             self._restore_snapshot(fields)
             while self._monotonic() < deadline:
@@ -447,7 +447,8 @@ class RedisStore(StateStore):
         except BackendFailure as failure:
             if not _wrong_type(failure.error):
                 raise
-            self._skip("restore", f"ignoring {self.snapshot_key}", failure.error)
+            self._skip("restore", f"ignoring {self.snapshot_key}", failure.error,
+                       kind="wrong-type")
             fields = {}
         if self._newer_snapshot(fields):
             self._restore_snapshot(fields)
@@ -512,12 +513,15 @@ class RedisStore(StateStore):
         if self.metrics is not None:
             self.metrics.state_sync_errors.labels(operation).inc()
 
-    def _skip(self, operation: str, message: str, error: BaseException | None) -> None:
-        """Count unusable data read from Redis; log the first of each kind at warning, the rest
-        at debug (a stream full of garbage must not flood the log)."""
+    def _skip(self, operation: str, message: str, error: BaseException | None, *,
+              kind: str | None = None) -> None:
+        """Count unusable data read from Redis under `operation`; log the first of each `kind`
+        (default: the operation) at warning, the rest at debug (a stream full of garbage must
+        not flood the log)."""
         self._count_error(operation)
-        first = operation not in self._warned
-        self._warned.add(operation)
+        kind = kind or operation
+        first = kind not in self._warned
+        self._warned.add(kind)
         reason = "" if error is None else f": {type(error).__name__}: {str(error)[:_MAX_LOGGED]}"
         logger.log(logging.WARNING if first else logging.DEBUG,
                    "litellm-dualpool: %s%s%s", message, reason,
