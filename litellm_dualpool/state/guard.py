@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from litellm_dualpool.core.calibration import CategoryKey
 from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
@@ -197,6 +197,6 @@ class InfluenceGuard:
         self._windows = windows
 
 
-def _is_count(value: object) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     """A non-negative integer a float holds exactly (the guard multiplies counts by shares)."""
     return type(value) is int and 0 <= value <= MAX_COUNT

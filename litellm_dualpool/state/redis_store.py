@@ -262,7 +262,7 @@ class RedisStore(StateStore):
         if len(self._origins) > _MAX_ORIGINS:
             del self._origins[next(iter(self._origins))]
 
-    def _restore_snapshot(self, fields: Mapping[bytes, bytes]) -> bool:
+    def _restore_snapshot(self, fields: Mapping[Any, Any]) -> bool:
         """Adopt a stored snapshot; False (state unchanged) when absent or unusable: then the
         worker replays the stream from its start instead (or starts cold when it is empty)."""
         if not fields:
@@ -284,7 +284,7 @@ class RedisStore(StateStore):
         self._local_only.clear()  # learned into the state just replaced: learn again on read-back
         return True
 
-    def _parse_snapshot(self, fields: Mapping[bytes, bytes]
+    def _parse_snapshot(self, fields: Mapping[Any, Any]
                         ) -> tuple[str, Mapping[str, Any], dict[str, int]]:
         """(stream id, learner snapshot, origins) of a stored snapshot; ValueError when it is
         malformed, too large or from the future."""
@@ -305,7 +305,7 @@ class RedisStore(StateStore):
         """The latest time a stored position or window may claim (clock + allowed skew)."""
         return int(self._wall_clock() * 1000) + MAX_CLOCK_SKEW_MS
 
-    def _newer_snapshot(self, fields: Mapping[bytes, bytes]) -> bool:
+    def _newer_snapshot(self, fields: Mapping[Any, Any]) -> bool:
         """Whether a stored snapshot is ahead of this worker (a garbage id never is, unless this
         worker has read nothing yet: then it is tried, and counted when unusable)."""
         if not fields:
