@@ -93,7 +93,8 @@ class DualPoolMetrics:
             multiprocess_mode="mostrecent")  # as the ratio: one shared state
         self.learning = Counter(
             "dualpool_learning_samples",
-            "Finished requests by learning outcome (learned, rejected, no_backend_usage).",
+            "Finished requests by learning outcome (learned, rejected, limited, untrusted, "
+            "no_backend_usage, invalid_usage).",
             ["model_group", "outcome"], registry=registry)
         self.misroutes = Counter(
             "dualpool_misroutes",
@@ -125,7 +126,9 @@ class DualPoolMetrics:
             ["backend"], registry=registry, multiprocess_mode="livemin")
         self.state_sync_errors = Counter(
             "dualpool_state_sync_errors",
-            "Failed operations against the state backend (routing continues on local state).",
+            "Failed operations against the state backend, and unusable data read from it "
+            "(decode: a stream entry skipped; restore: a snapshot refused or clamped); routing "
+            "continues on local state.",
             ["operation"], registry=registry)
         self.state_observations = Counter(
             "dualpool_state_observations",

@@ -31,7 +31,9 @@ count). An observation whose implied ratio is outside [min, max] bytes per token
 after warm-up one more than `outlier_factor * sigma` away is rejected too (but a streak of them
 is a regime change and is let through); each accepted observation is clipped to within
 `max_step_fraction` of the prediction, which bounds how far one sample moves the state.
-Requests with media parts or token-id prompts are not learned from (their counts are not text).
+Requests with media parts or token-id prompts are not learned from (their counts are not text),
+nor counts above `MAX_PROMPT_TOKENS`. A restored snapshot (calibration_snapshot.py parses it) is
+held to the same bounds: a key outside them is clamped and its fit re-solved from its statistics.
 """
 
 from __future__ import annotations
@@ -42,14 +44,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from litellm_dualpool.core.calibration_snapshot import KeyRecord, parse_snapshot, snapshot_object
 from litellm_dualpool.core.linalg import solve, solve_spd
 from litellm_dualpool.core.shape import RequestShape
 from litellm_dualpool.errors import ConfigError
 
-SNAPSHOT_VERSION = 3
-#: Versions `restore` reads: 2 had the decayed statistics and no "scale" (read as scale 1).
-_READABLE_VERSIONS = (2, 3)
-SNAPSHOT_KIND = "litellm_dualpool.calibration"
+#: Most prompt tokens one observation may report. Above every context window served today
+#: (10M tokens); a larger count is a broken or hostile backend, never learned from (and a count
+#: beyond ~1e308 would not even convert to a float).
+MAX_PROMPT_TOKENS = 10_000_000
 
 #: Feature vector layout (see the module docstring).
 _F_KB = 0
@@ -86,6 +89,8 @@ _REFIT_RARELY_AFTER = 256
 _REFIT_RARELY = 16
 #: Key name of the shared key used once max_keys is reached.
 OVERFLOW_CATEGORY = "_overflow"
+#: Relative slack of the restore bounds (floating-point noise is not a value out of range).
+_RESTORE_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +241,15 @@ class _KeyState:
                 or (n <= _REFIT_RARELY_AFTER and n % _REFIT_EVERY == 0)
                 or n % _REFIT_RARELY == 0)
 
+    def record(self, key: CategoryKey) -> KeyRecord:
+        """The persisted form of this state."""
+        return KeyRecord(
+            model_group=key.model_group, category=key.category, samples=self.samples,
+            a_upper=tuple(self.a[i][j] for i in range(_N) for j in range(i, _N)),
+            b=tuple(self.b), scale=self.scale, theta=tuple(self.theta),
+            densities=tuple(self.densities), dev_sum=self.dev_sum, dev_weight=self.dev_weight,
+            rejected_streak=self.rejected_streak, eager_refits=self.eager_refits)
+
     def stats(self) -> tuple[list[list[float]], list[float]]:
         """Copies of the decayed statistics (A, b)."""
         k = self.scale
@@ -302,6 +316,16 @@ def _tokens_per_kb(theta: list[float], densities: list[float] | tuple[float, ...
 
 def _dot(theta: list[float], x: list[float]) -> float:
     return sum(t * v for t, v in zip(theta, x, strict=True))
+
+
+def _max_sigma(s: CalibrationSettings) -> float:
+    """Largest spread a restored key may carry (see `Calibrator._restored`)."""
+    return s.max_bytes_per_token / s.min_bytes_per_token
+
+
+def _close(got: list[float], want: tuple[float, ...] | list[float]) -> bool:
+    return all(abs(g - w) <= _RESTORE_TOLERANCE * max(abs(w), 1.0)
+               for g, w in zip(got, want, strict=True))
 
 
 class Calibrator:
@@ -430,8 +454,9 @@ class Calibrator:
 
     # -- learning --------------------------------------------------------------------------
     def observe(self, key: CategoryKey, shape: RequestShape, prompt_tokens: int) -> bool:
-        """Learn from one observation; returns False when it was rejected (outlier, media)."""
-        if type(prompt_tokens) is not int or prompt_tokens <= 0:
+        """Learn from one observation; returns False when it was rejected (outlier, media, a
+        count that is not an integer in [1, MAX_PROMPT_TOKENS])."""
+        if type(prompt_tokens) is not int or not 0 < prompt_tokens <= MAX_PROMPT_TOKENS:
             return False
         if shape.media_count or shape.exact_prompt_tokens is not None or shape.total_bytes == 0:
             return False
@@ -545,8 +570,11 @@ class Calibrator:
             if not moved:
                 break
             held.update(moved)
-        theta = bounded
-        # the ratio at the key's usual character mix stays within [min, max] bytes per token
+        return self._ratio_bounded(bounded, densities)
+
+    def _ratio_bounded(self, theta: list[float], densities: list[float]) -> list[float]:
+        """`theta` with the ratio at the key's usual character mix moved within [min, max]
+        bytes per token (by the tokens per KB)."""
         s = self.settings
         per_kb = _tokens_per_kb(theta, densities)
         lo, hi = 1000.0 / s.max_bytes_per_token, 1000.0 / s.min_bytes_per_token
@@ -577,105 +605,70 @@ class Calibrator:
     def snapshot(self) -> dict[str, Any]:
         """A small, versioned, JSON-serialisable copy of the whole state."""
         with self._lock:
-            keys = [
-                {
-                    "model_group": key.model_group,
-                    "category": key.category,
-                    "samples": st.samples,
-                    "a_upper": [st.a[i][j] for i in range(_N) for j in range(i, _N)],
-                    "b": list(st.b),
-                    "scale": st.scale,
-                    "theta": list(st.theta),
-                    "densities": list(st.densities),
-                    "dev_sum": st.dev_sum,
-                    "dev_weight": st.dev_weight,
-                    "rejected_streak": st.rejected_streak,
-                    "eager_refits": st.eager_refits,
-                }
-                for key, st in self._states.items()
-            ]
-        return {"kind": SNAPSHOT_KIND, "version": SNAPSHOT_VERSION,
-                "settings": asdict(self.settings), "keys": keys}
+            records = [st.record(key) for key, st in self._states.items()]
+        return snapshot_object(records, asdict(self.settings))
 
-    def restore(self, snapshot: Mapping[str, Any]) -> None:
-        """Replace the whole state with a snapshot's; ConfigError (naming the path) if invalid.
+    def restore(self, snapshot: Mapping[str, Any]) -> int:
+        """Replace the whole state with a snapshot's; ConfigError (naming the path, nothing
+        changed) if malformed. Returns how many keys held values outside this calibrator's
+        bounds: those are clamped and their fit re-solved from their statistics.
 
         The snapshot's settings are informational: this calibrator keeps its own.
         """
-        if not isinstance(snapshot, Mapping):
-            raise ConfigError("a calibration snapshot must be an object", path="snapshot")
-        if (snapshot.get("kind") != SNAPSHOT_KIND
-                or snapshot.get("version") not in _READABLE_VERSIONS):
-            raise ConfigError(
-                f"unsupported snapshot kind/version {snapshot.get('kind')!r}/"
-                f"{snapshot.get('version')!r} (expected {SNAPSHOT_KIND}/{SNAPSHOT_VERSION})",
-                path="snapshot.version")
-        entries = snapshot.get("keys")
-        if not isinstance(entries, list):
-            raise ConfigError("must be a list", path="snapshot.keys")
-        states: dict[CategoryKey, _KeyState] = {}
-        for i, entry in enumerate(entries):
-            key, state = self._parse_entry(entry, f"snapshot.keys[{i}]")
-            if key in states:
-                raise ConfigError(f"duplicate key {key}", path=f"snapshot.keys[{i}]")
-            states[key] = state
-        regular = sum(key.category != OVERFLOW_CATEGORY for key in states)
+        records = parse_snapshot(snapshot, features=_N, densities=len(DEFAULT_DENSITIES))
+        regular = sum(r.category != OVERFLOW_CATEGORY for r in records)
         if regular > self.settings.max_keys:
             raise ConfigError(f"{regular} keys exceed max_keys={self.settings.max_keys}",
                               path="snapshot.keys")
+        states: dict[CategoryKey, _KeyState] = {}
+        clamped = 0
+        for record in records:
+            state, moved = self._restored(record)
+            states[CategoryKey(record.model_group, record.category)] = state
+            clamped += moved
         with self._lock:
             self._states = states
+        return clamped
 
-    def _parse_entry(self, entry: object, path: str) -> tuple[CategoryKey, _KeyState]:
-        if not isinstance(entry, Mapping):
-            raise ConfigError("must be an object", path=path)
+    def _restored(self, record: KeyRecord) -> tuple[_KeyState, bool]:
+        """A key's state from its record, within this calibrator's bounds; True when a value
+        had to be moved (a state this calibrator could not have written).
 
-        def number(name: str, value: object) -> float:
-            if type(value) not in (int, float) or not math.isfinite(float(value)):  # type: ignore[arg-type]
-                raise ConfigError(f"must be a finite number, got {value!r}", path=f"{path}.{name}")
-            return float(value)  # type: ignore[arg-type]
-
-        def vector(name: str, value: object) -> list[float]:
-            if not isinstance(value, list) or len(value) != _N:
-                raise ConfigError(f"must be a list of {_N} numbers", path=f"{path}.{name}")
-            return [number(f"{name}[{j}]", v) for j, v in enumerate(value)]
-
-        group, category = entry.get("model_group"), entry.get("category")
-        if not isinstance(group, str) or not isinstance(category, str):
-            raise ConfigError("model_group and category must be strings", path=path)
-        state = _KeyState(self.settings)
-        upper = entry.get("a_upper")
-        size = _N * (_N + 1) // 2
-        if not isinstance(upper, list) or len(upper) != size:
-            raise ConfigError(f"must be a list of {size} numbers (the upper triangle of the "
-                              f"{_N}x{_N} statistics matrix, row by row)", path=f"{path}.a_upper")
-        values = iter([number(f"a_upper[{k}]", v) for k, v in enumerate(upper)])
+        Bounds: character densities in [0, 1]; the coefficients within `_bounded` and the
+        marginal ratio within [min, max] bytes per token (a coefficient of 1e9 tokens per KB
+        would make every request look enormous); the spread at most max/min bytes per token
+        (an honest relative error stays below the width of the ratio bounds) over a weight an
+        EMA of `sigma_beta` can reach. A moved theta is re-solved from the statistics."""
+        s = self.settings
+        state = _KeyState(s)
+        upper = iter(record.a_upper)
         for i in range(_N):
             for j in range(i, _N):
-                state.a[i][j] = state.a[j][i] = next(values)
-        state.b = vector("b", entry.get("b"))
-        state.scale = number("scale", entry.get("scale", 1.0))
-        if not state.scale > 0.0:
-            raise ConfigError("must be > 0", path=f"{path}.scale")
-        state.theta = vector("theta", entry.get("theta"))
-        densities = entry.get("densities")
-        if not isinstance(densities, list) or len(densities) != len(DEFAULT_DENSITIES):
-            raise ConfigError(f"must be a list of {len(DEFAULT_DENSITIES)} numbers",
-                              path=f"{path}.densities")
-        state.densities = [number(f"densities[{j}]", v) for j, v in enumerate(densities)]
-        samples = entry.get("samples")
-        if type(samples) is not int or samples < 0:
-            raise ConfigError("must be a non-negative integer", path=f"{path}.samples")
-        state.samples = samples
-        state.dev_sum = number("dev_sum", entry.get("dev_sum"))
-        state.dev_weight = number("dev_weight", entry.get("dev_weight"))
-        if state.dev_weight <= 0 or state.dev_sum < 0:
-            raise ConfigError("dev_weight must be > 0 and dev_sum >= 0", path=f"{path}.dev_weight")
-        streak = entry.get("rejected_streak", 0)
-        state.rejected_streak = streak if type(streak) is int and streak >= 0 else 0
-        eager = entry.get("eager_refits", 0)
-        state.eager_refits = eager if type(eager) is int and eager >= 0 else 0
-        return CategoryKey(group, category), state
+                state.a[i][j] = state.a[j][i] = next(upper)
+        state.b, state.scale = list(record.b), record.scale
+        state.samples, state.rejected_streak = record.samples, record.rejected_streak
+        state.eager_refits = min(record.eager_refits, _REFIT_EVERY_AFTER)
+        state.densities = [min(max(d, 0.0), 1.0) for d in record.densities]
+        state.theta = self._within_bounds(list(record.theta), state.densities)
+        window = 1.0 / (1.0 - s.sigma_beta)
+        low = min(s.prior_sigma_samples, window) * (1.0 - _RESTORE_TOLERANCE)
+        high = max(s.prior_sigma_samples, window) * (1.0 + _RESTORE_TOLERANCE)
+        state.dev_weight = min(max(record.dev_weight, low), high)
+        state.dev_sum = min(record.dev_sum, _max_sigma(s) * state.dev_weight)
+        theta_moved = not _close(state.theta, record.theta)
+        moved = theta_moved or not _close(
+            [*state.densities, state.dev_weight, state.dev_sum],
+            [*record.densities, record.dev_weight, record.dev_sum])
+        if theta_moved:
+            a, b = state.stats()
+            theta = self._fit(a, b, state.densities)
+            if theta is not None:
+                state.theta = theta
+        return state, moved
+
+    def _within_bounds(self, theta: list[float], densities: list[float]) -> list[float]:
+        """`_bounded`, then the marginal ratio at `densities` within [min, max] bytes/token."""
+        return self._ratio_bounded(self._bounded(theta), densities)
 
 
 def settings_from_mapping(values: Mapping[str, Any]) -> CalibrationSettings:

@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
-from litellm_dualpool.core.calibration import Calibrator, CategoryKey
+from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, Calibrator, CategoryKey
 from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.estimator import Estimator
 from litellm_dualpool.core.policy import PoolState, Reason, decide, decide_recovery
@@ -324,11 +324,18 @@ class DualPoolEngine:
             stash["recovery_failure"] = "context" if context_rejected else "error"
 
     def learn(self, stash: dict[str, Any], prompt_tokens: int) -> bool:
-        """Learn once per request from the backend's prompt token count."""
-        if stash.get("learned") or type(prompt_tokens) is not int or prompt_tokens <= 0:
+        """Learn once per request from the backend's prompt token count.
+
+        A count that is not an integer in [1, MAX_PROMPT_TOKENS] (a broken or hostile backend)
+        is counted as ``invalid_usage`` and goes nowhere: it is neither learned nor shared
+        with the other workers, whose calibrators would otherwise all see it."""
+        if stash.get("learned"):
+            return False
+        group = stash["group"]
+        if type(prompt_tokens) is not int or not 0 < prompt_tokens <= MAX_PROMPT_TOKENS:
+            self.metrics.learning.labels(group, "invalid_usage").inc()
             return False
         stash["learned"] = True
-        group = stash["group"]
         key, shape = CategoryKey(group, stash["category"]), _shape_from_list(stash["shape"])
         point = stash.get("point") or stash["prompt"]
         label = self.calibrator.stored_key(key, shape).category  # bounded

@@ -28,9 +28,10 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from litellm_dualpool.core.calibration import CategoryKey
+from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.tenancy import ObservationTrust
 
@@ -158,10 +159,15 @@ class InfluenceGuard:
                  "buckets": [[index, dict(bucket)] for index, bucket in window.buckets]}
                 for key, window in self._windows.items() if window.buckets]
 
-    def restore(self, entries: object) -> None:
-        """Replace the windows with a snapshot's; ConfigError naming the path if malformed."""
+    def restore(self, entries: object, *, max_time_ms: int | None = None) -> None:
+        """Replace the windows with a snapshot's; ConfigError naming the path if malformed.
+
+        A window whose buckets lie beyond `max_time_ms` is dropped (it starts empty): time only
+        moves forward here, so a window from the future would never expire and would hold its
+        tenants' counts for good."""
         if not isinstance(entries, list):
             raise ConfigError("must be a list", path="guard")
+        horizon = None if max_time_ms is None else max_time_ms // self.limits.bucket_ms
         windows: dict[CategoryKey, _Window] = {}
         for i, entry in enumerate(entries):
             path = f"guard[{i}]"
@@ -170,16 +176,27 @@ class InfluenceGuard:
                 raise ConfigError("needs model_group and category strings", path=path)
             window = _Window()
             latest = entry.get("latest")
-            window.latest = latest if type(latest) is int else -1
-            for j, item in enumerate(entry.get("buckets") or []):
-                if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+            window.latest = latest if _is_count(latest) else -1
+            buckets = entry.get("buckets") or []
+            if not isinstance(buckets, list):
+                raise ConfigError("must be a list", path=f"{path}.buckets")
+            for j, item in enumerate(buckets):
+                if not (isinstance(item, list) and len(item) == 2 and _is_count(item[0])
                         and isinstance(item[1], Mapping)
-                        and all(isinstance(t, str) and type(c) is int and c >= 0
-                                for t, c in item[1].items())):
-                    raise ConfigError("must be [index, {tenant: count}]",
-                                      path=f"{path}.buckets[{j}]")
+                        and all(isinstance(t, str) and _is_count(c) for t, c in item[1].items())):
+                    raise ConfigError("must be [index, {tenant: count}] with counts in "
+                                      "[0, 2**53]", path=f"{path}.buckets[{j}]")
                 for tenant, count in item[1].items():
                     if count:
                         window.add(item[0], tenant, count)
+            if window.buckets:
+                window.latest = max(window.latest, window.buckets[-1][0])
+            if horizon is not None and window.latest > horizon:
+                continue
             windows[CategoryKey(entry["model_group"], entry["category"])] = window
         self._windows = windows
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """A non-negative integer a float holds exactly (the guard multiplies counts by shares)."""
+    return type(value) is int and 0 <= value <= MAX_COUNT

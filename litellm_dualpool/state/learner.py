@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
+from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.state.guard import Admission, InfluenceGuard
 from litellm_dualpool.state.observation import Observation
@@ -117,29 +118,41 @@ class Learner:
                     "calibration": self.calibrator.snapshot(), "guard": self.guard.snapshot(),
                     "deviations": deviations}
 
-    def restore(self, snapshot: Mapping[str, Any]) -> None:
-        """Replace calibrator and guard state; ConfigError (nothing changed) if malformed."""
+    def restore(self, snapshot: Mapping[str, Any], *, max_time_ms: int | None = None) -> int:
+        """Replace calibrator and guard state; ConfigError (nothing changed) if malformed.
+
+        Returns how many calibration keys were out of bounds and clamped (`Calibrator.restore`);
+        guard windows beyond `max_time_ms` are dropped (`InfluenceGuard.restore`)."""
         if not isinstance(snapshot, Mapping) or snapshot.get("kind") != SNAPSHOT_KIND or (
                 snapshot.get("version") != SNAPSHOT_VERSION):
             raise ConfigError(f"not a {SNAPSHOT_KIND} snapshot of version {SNAPSHOT_VERSION}",
                               path="snapshot")
         probe = InfluenceGuard(self.guard.limits)
-        probe.restore(snapshot.get("guard", []))
+        probe.restore(snapshot.get("guard", []), max_time_ms=max_time_ms)
         check = Calibrator(self.calibrator.settings)
         check.restore(snapshot.get("calibration", {}))  # validate before touching live state
-        deviations = {}
-        for i, item in enumerate(snapshot.get("deviations") or []):
-            if not (isinstance(item, list) and len(item) == 6
-                    and all(isinstance(v, str) for v in item[:2])
-                    and all(isinstance(side, list) and all(isinstance(t, str) for t in side)
-                            for side in (item[2], item[4]))
-                    and type(item[3]) is int and type(item[5]) is int):
-                raise ConfigError("must be [model_group, category, up, up_count, down, "
-                                  "down_count]", path=f"snapshot.deviations[{i}]")
-            deviations[CategoryKey(item[0], item[1])] = _Deviations(
-                item[2][:_CORROBORATING_TENANTS], item[3], item[4][:_CORROBORATING_TENANTS],
-                item[5])
+        deviations = _parse_deviations(snapshot.get("deviations") or [])
         with self._lock:
-            self.calibrator.restore(snapshot["calibration"])
+            clamped = self.calibrator.restore(snapshot["calibration"])
             self.guard = probe
             self._deviations = deviations
+        return clamped
+
+
+def _parse_deviations(items: object) -> dict[CategoryKey, _Deviations]:
+    """The snapshot's deviation records; ConfigError naming the path if malformed."""
+    if not isinstance(items, list):
+        raise ConfigError("must be a list", path="snapshot.deviations")
+    deviations = {}
+    for i, item in enumerate(items):
+        if not (isinstance(item, list) and len(item) == 6
+                and all(isinstance(v, str) for v in item[:2])
+                and all(isinstance(side, list) and all(isinstance(t, str) for t in side)
+                        for side in (item[2], item[4]))
+                and all(type(c) is int and 0 <= c <= MAX_COUNT for c in (item[3], item[5]))):
+            raise ConfigError("must be [model_group, category, up, up_count, down, "
+                              "down_count]", path=f"snapshot.deviations[{i}]")
+        deviations[CategoryKey(item[0], item[1])] = _Deviations(
+            item[2][:_CORROBORATING_TENANTS], item[3], item[4][:_CORROBORATING_TENANTS],
+            item[5])
+    return deviations

@@ -13,7 +13,8 @@ import json
 import math
 from dataclasses import astuple, dataclass, fields
 
-from litellm_dualpool.core.calibration import CategoryKey
+from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, CategoryKey
+from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
 from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.shape import ContentClass, RequestShape
 from litellm_dualpool.tenancy import ObservationTrust
@@ -21,6 +22,9 @@ from litellm_dualpool.tenancy import ObservationTrust
 WIRE_VERSION = 1
 #: Longest string field accepted from the wire (model groups, categories, ids).
 _MAX_TEXT = 256
+#: Longest wire form accepted (an observation takes ~150 bytes, at most ~1.5 KB with the
+#: longest strings): a bigger entry is garbage, never parsed.
+MAX_WIRE_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +42,11 @@ class Observation:
 
     @property
     def learnable(self) -> bool:
-        """Text-only shapes with a positive count; media and token-id prompts never are."""
+        """Text-only shapes with a count in [1, MAX_PROMPT_TOKENS]; media and token-id prompts
+        never are (nor absurd counts: they are never shared with the other workers)."""
         s = self.shape
-        return (self.prompt_tokens > 0 and s.media_count == 0 and s.exact_prompt_tokens is None
-                and s.total_bytes > 0)
+        return (type(self.prompt_tokens) is int and 0 < self.prompt_tokens <= MAX_PROMPT_TOKENS
+                and s.media_count == 0 and s.exact_prompt_tokens is None and s.total_bytes > 0)
 
 
 def encode(obs: Observation) -> str:
@@ -55,9 +60,10 @@ def encode(obs: Observation) -> str:
         separators=(",", ":"))
 
 
-def _int(value: object, minimum: int = 0) -> int:
-    if type(value) is not int or value < minimum:
-        raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+def _int(value: object, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
+    if type(value) is not int or not minimum <= value <= maximum:
+        text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"expected an integer in [{minimum}, {maximum}], got {text}")
     return value
 
 
@@ -68,11 +74,21 @@ def _text(value: object) -> str:
 
 
 def decode(data: str | bytes) -> Observation:
-    """Parse the wire form; ValueError for anything malformed or of another version."""
+    """Parse the wire form; ValueError for anything malformed, out of bounds or of another
+    version (a stream entry may hold anything: whatever it holds ends here)."""
+    if not isinstance(data, str | bytes) or len(data) > MAX_WIRE_BYTES:
+        raise ValueError(f"not an observation: more than {MAX_WIRE_BYTES} bytes or not text")
     try:
         items = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"not JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # JSON, UTF-8, digit limits; deep nesting
+        raise ValueError(f"not JSON: {type(error).__name__}") from None
+    try:
+        return _parse(items)
+    except (TypeError, KeyError, OverflowError) as error:
+        raise ValueError(f"malformed observation: {type(error).__name__}") from None
+
+
+def _parse(items: object) -> Observation:
     if not isinstance(items, list) or len(items) not in (16, 17) or items[0] != WIRE_VERSION:
         raise ValueError("not an observation of wire version 1")
     (_, group, category, text_bytes, structured_bytes, messages, tools, content, template,
@@ -80,7 +96,7 @@ def decode(data: str | bytes) -> Observation:
     counts = items[16] if len(items) == 17 else None
     if counts is not None:
         if not isinstance(counts, list) or len(counts) != len(fields(CharCounts)):
-            raise ValueError("char counts must be a list of 6 integers")
+            raise ValueError(f"char counts must be a list of {len(fields(CharCounts))} integers")
         counts = CharCounts(*(_int(c) for c in counts))
     if isinstance(time_ms, float) and math.isfinite(time_ms):
         time_ms = int(time_ms)
@@ -91,5 +107,5 @@ def decode(data: str | bytes) -> Observation:
         chat_template=bool(_int(template)), has_tools=bool(_int(has_tools)), char_counts=counts)
     return Observation(
         key=CategoryKey(_text(group), _text(category)), shape=shape,
-        prompt_tokens=_int(prompt_tokens, 1), tenant=_text(tenant),
+        prompt_tokens=_int(prompt_tokens, 1, MAX_PROMPT_TOKENS), tenant=_text(tenant),
         trust=ObservationTrust(trust), origin=_text(origin), seq=_int(seq), time_ms=_int(time_ms))

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import exceptions as redis_errors
 
-from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
 from litellm_dualpool.state.learner import Learner, Outcome
 from litellm_dualpool.state.observation import Observation, decode, encode
 from litellm_dualpool.state.settings import RedisStateSettings
@@ -55,26 +56,63 @@ _MAX_READS_PER_CYCLE = 20
 _MAX_ORIGINS = 4096
 #: Errors that mean "Redis unreachable or misbehaving", not a bug of ours.
 _BACKEND_ERRORS = (redis_errors.RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+#: How far a snapshot's stream id may lie beyond the clock (workers' and Redis' clocks differ).
+#: Stream ids are Redis' clock in ms: a snapshot further ahead was not written by a worker, and
+#: its compare-and-set would refuse every newer snapshot until that time; it is refused.
+MAX_CLOCK_SKEW_MS = 300_000
+#: Largest snapshot read (256 keys take ~0.7 MB; the guard's windows a few MB at most).
+MAX_SNAPSHOT_BYTES = 64 << 20
+#: A stream id as Redis writes them (digits only: no huge or signed numbers).
+_STREAM_ID = re.compile(rb"(\d{1,20})-(\d{1,20})")
+#: Error messages from Redis or a parser are cut to this length in the log.
+_MAX_LOGGED = 200
 
-#: Write the snapshot only if its stream id is newer than the stored one (compare-and-set).
+#: Write the snapshot only if its stream id is newer than the stored one (compare-and-set). A
+#: stored snapshot that cannot be compared (another key type, an id that does not parse or lies
+#: more than ARGV[4] ms beyond Redis' clock) is garbage and is replaced: it would otherwise
+#: refuse every later snapshot.
 SNAPSHOT_SCRIPT = """
-local current = redis.call('HGET', KEYS[1], 'stream_id')
-if current then
-  local cms, cseq = string.match(current, '^(%d+)-(%d+)$')
-  local nms, nseq = string.match(ARGV[1], '^(%d+)-(%d+)$')
-  cms, cseq, nms, nseq = tonumber(cms), tonumber(cseq), tonumber(nms), tonumber(nseq)
+local function position(id)
+  if not id then return nil end
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if not ms then return nil end
+  return tonumber(ms), tonumber(seq)
+end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local cms, cseq = nil, nil
+if kind == 'hash' then cms, cseq = position(redis.call('HGET', KEYS[1], 'stream_id')) end
+local now = redis.call('TIME')
+local horizon = tonumber(now[1]) * 1000 + tonumber(ARGV[4])
+if cms and cms <= horizon then
+  local nms, nseq = position(ARGV[1])
   if nms < cms or (nms == cms and nseq <= cseq) then return 0 end
 end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'stream_id', ARGV[1], 'state', ARGV[2], 'worker', ARGV[3])
 return 1
 """
 
 
 def stream_id(value: str | bytes) -> tuple[int, int]:
-    """``"ms-seq"`` as a comparable pair."""
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    """``"ms-seq"`` as a comparable pair; ValueError for anything else."""
+    match = _STREAM_ID.fullmatch(value.encode() if isinstance(value, str) else value)
+    if match is None:
+        raise ValueError(f"not a stream id: {value[:40]!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _wrong_type(error: BaseException) -> bool:
+    """Redis answered, but the key holds another type (garbage under our prefix)."""
+    return isinstance(error, redis_errors.ResponseError) and str(error).startswith("WRONGTYPE")
+
+
+def _parse_origins(value: object) -> dict[str, int]:
+    """A snapshot's {worker id: last sequence}; ValueError when malformed."""
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and len(k) <= 256 and type(v) is int and 0 <= v <= MAX_COUNT
+            for k, v in value.items()):
+        raise ValueError("origins must map worker ids to sequence numbers")
+    return dict(list(value.items())[-_MAX_ORIGINS:])
 
 
 def _entries(reply: Any) -> list[tuple[bytes, Mapping[bytes, bytes]]]:
@@ -122,6 +160,10 @@ class RedisStore(StateStore):
         self._task: asyncio.Task[None] | None = None
         self._last_snapshot = monotonic()
         self._snapshot_id: str | None = None
+        self._warned: set[str] = set()  # kinds of unusable data already logged at warning
+        if metrics is not None:  # present at 0 from the start: a rate needs the series
+            for operation in ("decode", "restore"):
+                metrics.state_sync_errors.labels(operation)
 
     # -- clients ---------------------------------------------------------------------------
     def _client_kwargs(self, timeout: float) -> dict[str, Any]:
@@ -193,22 +235,26 @@ class RedisStore(StateStore):
 
     # -- applying the log ------------------------------------------------------------------
     def _apply_entries(self, entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> None:
+        """Learn from each entry in turn; an entry that cannot be read or applied is skipped
+        and counted (whatever it holds: a stream entry is data anyone with access wrote)."""
         for raw_id, fields in entries:
             entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             self._last_id = entry_id
             try:
-                obs = decode(fields.get(FIELD) or fields.get("o") or b"")  # type: ignore[call-overload]
-            except ValueError as error:
-                logger.debug("litellm-dualpool: skipping stream entry %s: %s", entry_id, error)
-                self._count_error("decode")
-                continue
-            if obs.origin == self.worker_id and obs.seq in self._local_only:
-                self._local_only.discard(obs.seq)  # learned already, while Redis was out
-                continue
-            if obs.seq <= self._origins.get(obs.origin, 0):
-                continue  # a publication retried after a timeout that had in fact succeeded
-            self._remember_origin(obs.origin, obs.seq)
-            self._apply(obs, stream_id(entry_id)[0])
+                self._apply_entry(entry_id, fields)
+            except Exception as error:
+                self._skip("decode", f"skipping unusable stream entry {entry_id} of "
+                                     f"{self.stream_key}", error)
+
+    def _apply_entry(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+        obs = decode(fields.get(FIELD) or fields.get("o") or b"")  # type: ignore[call-overload]
+        if obs.origin == self.worker_id and obs.seq in self._local_only:
+            self._local_only.discard(obs.seq)  # learned already, while Redis was out
+            return
+        if obs.seq <= self._origins.get(obs.origin, 0):
+            return  # a publication retried after a timeout that had in fact succeeded
+        self._remember_origin(obs.origin, obs.seq)
+        self._apply(obs, stream_id(entry_id)[0])
 
     def _remember_origin(self, origin: str, seq: int) -> None:
         self._origins.pop(origin, None)
@@ -216,26 +262,60 @@ class RedisStore(StateStore):
         if len(self._origins) > _MAX_ORIGINS:
             del self._origins[next(iter(self._origins))]
 
-    def _restore_snapshot(self, fields: Mapping[bytes, bytes]) -> bool:
-        """Adopt a stored snapshot; False (state unchanged) when absent or unreadable."""
-        raw_id, raw_state = fields.get(b"stream_id"), fields.get(b"state")
-        if not raw_id or not raw_state:
+    def _restore_snapshot(self, fields: Mapping[Any, Any]) -> bool:
+        """Adopt a stored snapshot; False (state unchanged) when absent or unusable: then the
+        worker replays the stream from its start instead (or starts cold when it is empty)."""
+        if not fields:
             return False
         try:
-            stream_id(raw_id)
-            payload = json.loads(raw_state)
-            self.learner.restore(payload["learner"])
-            origins = payload.get("origins") or {}
-        except (ValueError, KeyError, TypeError, ConfigError) as error:
-            logger.warning("litellm-dualpool: ignoring unreadable state snapshot in %s: %s",
-                           self.snapshot_key, error)
-            self._count_error("restore")
+            position, learner, origins = self._parse_snapshot(fields)
+            clamped = self.learner.restore(learner, max_time_ms=self._horizon_ms())
+        except Exception as error:
+            self._skip("restore", f"ignoring the state snapshot in {self.snapshot_key} (the "
+                                  f"stream is replayed instead)", error)
             return False
-        self._last_id = raw_id.decode()
+        if clamped:
+            self._skip("restore", f"the state snapshot in {self.snapshot_key} held {clamped} "
+                                  f"calibration key(s) outside the configured bounds: clamped "
+                                  f"and re-solved from their statistics", None, kind="clamp")
+        self._last_id = position
         self._snapshot_id = self._last_id
-        self._origins = {str(k): v for k, v in origins.items() if type(v) is int}
+        self._origins = origins
         self._local_only.clear()  # learned into the state just replaced: learn again on read-back
         return True
+
+    def _parse_snapshot(self, fields: Mapping[Any, Any]
+                        ) -> tuple[str, Mapping[str, Any], dict[str, int]]:
+        """(stream id, learner snapshot, origins) of a stored snapshot; ValueError when it is
+        malformed, too large or from the future."""
+        raw_id, raw_state = fields.get(b"stream_id"), fields.get(b"state")
+        if not isinstance(raw_id, bytes) or not isinstance(raw_state, bytes):
+            raise ValueError("needs the fields stream_id and state")
+        if stream_id(raw_id)[0] > self._horizon_ms():
+            raise ValueError(f"its stream id {raw_id[:40]!r} lies more than "
+                             f"{MAX_CLOCK_SKEW_MS} ms in the future")
+        if len(raw_state) > MAX_SNAPSHOT_BYTES:
+            raise ValueError(f"more than {MAX_SNAPSHOT_BYTES} bytes")
+        payload = json.loads(raw_state)
+        if not isinstance(payload, dict) or not isinstance(payload.get("learner"), dict):
+            raise ValueError("not a state snapshot object")
+        return raw_id.decode(), payload["learner"], _parse_origins(payload.get("origins", {}))
+
+    def _horizon_ms(self) -> int:
+        """The latest time a stored position or window may claim (clock + allowed skew)."""
+        return int(self._wall_clock() * 1000) + MAX_CLOCK_SKEW_MS
+
+    def _newer_snapshot(self, fields: Mapping[Any, Any]) -> bool:
+        """Whether a stored snapshot is ahead of this worker (a garbage id never is, unless this
+        worker has read nothing yet: then it is tried, and counted when unusable)."""
+        if not fields:
+            return False
+        if self._last_id == START_ID:
+            return True
+        try:
+            return stream_id(fields.get(b"stream_id", b"")) > stream_id(self._last_id)
+        except ValueError:
+            return False
 
     def _snapshot_payload(self) -> str:
         return json.dumps({"learner": self.learner.snapshot(), "origins": self._origins},
@@ -249,7 +329,14 @@ class RedisStore(StateStore):
         deadline = self._monotonic() + self.settings.restore_timeout_seconds
         client = self._sync_client_factory()
         try:
-            self._restore_snapshot(client.hgetall(self.snapshot_key))
+            try:
+                fields = client.hgetall(self.snapshot_key)
+            except redis_errors.ResponseError as error:
+                if not _wrong_type(error):
+                    raise
+                self._skip("restore", f"ignoring {self.snapshot_key}", error, kind="wrong-type")
+                fields = {}
+            self._restore_snapshot(fields)
             while self._monotonic() < deadline:
                 entries = _entries(client.xread({self.stream_key: self._last_id},
                                                 count=self.settings.batch_size))
@@ -265,6 +352,11 @@ class RedisStore(StateStore):
             return True
         except _BACKEND_ERRORS as error:
             self._mark_down(BackendFailure("restore", error))
+            return False
+        except Exception:  # a bug of ours must not stop the proxy from starting either
+            logger.exception("litellm-dualpool: restoring the shared state failed; the worker "
+                             "starts on local state and the background task retries")
+            self._count_error("restore")
             return False
         finally:
             client.close()
@@ -350,9 +442,15 @@ class RedisStore(StateStore):
             self.metrics.state_last_sync.set(self._wall_clock())
 
     async def _resync(self, client: redis.asyncio.Redis) -> None:
-        fields = await self._call("restore", client.hgetall(self.snapshot_key))
-        if fields and (self._last_id == START_ID or stream_id(
-                fields.get(b"stream_id", b"0-0")) > stream_id(self._last_id)):
+        try:
+            fields = await self._call("restore", client.hgetall(self.snapshot_key))
+        except BackendFailure as failure:
+            if not _wrong_type(failure.error):
+                raise
+            self._skip("restore", f"ignoring {self.snapshot_key}", failure.error,
+                       kind="wrong-type")
+            fields = {}
+        if self._newer_snapshot(fields):
             self._restore_snapshot(fields)
         await self._pull(client)
         self._synced = True
@@ -406,7 +504,7 @@ class RedisStore(StateStore):
             return False
         written = await self._call("snapshot", client.eval(
             SNAPSHOT_SCRIPT, 1, self.snapshot_key, self._last_id, self._snapshot_payload(),
-            self.worker_id))
+            self.worker_id, MAX_CLOCK_SKEW_MS))
         self._snapshot_id = self._last_id
         return bool(written)
 
@@ -414,6 +512,22 @@ class RedisStore(StateStore):
     def _count_error(self, operation: str) -> None:
         if self.metrics is not None:
             self.metrics.state_sync_errors.labels(operation).inc()
+
+    def _skip(self, operation: str, message: str, error: BaseException | None, *,
+              kind: str | None = None) -> None:
+        """Count unusable data read from Redis under `operation`; log the first of each `kind`
+        (default: the operation) at warning, the rest at debug (a stream full of garbage must
+        not flood the log)."""
+        self._count_error(operation)
+        kind = kind or operation
+        first = kind not in self._warned
+        self._warned.add(kind)
+        reason = "" if error is None else f": {type(error).__name__}: {str(error)[:_MAX_LOGGED]}"
+        logger.log(logging.WARNING if first else logging.DEBUG,
+                   "litellm-dualpool: %s%s%s", message, reason,
+                   f" (further ones are logged at debug level and counted in "
+                   f"dualpool_state_sync_errors_total{{operation=\"{operation}\"}})"
+                   if first else "")
 
     def _mark_up(self) -> None:
         if self._up is False:
