@@ -27,10 +27,11 @@ from dataclasses import dataclass
 #: Payloads longer than this are not parsed (a genuine rejection is a few hundred bytes; this
 #: bounds the work on every LiteLLM error, the mapping hook in install.py included).
 MAX_PAYLOAD_CHARS = 65536
-#: What LiteLLM (``litellm.BadRequestError: ``, ``Hosted_vllmException - ``) and the OpenAI SDK
-#: (``Error code: 400 - ``) put in front of a backend's payload, repeated, from the start only.
+#: What LiteLLM (``litellm.BadRequestError: ``, ``Hosted_vllmException - ``; provider names may
+#: hold hyphens) and the OpenAI SDK (``Error code: 400 - ``) put in front of a backend's payload,
+#: repeated, from the start only.
 _PREFIXES = re.compile(
-    r"(?:\s*(?:(?:litellm\.)?[A-Za-z_]\w*(?:Error|Exception)(?::| -)|Error code: \d{3} -)\s)*")
+    r"(?:\s*(?:(?:litellm\.)?[A-Za-z_][\w-]*(?:Error|Exception)(?::| -)|Error code: \d{3} -)\s)*")
 #: OpenAI's (and compatible servers') error code for an over-length request.
 OPENAI_CODE = "context_length_exceeded"
 

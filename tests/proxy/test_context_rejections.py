@@ -131,6 +131,9 @@ RECORDED: list[tuple[str, Any, tuple[int | None, int | None, bool, str]]] = [
     ("openai provider form", litellm.ContextWindowExceededError(
         message=f"ContextWindowExceededError: OpenAIException - {SENTENCE}", model="m",
         llm_provider="openai"), (2048, 230, True, "vllm")),
+    ("hyphenated provider (breadcrumb text)", "litellm.ContextWindowExceededError: "
+     "litellm.BadRequestError: ContextWindowExceededError: Text-completion-openaiException - "
+     + json.dumps(emulated(ErrorFormat.LEGACY, 4096, 4000, 1000)), (4096, 4000, True, "vllm")),
     ("openai sdk form", "Error code: 400 - " + repr(emulated(ErrorFormat.LEGACY, 4096, 4000, 1000)),
      (4096, 4000, True, "vllm")),
     ("bare message (tests/realvllm)", emulated(ErrorFormat.CURRENT, 512, 900, 8)["error"]["message"],
