@@ -4,7 +4,9 @@
     ├── InvalidRequestError        the request body cannot be shaped (client's fault -> 400)
     ├── ConfigError                plugin settings or pool declarations are wrong (start-up)
     └── NoPoolFitsError            the estimated budget exceeds every pool's limit (-> 400)
-        └── PoolNotAllowedError    a pool that fits exists but the tenant's policy forbids it
+        ├── PoolNotAllowedError    a pool that fits exists but the tenant's policy forbids it
+        └── RecoveryRefusedError   no larger pool is tried: the failure was no context-length
+                                   rejection (the client keeps the backend's own 400)
 """
 
 from __future__ import annotations
@@ -63,3 +65,20 @@ class PoolNotAllowedError(NoPoolFitsError):
                 f"may use serve at most {largest_limit_tokens} tokens (max_model_len); a larger "
                 "pool exists but the key's policy (dualpool_policy) does not allow it. Shorten "
                 "the prompt, lower max_tokens, or ask for a key with long-pool access."))
+
+
+class RecoveryRefusedError(NoPoolFitsError):
+    """The recovery hop is refused: the attempt that failed was no context-length rejection (its
+    error is not the backend's own rejection, or the request is too small to have overflowed the
+    pool). A NoPoolFitsError because the filter answers both the same way, with a 400; LiteLLM
+    then re-raises the first attempt's error to the client."""
+
+    def __init__(self, *, model_group: str, pool: str, budget_tokens: int,
+                 largest_limit_tokens: int, why: str) -> None:
+        self.pool = pool
+        super().__init__(
+            model_group=model_group, budget_tokens=budget_tokens,
+            largest_limit_tokens=largest_limit_tokens,
+            message=f"litellm-dualpool: not retried in a larger pool of model group "
+                    f"{model_group!r}: pool {pool!r} failed the request, but {why}. See the "
+                    "backend's error.")

@@ -1,8 +1,9 @@
 """One pass over an OpenAI-style request body: how many bytes of what kind it carries.
 
-`shape_request` is the only entry point. It walks chat `messages`, legacy completions `prompt`,
-Responses-API `input`/`instructions` and embeddings `input` once, together with `tools`,
-`functions` and `response_format`, and measures UTF-8 bytes without encoding large strings:
+`shape_request` is the only entry point. It walks chat `messages` (OpenAI's and Anthropic's, with
+Anthropic's top-level `system` and its `tool_use` / `tool_result` / `thinking` blocks), legacy
+completions `prompt`, Responses-API `input`/`instructions` and embeddings `input` once, together
+with `tools`, `functions` and `response_format`, and measures UTF-8 bytes without encoding large strings:
 an ASCII string's UTF-8 length is its `len` (checked with `str.isascii`, which copies nothing);
 only non-ASCII strings are encoded, in bounded chunks, so a 10 MB prompt never allocates another
 10 MB. The walk keeps references to the strings it meets; afterwards the content class and
@@ -86,6 +87,8 @@ _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "s
 _IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
 _AUDIO_PART_TYPES = frozenset({"input_audio", "audio"})
 _FILE_PART_TYPES = frozenset({"file", "input_file", "document"})
+_TOOL_USE_PART_TYPES = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+_TOOL_RESULT_PART_TYPES = frozenset({"tool_result", "mcp_tool_result"})
 
 
 def utf8_len(text: str) -> int:
@@ -251,6 +254,19 @@ class _Walker:
             self.audio += 1
         elif kind in _FILE_PART_TYPES:
             self.files += 1
+        elif kind in _TOOL_USE_PART_TYPES:  # Anthropic: the assistant's call, framed like one
+            self.tools += 1
+            self.add_structured_text(part.get("name", ""), f"{field}.name")
+            self.add_json(part.get("input"), f"{field}.input")
+        elif kind in _TOOL_RESULT_PART_TYPES:  # Anthropic: its text and images, as content
+            self.tools += 1
+            self.content(part.get("content"), f"{field}.content")
+        elif kind == "thinking":
+            self.add_optional_text(part.get("thinking"), f"{field}.thinking")
+        elif kind == "redacted_thinking":  # opaque data: charged as bytes, at most what it costs
+            data = part.get("data")
+            if data is not None:
+                self.add_structured_text(data, f"{field}.data")
         else:  # an unknown part type: charge what it carries as structured bytes
             self.add_json(part, field)
 
@@ -399,6 +415,45 @@ class _Walker:
             self.add_json(text_cfg["format"].get("schema"), "text.format.schema")
 
 
+#: Tokens a chat template may add beyond the text's own, taken generously (Llama-3 adds ~5 per
+#: message and a dated system header, Llama-3.1 ~200 tokens of tool instructions, Qwen3 and
+#: gpt-oss default system prompts of 20-100 tokens): per request, per message, per tool.
+TEMPLATE_TOKENS_PER_REQUEST = 512
+TEMPLATE_TOKENS_PER_MESSAGE = 32
+TEMPLATE_TOKENS_PER_TOOL = 64
+#: Tokens per byte of structured payload at most: templates render JSON with indentation, whose
+#: whitespace (not in `structured_bytes`) adds about a token per line.
+STRUCTURED_TOKENS_PER_BYTE = 2
+
+
+def prompt_tokens_upper_bound(shape: RequestShape) -> int | None:
+    """The most tokens this prompt can tokenize to, or None when its size does not bound it
+    (media: an image's tokens do not follow its bytes).
+
+    Why it holds: the byte-level BPE tokenizers of current models (Llama-3, Qwen, GPT, Mistral
+    tekken) never make a token of less than one byte, and SentencePiece's byte fallback does not
+    either; what a template adds is bounded by the generous constants above. A backend's count
+    above it is not this request's count, and a request whose bound plus its output budget fits
+    a window cannot have overflowed it."""
+    if shape.media_count:
+        return None
+    return (shape.text_bytes + STRUCTURED_TOKENS_PER_BYTE * shape.structured_bytes
+            + (shape.exact_prompt_tokens or 0) + TEMPLATE_TOKENS_PER_REQUEST
+            + TEMPLATE_TOKENS_PER_MESSAGE * shape.message_count
+            + TEMPLATE_TOKENS_PER_TOOL * shape.tool_count)
+
+
+def prompt_tokens_plausible(shape: RequestShape, prompt_tokens: int,
+                            max_bytes_per_token: float) -> bool:
+    """Whether `prompt_tokens` can be this request's count: at most the upper bound, and at
+    least its bytes at `max_bytes_per_token` (the calibration's ceiling on a believable ratio).
+    A media request is never plausible here: its count says nothing about its bytes."""
+    upper = prompt_tokens_upper_bound(shape)
+    if upper is None or not 0 < prompt_tokens <= upper:
+        return False
+    return prompt_tokens * max_bytes_per_token >= shape.total_bytes
+
+
 def json_size(value: object, field: str) -> int:
     """UTF-8 size of `value` as `json.dumps` (default separators) writes it, without building it.
 
@@ -438,6 +493,10 @@ def shape_request(body: Mapping[str, Any]) -> RequestShape:
         if instructions is not None:
             walker.messages += 1
             walker.add_text(instructions, "instructions")
+        system = body.get("system")  # Anthropic Messages: a string or a list of text blocks
+        if system is not None:
+            walker.messages += 1
+            walker.content(system, "system")
         walker.definitions(body)
     except RecursionError:
         raise InvalidRequestError("request nested too deeply", field="body") from None

@@ -132,6 +132,20 @@ def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset
                      if isinstance(c, Mapping) and isinstance(c.get("deployment_id"), str))
 
 
+def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
+    """The error text of the attempt that failed last (``exception_string`` of LiteLLM's last
+    retry breadcrumb, recorded before a retry or fallback hop is routed), or None."""
+    metadata = _metadata(dict(request_kwargs or {}), create=False) or {}
+    crumbs = metadata.get("previous_models")
+    last = crumbs[-1] if isinstance(crumbs, list | tuple) and crumbs else None
+    text = last.get("exception_string") if isinstance(last, Mapping) else None
+    return text if isinstance(text, str) else None
+
+
+#: The call types of OpenAI chat completions, whose user content parts LiteLLM validates.
+_CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
+
+
 @functools.cache
 def _valid_user_part_types() -> Any:
     """LiteLLM's list of user content part types (imported once: an import statement per
@@ -151,9 +165,16 @@ def _permission_denied(message: str, model: str) -> Exception:
                                          model=model, response=response)
 
 
-def check_user_parts(data: Mapping[str, Any]) -> None:
+def check_user_parts(data: Mapping[str, Any], call_type: Any = "acompletion") -> None:
     """InvalidRequestError for a user content part of a type LiteLLM's own message validation
-    refuses (it answers those with a 500 after its retries; the plugin refuses them with a 400)."""
+    refuses (it answers those with a 500 after its retries; the plugin refuses them with a 400).
+
+    Chat completions only: that validation is OpenAI's list of part types. Anthropic's
+    ``/v1/messages`` (call type ``anthropic_messages``) has its own blocks (``tool_result``,
+    ``image``, ``document``, ``thinking``, ...), which LiteLLM translates and serves (unknown
+    ones it drops): no check there, nor for other call types."""
+    if str(getattr(call_type, "value", call_type)) not in _CHAT_CALL_TYPES:
+        return
     messages = data.get("messages")
     if not isinstance(messages, list):
         return
@@ -287,7 +308,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
                 metadata.pop(STASH_KEY, None)  # never trust a client-sent plan
             if group is None or metadata is None:
                 return data
-            check_user_parts(data)
+            check_user_parts(data, call_type)
             policy = self.policy_resolver(user_api_key_dict, self.settings)
             user_metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
             stash = self.engine.plan(data, group, policy, metadata=user_metadata,
@@ -326,7 +347,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
             if stash is None:
                 return healthy_deployments
             return self.engine.choose(model, healthy_deployments, stash,
-                                      failed_deployment_ids(request_kwargs))
+                                      failed_deployment_ids(request_kwargs),
+                                      last_failure=last_failure_text(request_kwargs))
         except (NoPoolFitsError, InvalidRequestError) as error:
             import litellm
 

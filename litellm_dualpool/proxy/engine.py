@@ -23,8 +23,13 @@ from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, Calibrator, Cat
 from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.estimator import Estimator
 from litellm_dualpool.core.policy import PoolState, Reason, decide, decide_recovery
-from litellm_dualpool.core.shape import ContentClass, RequestShape
-from litellm_dualpool.errors import NoPoolFitsError, PoolNotAllowedError
+from litellm_dualpool.core.shape import (
+    ContentClass,
+    RequestShape,
+    prompt_tokens_plausible,
+    prompt_tokens_upper_bound,
+)
+from litellm_dualpool.errors import NoPoolFitsError, PoolNotAllowedError, RecoveryRefusedError
 from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.inflight import InFlight
 from litellm_dualpool.proxy.policy import TenantPolicy
@@ -183,20 +188,27 @@ class DualPoolEngine:
 
     # -- filtering -------------------------------------------------------------------------
     def choose(self, model: str, healthy: Sequence[dict[str, Any]], stash: dict[str, Any],
-               failed_ids: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+               failed_ids: frozenset[str] = frozenset(),
+               last_failure: str | None = None) -> list[dict[str, Any]]:
         """The deployments of the planned pool (on a recovery hop: of the next larger pool).
 
         `failed_ids`: deployments that already failed this request (a retry). They are avoided
         while another deployment of the pool, or a larger pool that fits, is left: a short
         request whose whole pool is down is served by the long pool on its first retry, before
         LiteLLM's cooldown notices. When nothing else is left they are retried as LiteLLM would.
+        `last_failure`: the error text of the attempt that failed last (LiteLLM's breadcrumb),
+        which a recovery hop must show to be a context-length rejection.
         """
         group = self.groups[stash["group"]]
         allowed = frozenset(stash["allowed"]) if stash.get("allowed") is not None else None
         if model in self.recovery_groups:
             # The pool that rejected the request: on LiteLLM's retry of the recovery hop the
-            # plan already names the recovery pool, which must be tried again, not skipped.
-            failed = stash.get("recovered_from") or stash["pool"]
+            # plan already names the recovery pool, which must be tried again, not skipped
+            # (and the retry's breadcrumb is the recovery pool's own failure, not a rejection).
+            failed = stash.get("recovered_from")
+            if failed is None:
+                self.check_recoverable(group, stash, last_failure)
+                failed = stash["pool"]
             decision = decide_recovery(stash["budget"], self.pool_states(group), failed,
                                        allowed_pools=allowed)
             if decision.pool is None:
@@ -222,6 +234,39 @@ class DualPoolEngine:
             self._set_in_flight_gauge(group.model_group, stash["pool"])
             self._count_placement(group, stash, retry=bool(failed_ids))
         return chosen or []
+
+    def check_recoverable(self, group: GroupSpec, stash: Mapping[str, Any],
+                          last_failure: str | None) -> None:
+        """RecoveryRefusedError unless the failed attempt can have been a context-length
+        rejection. LiteLLM sends a request to the recovery group for any error whose text holds
+        a context-length phrase, a client's own text quoted in a validation error included. Two
+        checks, neither waiting for the failure event (which may run before or after this hop):
+        the failure LiteLLM recorded for the hop must be the backend's own rejection; and the
+        request must be able to overflow the failed pool at all (`_fits_surely`)."""
+        failed = group.pool(stash["pool"])
+        if last_failure is not None and parse_context_rejection(last_failure) is None:
+            why = "its error is not the backend's own context-length rejection"
+        else:
+            bound = self._fits_surely(stash, failed)
+            if bound is None:
+                return
+            why = (f"the request (at most {bound} tokens with its output) cannot exceed that "
+                   f"pool's {failed.max_model_len if failed else 0}")
+        logger.info("litellm-dualpool: request %s not recovered: %s", stash.get("id"), why)
+        raise RecoveryRefusedError(
+            model_group=group.model_group, pool=str(stash["pool"]), budget_tokens=stash["budget"],
+            largest_limit_tokens=failed.max_model_len if failed else group.largest.max_model_len,
+            why=why)
+
+    @staticmethod
+    def _fits_surely(stash: Mapping[str, Any], pool: PoolSpec | None) -> int | None:
+        """The request's hard upper bound of tokens (prompt bound + output budget) when it fits
+        `pool`'s window, so that no rejection by that pool can be for its length; else None."""
+        upper = prompt_tokens_upper_bound(_shape_from_list(stash["shape"]))
+        if upper is None or pool is None:
+            return None
+        bound = upper + int(stash["output"])
+        return bound if bound <= pool.max_model_len else None
 
     def _count_placement(self, group: GroupSpec, stash: dict[str, Any], *, retry: bool) -> None:
         """One routing decision per placement: a retry in the pool already chosen (LiteLLM's
@@ -307,14 +352,23 @@ class DualPoolEngine:
             return
         group = self.groups[stash["group"]]
         pool = self.pool_of(group, {"model_info": model_info or {}})
+        if self._fits_surely(stash, pool) is not None:
+            logger.info("litellm-dualpool: request %s: pool %s claims a context-length rejection "
+                        "of a request too small to overflow it; ignored", stash.get("id"),
+                        pool.name if pool else None)
+            return
         if pool is None or pool.max_model_len < group.largest.max_model_len:
             self.metrics.misroutes.labels(group.model_group, pool.name if pool else stash["pool"]).inc()
         # else the largest pool refused it: no pool could serve it, which the recovery hop
         # reports as a refusal (a request sent there as borderline, not a routing error)
         # A lower bound ("at least N", current vLLM) is not a sample: the recovered call's
-        # usage teaches the exact count instead.
+        # usage teaches the exact count instead. Nor is a count this request cannot produce.
         if rejection.prompt_tokens is not None and rejection.prompt_tokens_exact:
-            self.learn(stash, rejection.prompt_tokens)
+            if prompt_tokens_plausible(_shape_from_list(stash["shape"]), rejection.prompt_tokens,
+                                       self.calibrator.settings.max_bytes_per_token):
+                self.learn(stash, rejection.prompt_tokens)
+            else:
+                self.metrics.learning.labels(group.model_group, Outcome.REJECTED.value).inc()
 
     def recovery_failed(self, stash: dict[str, Any], *, context_rejected: bool) -> None:
         """The recovery hop failed for good: what the client is told is "fits nowhere" (a 400)

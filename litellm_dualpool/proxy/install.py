@@ -9,6 +9,11 @@
   the same group does not, on either version).
 - The proxy's router is ``litellm.proxy.proxy_server.llm_router``; its config file path is
   ``user_config_file_path`` there, else ``CONFIG_FILE_PATH`` or the ``WORKER_CONFIG`` JSON.
+- Both map a backend's 400 to ``ContextWindowExceededError`` (what ``context_window_fallbacks``
+  act on) with ``ExceptionCheckers.is_error_str_context_window_exceeded``, a substring test.
+  1.106 misses SGLang's current wording, both miss SGLang's "Input length ... maximum allowed
+  length" and TGI's "must have less than": ``map_context_rejections`` adds the plugin's own,
+  anchored recognition to it (it only ever adds; what LiteLLM maps stays mapped).
 """
 
 from __future__ import annotations
@@ -107,6 +112,36 @@ def _with_fallbacks(current: Sequence[Mapping[str, Any]] | None,
     return result
 
 
+def map_context_rejections() -> bool:
+    """Make LiteLLM raise ``ContextWindowExceededError`` for every context-length rejection the
+    plugin recognises (``rejections.parse_rejection_text``), so that the recovery group is
+    reached for those it does not map itself. Idempotent; False (logged) where this LiteLLM has
+    no such checker, and then those rejections are counted as misroutes but not recovered."""
+    checkers: Any = None
+    try:
+        from litellm.litellm_core_utils import exception_mapping_utils
+
+        checkers = getattr(exception_mapping_utils, "ExceptionCheckers", None)
+    except ImportError:
+        pass
+    litellm_check = getattr(checkers, "is_error_str_context_window_exceeded", None)
+    if not callable(litellm_check):
+        logger.warning("litellm-dualpool: this LiteLLM has no context-window error checker; "
+                       "SGLang's and TGI's rejections will not be recovered")
+        return False
+    if getattr(litellm_check, "_dualpool", False):
+        return True
+    from litellm_dualpool.proxy.rejections import parse_rejection_text
+
+    def check(error_str: str) -> bool:
+        return bool(litellm_check(error_str)) or (
+            isinstance(error_str, str) and parse_rejection_text(error_str) is not None)
+
+    check._dualpool = True  # type: ignore[attr-defined]
+    checkers.is_error_str_context_window_exceeded = staticmethod(check)
+    return True
+
+
 def proxy_router() -> Any | None:
     """The running proxy's router, or None outside a proxy (never imports the proxy itself)."""
     module = sys.modules.get(_PROXY_MODULE)
@@ -137,6 +172,7 @@ def install(router: Any, callback: Any) -> None:
     ``routing: strategy``, the plugin's routing strategy. Idempotent per router."""
     engine = callback.engine
     if engine.settings.recovery.enabled:
+        map_context_rejections()
         added = add_recovery_groups(router, engine)
         if added:
             logger.info("litellm-dualpool: recovery groups %s", ", ".join(added))

@@ -1,9 +1,15 @@
 """A small OpenAI-compatible stand-in for one vLLM server, for the plugin's end-to-end tests.
 
 It counts prompt tokens with the real Llama-3 tokenizer (quicktok), enforces max_model_len with
-vLLM's own over-length 400 bodies (current and legacy envelopes), answers streaming requests with
-a final usage chunk when asked (``stream_options.include_usage``), and keeps counters that the
-tests read back from ``/stats``. ``--no-usage`` makes it a backend that never reports usage.
+vLLM's own over-length 400 bodies (current and legacy envelopes) or, with ``--error-style``,
+SGLang's and TGI's, answers streaming requests with a final usage chunk when asked
+(``stream_options.include_usage``), and keeps counters that the tests read back from ``/stats``.
+``--no-usage`` makes it a backend that never reports usage.
+
+Like vLLM, it validates the body before anything else: a ``temperature`` that is not a number
+gets vLLM's request-validation 400, which quotes the offending value (pydantic's ``input``) in
+its message. That is how a client can put any text, a context-length sentence included, into a
+backend's error body.
 
 Run: ``python tests/e2e/backend.py --port P --max-model-len 4096 --name short``.
 """
@@ -36,7 +42,8 @@ class Backend:
         self.report_usage = report_usage
         self.error_style = error_style
         self.encoding = quicktok.get_encoding("llama3")
-        self.stats: dict[str, int] = {"requests": 0, "served": 0, "rejected": 0, "streamed": 0}
+        self.stats: dict[str, int] = {"requests": 0, "served": 0, "rejected": 0, "streamed": 0,
+                                      "invalid": 0}
 
     def prompt_tokens(self, body: dict[str, Any]) -> int:
         if "messages" in body:
@@ -52,6 +59,8 @@ class Backend:
 
     def over_length(self, prompt_tokens: int, max_tokens: int | None) -> JSONResponse | None:
         limit = self.max_model_len
+        if self.error_style not in ("current", "legacy"):
+            return self._other_engine_over_length(prompt_tokens, max_tokens or 0)
         if max_tokens is not None and max_tokens > limit:
             message = (f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This "
                        f"model's maximum context length is {limit} tokens and your request has "
@@ -79,6 +88,49 @@ class Backend:
                    "length of the input prompt or the number of requested output tokens.")
         return self._error(message, param="input_tokens")
 
+    def _other_engine_over_length(self, prompt_tokens: int, max_tokens: int) -> JSONResponse | None:
+        """SGLang's (current and older) and TGI's rejections, in their own envelopes."""
+        limit, requested = self.max_model_len, prompt_tokens + max_tokens
+        if requested <= limit:
+            return None
+        if self.error_style == "tgi":
+            message = (f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
+                       f"{limit}. Given: {prompt_tokens} `inputs` tokens and {max_tokens} "
+                       "`max_new_tokens`")
+            return JSONResponse({"error": message, "error_type": "validation"}, status_code=400)
+        if self.error_style == "sglang-old" and prompt_tokens >= limit:
+            message = (f"The input ({prompt_tokens} tokens) is longer than the model's context "
+                       f"length ({limit} tokens).")
+        else:
+            message = (f"Requested token count exceeds the model's maximum context length of "
+                       f"{limit} tokens. You requested a total of {requested} tokens: "
+                       f"{prompt_tokens} tokens from the input messages and {max_tokens} tokens "
+                       "for the completion. Please reduce the number of tokens in the input "
+                       "messages or the completion to fit within the limit.")
+        return JSONResponse({"object": "error", "message": message, "type": "BadRequest",
+                             "param": None, "code": 400}, status_code=400)
+
+    @staticmethod
+    def validation_error(body: dict[str, Any]) -> JSONResponse | None:
+        """vLLM's answer to a body its pydantic model refuses (here: a non-number temperature).
+        The message lists pydantic's errors, each quoting the offending value (vLLM 0.32 cuts it
+        at 200 characters)."""
+        value = body.get("temperature")
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return None
+        try:
+            float(value)
+            return None
+        except (TypeError, ValueError):
+            pass
+        quoted = value[:200] + "...[truncated]" if isinstance(value, str) and len(value) > 200 else value
+        error = {"type": "float_parsing", "loc": "body.temperature",
+                 "msg": "Input should be a valid number, unable to parse string as a number",
+                 "input": quoted}
+        return JSONResponse({"error": {"message": f"1 validation error:\n  {error}",
+                                       "type": "Bad Request", "param": "body.temperature",
+                                       "code": 400}}, status_code=400)
+
     @staticmethod
     def _error(message: str, *, param: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": "BadRequestError",
@@ -87,6 +139,10 @@ class Backend:
     async def chat(self, request: Request) -> Response:
         body = await request.json()
         self.stats["requests"] += 1
+        invalid = self.validation_error(body)
+        if invalid is not None:
+            self.stats["invalid"] += 1
+            return invalid
         prompt_tokens = self.prompt_tokens(body)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         rejection = self.over_length(prompt_tokens, max_tokens)
@@ -149,7 +205,8 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--no-usage", action="store_true")
-    parser.add_argument("--error-style", choices=["current", "legacy"], default="current")
+    parser.add_argument("--error-style", default="current",
+                        choices=["current", "legacy", "sglang", "sglang-old", "tgi"])
     args = parser.parse_args()
     backend = Backend(args.name, args.max_model_len, report_usage=not args.no_usage,
                       error_style=args.error_style)

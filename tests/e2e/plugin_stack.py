@@ -93,11 +93,14 @@ class Backend:
 
 
 @contextmanager
-def start_backend(name: str, max_model_len: int, log_dir: Path, *, usage: bool = True) -> Iterator[Backend]:
+def start_backend(name: str, max_model_len: int, log_dir: Path, *, usage: bool = True,
+                  error_style: str = "current") -> Iterator[Backend]:
+    """A stand-in vLLM (backend.py); `error_style` picks whose over-length 400 it answers."""
     port = free_port()
     log = log_dir / f"backend-{name}.log"
     args = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--name", name,
-            "--max-model-len", str(max_model_len)] + ([] if usage else ["--no-usage"])
+            "--max-model-len", str(max_model_len), "--error-style", error_style] + (
+                [] if usage else ["--no-usage"])
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
     try:

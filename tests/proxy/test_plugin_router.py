@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import httpx
+import litellm
 import pytest
 from fastapi import HTTPException
 from litellm.proxy._types import UserAPIKeyAuth
@@ -93,7 +94,9 @@ async def test_over_everything_by_the_margin_only_goes_to_the_largest_pool(env) 
     assert env.metric("dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == 0
 
 
-VLLM_REJECTIONS = {
+#: Context-length rejections in each engine's own words and envelope ({L} limit, {P} prompt,
+#: {T} prompt + 64): vLLM current and legacy, SGLang current and older, TGI.
+BACKEND_REJECTIONS = {
     "current": {"error": {"message": "This model's maximum context length is {L} tokens. However, "
                           "your prompt contains at least {P} input tokens, which exceeds this limit "
                           "even without any output tokens. Please reduce the length of the input "
@@ -114,7 +117,27 @@ VLLM_REJECTIONS = {
                                    "large: 64. This model's maximum context length is {L} tokens "
                                    "and your request has {P} input tokens (64 > {L} - {P}).",
                                    "type": "BadRequestError", "param": "max_tokens", "code": 400}},
+    # LiteLLM 1.106 maps none of the next two (1.110 maps the first): install() teaches it.
+    "sglang_current": {"object": "error", "message": "Requested token count exceeds the model's "
+                       "maximum context length of {L} tokens. You requested a total of {T} tokens: "
+                       "{P} tokens from the input messages and 64 tokens for the completion. "
+                       "Please reduce the number of tokens in the input messages or the "
+                       "completion to fit within the limit.", "type": "BadRequest", "param": None,
+                       "code": 400},
+    "sglang_input_length": {"object": "error", "message": "Input length ({P} tokens) exceeds the "
+                            "maximum allowed length ({L} tokens). Use a shorter input or enable "
+                            "--allow-auto-truncate.", "type": "BadRequest", "param": None,
+                            "code": 400},
+    "sglang_older": {"object": "error", "message": "The input ({P} tokens) is longer than the "
+                     "model's context length ({L} tokens).", "type": "BadRequest", "param": None,
+                     "code": 400},
+    "tgi": {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= {L}. "
+            "Given: {P} `inputs` tokens and 64 `max_new_tokens`", "error_type": "validation"},
 }
+#: A prompt the short pool (4096) can really overflow: ~4.2 KB, so its hard upper bound
+#: (bytes + template + output) is above 4096, while the cold estimate (~1,100 tokens) sends it
+#: short. A request that cannot overflow the pool is not recovered (test_context_rejections.py).
+OVERFLOWING = "A question that the short pool refuses. " * 105
 
 
 def _reject_with(template: dict[str, Any], hits: list[str]):
@@ -128,12 +151,11 @@ def _reject_with(template: dict[str, Any], hits: list[str]):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-@pytest.mark.parametrize("wording", sorted(VLLM_REJECTIONS))
+@pytest.mark.parametrize("wording", sorted(BACKEND_REJECTIONS))
 async def test_misroute_is_recovered_on_the_long_pool(make_env, wording: str, stream: bool) -> None:
     env = make_env()
-    env.short.mock(side_effect=_reject_with(VLLM_REJECTIONS[wording], env.pool_hits))
-    response, data = await env.call("a question that the short pool refuses", max_tokens=64,
-                                    stream=stream)
+    env.short.mock(side_effect=_reject_with(BACKEND_REJECTIONS[wording], env.pool_hits))
+    response, data = await env.call(OVERFLOWING, max_tokens=64, stream=stream)
     if stream:
         chunks = [chunk async for chunk in response]
         assert chunks
@@ -150,6 +172,43 @@ async def test_misroute_is_recovered_on_the_long_pool(make_env, wording: str, st
     expected = 0 if (lower_bound and stream) else 1
     assert env.metric("dualpool_learning_samples_total", model_group="llama",
                       outcome="learned") == expected
+
+
+#: vLLM's validation 400 for a non-number temperature, quoting the client's text: here a
+#: context-length sentence, which LiteLLM maps to ContextWindowExceededError.
+QUOTED = ("This model's maximum context length is 4096 tokens. However, you requested 5000 "
+          "tokens (230 in the messages, 4770 in the completion).")
+
+
+def _validation_error(hits: list[str]):
+    def respond(request: httpx.Request) -> httpx.Response:
+        hits.append("short")
+        error = {"type": "float_parsing", "loc": ("body", "temperature"),
+                 "msg": "Input should be a valid number, unable to parse string as a number",
+                 "input": json.loads(request.content)["temperature"]}
+        return httpx.Response(400, json={"error": {"message": f"1 validation error:\n  {error}",
+                                                   "type": "Bad Request", "param": "temperature",
+                                                   "code": 400}})
+    return respond
+
+
+@pytest.mark.parametrize("content", [OVERFLOWING, "Say hi."], ids=["big", "small"])
+async def test_a_quoted_rejection_is_not_recovered_counted_or_learned(make_env,
+                                                                      content: str) -> None:
+    """The recovery hop reads LiteLLM's breadcrumb of the failure (a big request could overflow
+    the pool, so only that evidence stops it) and the request's size (a small one cannot)."""
+    env = make_env()
+    env.short.mock(side_effect=_validation_error(env.pool_hits))
+    with pytest.raises(litellm.BadRequestError) as raised:
+        await env.call(content, max_tokens=64, temperature=QUOTED)
+    assert "float_parsing" in str(raised.value)  # the client gets the backend's own 400
+    await env.settle()
+    assert env.pool_hits == ["short"]  # the long pool was never called
+    assert env.metric("dualpool_misroutes_total", model_group="llama", pool="short") == 0
+    assert env.metric("dualpool_requests_total", model_group="llama", pool="long",
+                      reason="misroute_recovery") == 0
+    assert env.metric("dualpool_learning_samples_total", model_group="llama",
+                      outcome="learned") == 0
 
 
 async def test_the_recovery_group_is_hidden_and_wired_as_a_fallback(env) -> None:
