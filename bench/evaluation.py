@@ -441,7 +441,7 @@ TARGETS = """- **Planner vs simulator** (within 5 pp on each Azure trace): see t
 DISCUSSION = """## Why we differ from the paper
 
 - **Per-instance throughput.** The paper's 11.2 / 2.8 req/s per Llama-3-70B A100 instance come
-  from a simulator that overestimates an instance (issue 4): 11.2 Azure-conv requests per second
+  from a simulator that overestimates an instance: 11.2 Azure-conv requests per second
   would need more prefill FLOP/s than four A100s have. Our engine model gives 2-4 req/s, so
   every fleet is larger than the paper's (GPU counts above count GPUs; an instance is 4 A100s).
 - **What limits a short instance on A100.** Llama-3-70B on 4 x A100 is compute-bound by prefill:

@@ -1,4 +1,4 @@
-"""The refusal check keeps a floor however wide the learned spread (issue 18, finding 10).
+"""The refusal check keeps a floor however wide the learned spread (finding 10 of the security review).
 
 With gamma 2 a spread of 0.5 made the optimistic prompt estimate `point * (1 - gamma * sigma)`
 zero: the floor fell to the output budget and a 9 MB tools request went to the largest pool's

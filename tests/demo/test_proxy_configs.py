@@ -180,7 +180,7 @@ async def test_tenant_file_changes_are_picked_up_and_bad_digests_named(tenants_f
 async def test_metrics_are_the_admins_and_the_scrape_keys_only(tenants_file: Path,
                                                                route: Request) -> None:
     # LiteLLM's /metrics carries every tenant's key alias, hashed key and client IP: a tenant
-    # key is refused there (issue 18), the master key and a metrics_only key read it
+    # key is refused there, the master key and a metrics_only key read it
     auth = _tenant_auth()
     for tenant in ("sk-example-batch-team-change-me", "sk-example-agents-team-change-me"):
         with pytest.raises(HTTPException, match="/metrics is for the proxy admin") as refused:

@@ -65,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "default_output_tokens": 64,
                 "calibration": {"cold_start_bytes_per_token": COLD_BYTES_PER_TOKEN},
                 # One key (the master key) sends everything here: trust it, or the poisoning
-                # guard (issue 7) lets a lone normal tenant teach only a few samples a minute.
+                # guard lets a lone normal tenant teach only a few samples a minute.
                 "tenancy": {"default_observation_trust": "trusted"},
             },
         }

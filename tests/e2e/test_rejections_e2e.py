@@ -1,4 +1,4 @@
-"""Context-length rejections and Anthropic messages through a real `litellm` proxy (issue 18).
+"""Context-length rejections and Anthropic messages through a real `litellm` proxy.
 
 Two model groups over stand-in backends (tests/e2e/backend.py): ``llama`` answers vLLM's
 current 400s, ``sg`` SGLang's (which LiteLLM 1.106 does not map to a context-window error).

@@ -1,4 +1,4 @@
-"""What a tenant can read off a real proxy (issue 18, findings 9 and 10): `/metrics` and the budget
+"""What a tenant can read off a real proxy (findings 9 and 10 of the security review): `/metrics` and the budget
 header. Keys come from the shipped `custom_auth` (proxy_config/tenant_auth.py) over a tenants
 file of the test's own; the backends are the stand-in vLLM servers.
 

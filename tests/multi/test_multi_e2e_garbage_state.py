@@ -1,7 +1,7 @@
 """A real proxy started on a Redis key prefix full of garbage (a snapshot with a 401-digit scale
 and its origins as a list, stream entries with a 401-digit prompt_tokens, deep nesting, NaN and
 bytes that are not JSON) becomes healthy, routes with the plugin, and shows what it skipped on
-/metrics and in its log. Before issue 18 such a snapshot failed the proxy's start-up."""
+/metrics and in its log. Before, such a snapshot failed the proxy's start-up."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def test_the_policy_key_can_be_renamed() -> None:
 
 
 def test_the_budget_header_is_the_admins_unless_a_policy_grants_it() -> None:
-    # x-dualpool-budget-tokens shows the live shared estimate (issue 18): off for tenants and
+    # x-dualpool-budget-tokens shows the live shared estimate: off for tenants and
     # for callers without key, on for the proxy admin
     assert resolve(UserAPIKeyAuth(api_key="sk-plain-key-0002")).expose_budget_header is False
     assert resolve(UserAPIKeyAuth()).expose_budget_header is False

@@ -38,7 +38,7 @@ async def test_short_request_goes_to_the_short_pool(env) -> None:
     assert env.metric("dualpool_requests_total", model_group="llama", pool="short",
                       reason="fits") == 1
     assert env.metric("dualpool_decision_seconds_count") == 1
-    # the budget header is the admin's (issue 18); a tenant key and an unauthenticated caller
+    # the budget header is the admin's; a tenant key and an unauthenticated caller
     # see the pool only
     admin = UserAPIKeyAuth(api_key="sk-master-key-0001", user_role="proxy_admin")
     headers = await env.plugin.async_post_call_response_headers_hook(data, admin, response)
