@@ -1,5 +1,4 @@
-"""What a tenant can read off a real proxy (findings 9 and 10 of the security review): `/metrics` and the budget
-header. Keys come from the shipped `custom_auth` (proxy_config/tenant_auth.py) over a tenants
+"""What a tenant can read off a real proxy: `/metrics` and the budget header. Keys come from the shipped `custom_auth` (proxy_config/tenant_auth.py) over a tenants
 file of the test's own; the backends are the stand-in vLLM servers.
 
 - `/metrics` carries LiteLLM's series with every tenant's key alias, hashed key and client IP:

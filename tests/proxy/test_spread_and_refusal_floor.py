@@ -1,5 +1,4 @@
-"""The learned spread on /metrics, and the refusal floor once a key's spread is wide (issue 18,
-finding 10), against a real litellm.Router with respx standing in for the two pools."""
+"""The learned spread on /metrics, and the refusal floor once a key's spread is wide, against a real litellm.Router with respx standing in for the two pools."""
 
 from __future__ import annotations
 
