@@ -17,33 +17,18 @@ import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
+from litellm_dualpool.core.tenant import ANONYMOUS_TENANT, ObservationTrust
 from litellm_dualpool.errors import ConfigError
 
 #: Metadata entry (on a key or a team) holding a tenant's policy.
 POLICY_METADATA_KEY = "dualpool_policy"
-#: The tenant of requests that carry no key or team (a proxy without auth, the bare Router).
-ANONYMOUS_TENANT = "anonymous"
 #: Hex digits kept of a tenant's identity hash (48 bits: collisions are irrelevant at 10^5 tenants).
 TENANT_HASH_CHARS = 12
 _LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"
-
-
-class ObservationTrust(StrEnum):
-    """How a tenant's finished requests feed the shared bytes-per-token state.
-
-    trusted: always learned from (the operator's own applications).
-    normal: learned from within the per-tenant influence limits (see state/guard.py).
-    none: never learned from (public or unknown keys).
-    """
-
-    TRUSTED = "trusted"
-    NORMAL = "normal"
-    NONE = "none"
 
 
 class TenantPolicyError(ConfigError):

@@ -23,9 +23,20 @@ MAX_CATEGORY_CHARS = 64
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
+    """A request's shape, its calibration key and its token budget: what a plan is made from."""
+
     shape: RequestShape
     key: CategoryKey
     budget: TokenBudget
+
+    @classmethod
+    def of(cls, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
+           optimistic: int, point: int, conservative: int, sequences: int = 1) -> Estimate:
+        """An estimate from prompt token counts made elsewhere (the calibrator's range, a static
+        ratio, the true count of an oracle)."""
+        return cls(shape, key, TokenBudget(
+            prompt_tokens=conservative, output_tokens=output_tokens, sequences=sequences,
+            prompt_tokens_point=point, prompt_tokens_optimistic=optimistic))
 
 
 def category_key(model_group: str, shape: RequestShape, category: str | None = None) -> CategoryKey:
@@ -64,11 +75,14 @@ class Estimator:
             default_output_tokens)
         output_tokens = output_budget_tokens(body, default, embedding=embedding)
         key = category_key(model_group, shape, category)
+        return self.estimate_shape(shape, key, output_tokens, sequences=sequence_count(body))
+
+    def estimate_shape(self, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
+                       sequences: int = 1) -> Estimate:
+        """The estimate of a request already measured (the simulator's requests)."""
         optimistic, point, conservative = self.calibrator.estimate_range(key, shape)
-        budget = TokenBudget(prompt_tokens=conservative, output_tokens=output_tokens,
-                             sequences=sequence_count(body), prompt_tokens_point=point,
-                             prompt_tokens_optimistic=optimistic)
-        return Estimate(shape=shape, key=key, budget=budget)
+        return Estimate.of(shape, key, output_tokens, optimistic=optimistic, point=point,
+                           conservative=conservative, sequences=sequences)
 
     def learn(self, estimate: Estimate, prompt_tokens: int) -> bool:
         """Feed the backend-reported prompt token count of a finished request."""

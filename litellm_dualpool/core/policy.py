@@ -14,7 +14,7 @@ fits), both carrying the numbers for a clear 400.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -178,3 +178,18 @@ def decide_recovery(
             return Decision(pool.name, Reason.RECOVERY, budget_tokens, pool.max_model_len,
                             category)
     return Decision(None, Reason.FITS_NOWHERE, budget_tokens, ordered[-1].max_model_len, category)
+
+
+def failover_pool(budget_tokens: int, current: str, pools: Sequence[PoolState],
+                  available: Collection[str], *,
+                  allowed_pools: frozenset[str] | None = None) -> str | None:
+    """The pool a request planned for `current` goes to when `current` has no healthy
+    deployment: the smallest other pool in `available` (those with one) that the budget fits
+    and that the caller may use. A larger pool is always safe; a smaller one only when the
+    budget fits it. None when no pool qualifies (the request then fails as LiteLLM says)."""
+    for pool in sort_pools(pools):
+        if (pool.name != current and pool.name in available
+                and budget_tokens <= pool.max_model_len
+                and (allowed_pools is None or pool.name in allowed_pools)):
+            return pool.name
+    return None

@@ -3,7 +3,7 @@
 learn in the success event and in the streaming iterator, count misroutes in the failure event.
 
 Hooks used (same on LiteLLM 1.106 and 1.110):
-- ``async_pre_call_hook`` (proxy, once per request): estimate + decide, stash the plan in the
+- ``async_pre_call_hook`` (proxy, once per request): estimate + decide, keep the plan in the
   request metadata, refuse with a 400 what fits no pool.
 - ``async_filter_deployments`` (every attempt, fallback hops included): keep the planned pool;
   on the hidden recovery group, the next larger pool.
@@ -35,9 +35,10 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_dualpool.config import PluginConfig, load_plugin_config_file
 from litellm_dualpool.core.calibration import Calibrator
+from litellm_dualpool.core.plan import RecoveryFailure
 from litellm_dualpool.errors import ConfigError, InvalidRequestError, NoPoolFitsError
 from litellm_dualpool.metrics import DualPoolMetrics
-from litellm_dualpool.proxy.engine import STASH_KEY, DualPoolEngine, LoadSource
+from litellm_dualpool.proxy.engine import DualPoolEngine, LoadSource
 from litellm_dualpool.proxy.inflight import InFlight
 from litellm_dualpool.proxy.install import proxy_config_path, proxy_router
 from litellm_dualpool.proxy.policy import (
@@ -46,6 +47,7 @@ from litellm_dualpool.proxy.policy import (
     TenantPolicyError,
     resolve_policy,
 )
+from litellm_dualpool.proxy.record import STASH_KEY, PlanRecord, record_in
 from litellm_dualpool.proxy.rejections import parse_context_rejection
 from litellm_dualpool.proxy.vllm_load import VllmLoadPoller
 from litellm_dualpool.state import StateStore, build_store
@@ -77,17 +79,12 @@ def _metadata(container: dict[str, Any] | None, *, create: bool) -> dict[str, An
     return None
 
 
-def _stash_in(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    stash = (metadata or {}).get(STASH_KEY)
-    return stash if isinstance(stash, dict) and "id" in stash else None
-
-
-def _event_stash(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Mapping[str, Any]]:
+def _event_record(kwargs: Mapping[str, Any]) -> tuple[PlanRecord | None, Mapping[str, Any]]:
     params = kwargs.get("litellm_params") or {}
     for key in ("metadata", "litellm_metadata"):
-        stash = _stash_in(params.get(key))
-        if stash is not None:
-            return stash, params.get("model_info") or {}
+        record = record_in(params.get(key))
+        if record is not None:
+            return record, params.get("model_info") or {}
     return None, {}
 
 
@@ -311,10 +308,10 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
             check_user_parts(data, call_type)
             policy = self.policy_resolver(user_api_key_dict, self.settings)
             user_metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-            stash = self.engine.plan(data, group, policy, metadata=user_metadata,
-                                     embedding="embed" in str(call_type))
-            stash["stream"] = bool(data.get("stream"))
-            metadata[STASH_KEY] = stash
+            record = self.engine.plan(data, group, policy, metadata=user_metadata,
+                                      embedding="embed" in str(call_type),
+                                      stream=bool(data.get("stream")))
+            metadata[STASH_KEY] = record
         except NoPoolFitsError as error:
             from fastapi import HTTPException
 
@@ -338,15 +335,23 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
     async def async_filter_deployments(self, model: str, healthy_deployments: list[dict[str, Any]],
                                        messages: Any, request_kwargs: dict[str, Any] | None = None,
                                        parent_otel_span: Any = None) -> list[dict[str, Any]]:
+        return self.narrow(model, healthy_deployments, messages, request_kwargs)
+
+    def narrow(self, model: str, deployments: list[dict[str, Any]], messages: Any,
+               request_kwargs: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The deployments of the pool this request's plan names (the filter's work, also the
+        routing strategy's on LiteLLM's synchronous path). The plugin's refusals become
+        LiteLLM's 400 (403 for a malformed tenant policy); any other error is counted and
+        leaves the list as it was."""
         try:
             group = self.engine.group_for(model)
-            if group is None or not healthy_deployments:
-                return healthy_deployments
-            stash = self._stash_for_filter(group, messages, request_kwargs,
-                                           recovery=model in self.engine.recovery_groups)
-            if stash is None:
-                return healthy_deployments
-            return self.engine.choose(model, healthy_deployments, stash,
+            if group is None or not deployments:
+                return deployments
+            record = self.plan_for_filter(group, messages, request_kwargs,
+                                          recovery=model in self.engine.recovery_groups)
+            if record is None:
+                return deployments
+            return self.engine.choose(model, deployments, record,
                                       failed_deployment_ids(request_kwargs),
                                       last_failure=last_failure_text(request_kwargs))
         except (NoPoolFitsError, InvalidRequestError) as error:
@@ -359,10 +364,10 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
                                      self._public_name(model)) from None
         except Exception as error:
             self._count_error("filter", error)
-            return healthy_deployments
+            return deployments
 
-    def _stash_for_filter(self, group: Any, messages: Any, request_kwargs: dict[str, Any] | None,
-                          *, recovery: bool = False) -> dict[str, Any] | None:
+    def plan_for_filter(self, group: Any, messages: Any, request_kwargs: dict[str, Any] | None,
+                        *, recovery: bool = False) -> PlanRecord | None:
         """The pre-call hook's plan; else (a model alias, a bare Router) a plan made here with the
         caller's own policy. A recovery group is never planned here: it is reachable only as
         the fallback hop of a request that carries a plan (InvalidRequestError otherwise)."""
@@ -371,21 +376,21 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         metadata = _metadata(request_kwargs, create=True)
         if metadata is None:
             return None
-        stash = _stash_in(metadata)
-        if stash is not None:
-            return stash
+        record = record_in(metadata)
+        if record is not None:
+            return record
         if recovery:
             raise InvalidRequestError(_RESERVED_NAME_MESSAGE, field="model")
         body = dict(request_kwargs)
         if messages is not None:
             body["messages"] = messages
         try:
-            stash = self.engine.plan(body, group, self.caller_policy(metadata), metadata=metadata)
+            record = self.engine.plan(body, group, self.caller_policy(metadata), metadata=metadata,
+                                      stream=bool(request_kwargs.get("stream")))
         except InvalidRequestError:
             return None
-        stash["stream"] = bool(request_kwargs.get("stream"))
-        metadata[STASH_KEY] = stash
-        return stash
+        metadata[STASH_KEY] = record
+        return record
 
     def caller_policy(self, metadata: Mapping[str, Any]) -> TenantPolicy:
         """The policy of whoever sent a request that reached the router without the pre-call
@@ -422,21 +427,21 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
         try:
-            stash, model_info = _event_stash(kwargs)
-            if stash is None:
+            record, model_info = _event_record(kwargs)
+            if record is None:
                 return
-            streamed = bool(kwargs.get("stream")) or bool(stash.get("stream"))
+            streamed = bool(kwargs.get("stream")) or record.progress.stream
             tokens = None if streamed else backend_prompt_tokens(kwargs, response_obj)
-            self.engine.on_success(stash, model_info, tokens)
+            self.engine.on_success(record, model_info, tokens)
         except Exception as error:
             self._count_error("success", error)
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
         try:
-            stash, model_info = _event_stash(kwargs)
-            if stash is not None:
-                self.engine.on_failure(stash, model_info, kwargs.get("exception"))
+            record, model_info = _event_record(kwargs)
+            if record is not None:
+                self.engine.on_failure(record, model_info, kwargs.get("exception"))
         except Exception as error:
             self._count_error("failure", error)
 
@@ -449,14 +454,14 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         try:
             if kwargs.get("model") not in self.engine.recovery_groups:
                 return
-            stash = _stash_in(_metadata(kwargs, create=False))
-            if stash is None:
+            record = record_in(_metadata(kwargs, create=False))
+            if record is None:
                 return
             details = getattr(kwargs.get("litellm_logging_obj"), "model_call_details", None)
             latest = details.get("exception") if isinstance(details, dict) else None
             rejected = (isinstance(latest, BaseException) and latest is not original_exception
                         and parse_context_rejection(latest) is not None)
-            self.engine.recovery_failed(stash, context_rejected=rejected)
+            self.engine.recovery_failed(record, context_rejected=rejected)
         except Exception as error:
             self._count_error("fallback_failure", error)
 
@@ -466,15 +471,15 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         """The proxy answers the client with an error: nothing of this request is in flight any
         more (an attempt that failed before reaching a backend may log no failure event)."""
         try:
-            stash = _stash_in(_metadata(request_data, create=False))
-            if stash is not None:
-                self.engine.close_request(stash)
-            return self._client_error(stash, original_exception)
+            record = record_in(_metadata(request_data, create=False))
+            if record is not None:
+                self.engine.close_request(record)
+            return self._client_error(record, original_exception)
         except Exception as error:
             self._count_error("post_call_failure", error)
         return None
 
-    def _client_error(self, stash: Mapping[str, Any] | None, error: BaseException) -> Any:
+    def _client_error(self, record: PlanRecord | None, error: BaseException) -> Any:
         """What the client is told instead of LiteLLM's error, or None to keep it: a recovery
         hop whose larger pool failed is a 503 saying so (not a context-length 400), and no
         message names a hidden recovery group."""
@@ -483,13 +488,14 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         text = str(error)
         status = getattr(error, "status_code", None)
         status = status if isinstance(status, int) and 400 <= status <= 599 else 500
-        recovered_from = (stash or {}).get("recovered_from")
-        failure = (stash or {}).get("recovery_failure")
-        if recovered_from and (failure == "error" or (failure is None and status >= 500)):
+        progress = record.progress if record is not None else None
+        if progress is not None and progress.recovered_from and (
+                progress.recovery_failure is RecoveryFailure.ERROR
+                or (progress.recovery_failure is None and status >= 500)):
             return HTTPException(status_code=503, detail={"error": (
-                f"litellm-dualpool: pool {recovered_from!r} of model group {stash['group']!r} "
-                f"rejected the request for its context length and the larger pool "
-                f"{stash['pool']!r} failed: {self._public_text(text)}")})
+                f"litellm-dualpool: pool {progress.recovered_from!r} of model group "
+                f"{record.plan.group!r} rejected the request for its context length and the "
+                f"larger pool {progress.pool!r} failed: {self._public_text(text)}")})
         if any(name in text for name in self.engine.recovery_groups):
             return HTTPException(status_code=status, detail={"error": self._public_text(text)})
         return None
@@ -509,13 +515,13 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         async for chunk in response:
             yield chunk
         try:
-            stash = _stash_in(_metadata(request_data, create=False))
-            if stash is not None:
+            record = record_in(_metadata(request_data, create=False))
+            if record is not None:
                 tokens = stream_prompt_tokens(response)
                 if tokens is None:
-                    self.metrics.learning.labels(stash["group"], "no_backend_usage").inc()
+                    self.metrics.learning.labels(record.plan.group, "no_backend_usage").inc()
                 else:
-                    self.engine.learn(stash, tokens)
+                    self.engine.learn(record, tokens)
         except Exception as error:
             self._count_error("stream", error)
 
@@ -528,12 +534,12 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         budget is read from the shared learned state, and a tenant who sees it can measure how
         far its own traffic drags that state."""
         try:
-            stash = _stash_in(_metadata(data, create=False))
-            if stash is None or not self.settings.response_headers:
+            record = record_in(_metadata(data, create=False))
+            if record is None or not self.settings.response_headers:
                 return None
-            headers = {HEADER_POOL: str(stash["pool"])}
+            headers = {HEADER_POOL: record.progress.pool}
             if self._exposes_budget(user_api_key_dict):
-                headers[HEADER_BUDGET] = str(stash["budget"])
+                headers[HEADER_BUDGET] = str(record.plan.total_tokens)
             return headers
         except Exception as error:
             self._count_error("headers", error)

@@ -14,8 +14,8 @@ from typing import Any
 
 from litellm.types.router import CustomRoutingStrategyBase
 
-from litellm_dualpool.proxy.engine import STASH_KEY
 from litellm_dualpool.proxy.install import healthy_deployments
+from litellm_dualpool.proxy.record import record_in
 
 
 class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]
@@ -37,16 +37,12 @@ class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]
             self, model: str, messages: list[dict[str, str]] | None = None,
             input: str | list[Any] | None = None, specific_deployment: bool | None = False,
             request_kwargs: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Synchronous paths (rare on the proxy): the group's deployments, narrowed the same way."""
+        """Synchronous paths (rare on the proxy): the group's deployments, narrowed as the
+        callback's filter narrows them (its refusals included)."""
         request_kwargs = request_kwargs if request_kwargs is not None else {}
         deployments = [dict(d) for d in self.router.get_model_list(model_name=model) or []]
-        group = self.engine.group_for(model)
-        stash = self.callback._stash_for_filter(
-            group, messages, request_kwargs,
-            recovery=model in self.engine.recovery_groups) if group else None
-        if stash is not None:
-            deployments = self.engine.choose(model, deployments, stash)
-        return self.pick(deployments, request_kwargs)
+        return self.pick(self.callback.narrow(model, deployments, messages, request_kwargs),
+                         request_kwargs)
 
     def pick(self, healthy: Sequence[dict[str, Any]],
              request_kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -60,8 +56,8 @@ class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]
         lowest = min(load(d) for d in healthy)
         chosen = self._rng.choice([d for d in healthy if load(d) == lowest])
         metadata = request_kwargs.get("litellm_metadata") or request_kwargs.get("metadata") or {}
-        stash = metadata.get(STASH_KEY) if isinstance(metadata, dict) else None
+        record = record_in(metadata if isinstance(metadata, dict) else None)
         deployment_id = (chosen.get("model_info") or {}).get("id")
-        if isinstance(stash, dict) and "id" in stash and isinstance(deployment_id, str):
-            inflight.assign(stash["id"], deployment_id)
+        if record is not None and isinstance(deployment_id, str):
+            inflight.assign(record.plan.id, deployment_id)
         return chosen

@@ -39,15 +39,15 @@ def test_plan_carries_the_tenant_and_applies_its_fixed_category_and_budget() -> 
                           observation_trust=ObservationTrust.NORMAL)
     stash = eng.plan(body(), eng.groups["llama"], policy,
                      metadata={"dualpool": {"category": "other"}})
-    assert stash["category"] == "acme"  # the request may not change a fixed category
-    assert stash["output"] == 100
-    assert (stash["tenant"], stash["trust"]) == ("tabc", "normal")
+    assert stash.plan.category == "acme"  # the request may not change a fixed category
+    assert stash.plan.budget.output_tokens == 100
+    assert (stash.plan.tenant, stash.plan.trust) == ("tabc", "normal")
 
 
 def test_no_long_pool_refuses_what_only_fits_long_with_a_clear_message() -> None:
     eng, registry = engine()
     policy = TenantPolicy(allow_long_pool=False)
-    assert eng.plan(body(max_tokens=64), eng.groups["llama"], policy)["pool"] == "short"
+    assert eng.plan(body(max_tokens=64), eng.groups["llama"], policy).progress.pool == "short"
     with pytest.raises(PoolNotAllowedError) as caught:
         eng.plan(body(max_tokens=8000), eng.groups["llama"], policy)
     assert "does not allow" in str(caught.value) and "4096" in str(caught.value)

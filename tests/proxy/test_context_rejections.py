@@ -217,7 +217,7 @@ def plan(engine: DualPoolEngine, content: str, max_tokens: int = 64) -> dict[str
     group = engine.groups["llama"]
     stash = engine.plan({"messages": [{"role": "user", "content": content}],
                          "max_tokens": max_tokens}, group, TenantPolicy())
-    assert stash["pool"] == "short"
+    assert stash.progress.pool == "short"
     return stash
 
 
@@ -244,7 +244,7 @@ def test_a_fake_counts_and_teaches_nothing(engine: DualPoolEngine) -> None:
     engine.on_failure(stash, SHORT, litellm_error(validation_body(SENTENCE)))
     assert sample(engine, "dualpool_misroutes_total", pool="short") == 0
     assert sample(engine, "dualpool_learning_samples_total", outcome="learned") == 0
-    assert not stash["learned"]
+    assert not stash.progress.learned
 
 
 @pytest.mark.parametrize(("limit", "prompt_tokens"), [(SHORT_LEN, 9_000), (300, 400)],
@@ -288,11 +288,11 @@ def test_a_refused_recovery_places_nothing(engine: DualPoolEngine) -> None:
     with pytest.raises(RecoveryRefusedError):
         engine.choose("llama::dualpool-recovery", [long], stash,
                       last_failure=str(litellm_error(validation_body(SENTENCE))))
-    assert stash["pool"] == "short" and stash["recovered_from"] is None
+    assert stash.progress.pool == "short" and stash.progress.recovered_from is None
     assert engine.inflight.requests() == 0
     chosen = engine.choose("llama::dualpool-recovery", [long], stash, last_failure=str(
         litellm_error(emulated(ErrorFormat.CURRENT, SHORT_LEN, 5_000, 64))))
-    assert chosen == [long] and stash["recovered_from"] == "short"
+    assert chosen == [long] and stash.progress.recovered_from == "short"
 
 
 def test_the_last_breadcrumb_is_the_failure_of_the_hop() -> None:

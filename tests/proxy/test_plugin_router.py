@@ -17,11 +17,19 @@ from litellm.proxy._types import UserAPIKeyAuth
 from plugin_env import LONG_LEN, SHORT_LEN, completion_body, tokens_of
 
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
+from litellm_dualpool.proxy.record import PlanRecord, record_in
 
 # One event loop for the module: LiteLLM's logging worker lives on the loop it first ran on.
 pytestmark = [pytest.mark.litellm_compat, pytest.mark.asyncio(loop_scope="module")]
 
 WORDS = "lorem ipsum dolor sit amet "  # 27 bytes
+
+
+def record(data: dict[str, Any]) -> PlanRecord:
+    """The plugin's plan in a request's metadata (a failure if there is none)."""
+    found = record_in(data["metadata"])
+    assert found is not None, "no plan in the request's metadata"
+    return found
 
 
 def text_of(n_bytes: int) -> str:
@@ -31,9 +39,9 @@ def text_of(n_bytes: int) -> str:
 async def test_short_request_goes_to_the_short_pool(env) -> None:
     response, data = await env.call("hello there", max_tokens=64)
     await env.settle()
-    stash = data["metadata"]["_dualpool"]
+    stash = record(data)
     assert env.pool_hits == ["short"]
-    assert (stash["pool"], stash["reason"]) == ("short", "fits")
+    assert (stash.progress.pool, stash.progress.reason) == ("short", "fits")
     assert response.choices[0].message.content == "ok"
     assert env.metric("dualpool_requests_total", model_group="llama", pool="short",
                       reason="fits") == 1
@@ -42,7 +50,7 @@ async def test_short_request_goes_to_the_short_pool(env) -> None:
     # see the pool only
     admin = UserAPIKeyAuth(api_key="sk-master-key-0001", user_role="proxy_admin")
     headers = await env.plugin.async_post_call_response_headers_hook(data, admin, response)
-    assert headers == {"x-dualpool-pool": "short", "x-dualpool-budget-tokens": str(stash["budget"])}
+    assert headers == {"x-dualpool-pool": "short", "x-dualpool-budget-tokens": str(stash.plan.total_tokens)}
     for caller in (UserAPIKeyAuth(api_key="sk-tenant-key-0001", team_id="t"), None):
         headers = await env.plugin.async_post_call_response_headers_hook(data, caller, response)
         assert headers == {"x-dualpool-pool": "short"}
@@ -58,7 +66,7 @@ async def test_max_tokens_counts_in_the_budget(env) -> None:
     _, data = await env.call("hello", max_tokens=SHORT_LEN)
     await env.settle()
     assert env.pool_hits == ["long"]
-    assert data["metadata"]["_dualpool"]["budget"] > SHORT_LEN
+    assert record(data).plan.total_tokens > SHORT_LEN
 
 
 async def test_default_output_budget_applies_without_max_tokens(make_env) -> None:
@@ -88,8 +96,8 @@ async def test_over_everything_by_the_margin_only_goes_to_the_largest_pool(env) 
     _, data = await env.call("hello " * 2000, max_tokens=max_tokens)
     await env.settle()
     assert env.pool_hits == ["long"]
-    stash = data["metadata"]["_dualpool"]
-    assert stash["reason"] == "borderline" and stash["budget"] > LONG_LEN
+    stash = record(data)
+    assert stash.progress.reason == "borderline" and stash.plan.total_tokens > LONG_LEN
     assert env.metric("dualpool_requests_total", model_group="llama", pool="long", reason="borderline") == 1
     assert env.metric("dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == 0
 
@@ -161,9 +169,9 @@ async def test_misroute_is_recovered_on_the_long_pool(make_env, wording: str, st
         assert chunks
     await env.settle(lambda: env.metric("dualpool_misroutes_recovered_total", model_group="llama",
                                         from_pool="short", to_pool="long") == 1)
-    stash = data["metadata"]["_dualpool"]
+    stash = record(data)
     assert env.pool_hits == ["short", "long"]
-    assert (stash["pool"], stash["recovered_from"], stash["reason"]) == (
+    assert (stash.progress.pool, stash.progress.recovered_from, stash.progress.reason) == (
         "long", "short", "misroute_recovery")
     assert env.metric("dualpool_misroutes_total", model_group="llama", pool="short") == 1
     # Learned once per request: from the rejection's count where it is exact, else ("at least
@@ -272,12 +280,12 @@ async def test_streams_learn_from_the_backend_usage_chunk_only(make_env, reporte
 async def test_forcing_a_pool_needs_the_keys_permission(env) -> None:
     override = {"dualpool": {"pool": "long", "category": "code"}}
     _, data = await env.call("hi", max_tokens=8, metadata=dict(override))
-    assert data["metadata"]["_dualpool"]["pool"] == "short"  # default policy: no forcing
-    assert data["metadata"]["_dualpool"]["category"] == "code"  # categories are allowed
+    assert record(data).progress.pool == "short"  # default policy: no forcing
+    assert record(data).plan.category == "code"  # categories are allowed
     allowed = UserAPIKeyAuth(metadata={"dualpool_policy": {"allow_force_pool": True}})
     _, data = await env.call("hi", max_tokens=8, metadata=dict(override), user=allowed)
     await env.settle()
-    assert (data["metadata"]["_dualpool"]["pool"], data["metadata"]["_dualpool"]["reason"]) == (
+    assert (record(data).progress.pool, record(data).progress.reason) == (
         "long", "forced")
     assert env.pool_hits == ["short", "long"]
 
@@ -287,7 +295,7 @@ async def test_a_client_cannot_forge_the_plan(env) -> None:
     _, data = await env.call("hi", max_tokens=8, metadata=forged)
     await env.settle()
     assert env.pool_hits == ["short"]
-    assert data["metadata"]["_dualpool"]["id"] != "x"
+    assert record(data).plan.id != "x"
 
 
 async def test_spillover_when_the_short_pool_is_saturated(env) -> None:
@@ -298,7 +306,7 @@ async def test_spillover_when_the_short_pool_is_saturated(env) -> None:
     for i in range(4):
         inflight.close(f"busy{i}")
     await env.settle()
-    assert (data["metadata"]["_dualpool"]["pool"], data["metadata"]["_dualpool"]["reason"]) == (
+    assert (record(data).progress.pool, record(data).progress.reason) == (
         "long", "spillover")
     assert env.pool_hits == ["long"]
     assert env.metric("dualpool_spillovers_total", model_group="llama", from_pool="short",
@@ -317,7 +325,7 @@ async def test_max_in_flight_is_the_spillover_capacity(make_env, short_info: dic
     for i in range(2):
         inflight.close(f"busy{i}")
     await env.settle()
-    assert data["metadata"]["_dualpool"]["pool"] == pool
+    assert record(data).progress.pool == pool
     assert env.pool_hits == [pool]
 
 
@@ -397,7 +405,7 @@ async def test_in_flight_counts_return_to_zero(env) -> None:
 async def test_a_tenant_without_long_pool_rights_gets_a_clear_400(env) -> None:
     short_only = UserAPIKeyAuth(metadata={"dualpool_policy": {"allowed_pools": ["short"]}})
     _, data = await env.call("hi", max_tokens=8, user=short_only)
-    assert data["metadata"]["_dualpool"]["pool"] == "short"
+    assert record(data).progress.pool == "short"
     with pytest.raises(HTTPException) as caught:
         await env.call("hi", max_tokens=SHORT_LEN + 10, user=short_only)
     await env.settle()
@@ -424,12 +432,12 @@ async def test_backend_metrics_drive_spillover(make_env) -> None:
     await env.plugin.poller.poll_once()
     _, data = await env.call("hi", max_tokens=8)
     await env.settle()
-    assert (data["metadata"]["_dualpool"]["pool"], data["metadata"]["_dualpool"]["reason"]) == (
+    assert (record(data).progress.pool, record(data).progress.reason) == (
         "long", "spillover")
     env.mock.get("http://short.vllm.test/metrics").mock(return_value=httpx.Response(
         200, text=VLLM_METRICS.format(running=1, waiting=0)))
     await env.plugin.poller.poll_once()
     _, data = await env.call("hi", max_tokens=8)
     await env.settle()
-    assert data["metadata"]["_dualpool"]["pool"] == "short"
+    assert record(data).progress.pool == "short"
     assert env.pool_hits == ["long", "short"]

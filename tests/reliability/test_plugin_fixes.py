@@ -19,6 +19,7 @@ from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.callback import failed_deployment_ids
 from litellm_dualpool.proxy.engine import DualPoolEngine
 from litellm_dualpool.proxy.policy import TenantPolicy
+from litellm_dualpool.proxy.record import PlanRecord
 
 pytestmark = [pytest.mark.litellm_compat]
 
@@ -38,7 +39,7 @@ def engine() -> tuple[DualPoolEngine, CollectorRegistry]:
     return DualPoolEngine(config, metrics=DualPoolMetrics(registry)), registry
 
 
-def plan(eng: DualPoolEngine, content: str, **meta: Any) -> dict[str, Any]:
+def plan(eng: DualPoolEngine, content: str, **meta: Any) -> PlanRecord:
     body = {"model": "g", "messages": [{"role": "user", "content": content}], "max_tokens": 8}
     return eng.plan(body, eng.groups["g"], TenantPolicy(allow_category=True), metadata=meta)
 
@@ -64,7 +65,7 @@ def test_a_retry_avoids_failed_deployments_and_spills_only_to_what_fits() -> Non
     assert ids(eng.choose("g", healthy, short, frozenset({"s1"}))) == ["s2"]
     # The whole short pool failed this request: the long pool (always safe) serves the retry.
     assert ids(eng.choose("g", healthy, short, frozenset({"s1", "s2"}))) == ["l1"]
-    assert short["pool"] == "long" and short["reason"] == "spillover"
+    assert short.progress.pool == "long" and short.progress.reason == "spillover"
     # A long request whose only long deployment failed is retried there, never sent short.
     long = plan(eng, "word " * 8000)
     assert ids(eng.choose("g", healthy, long, frozenset({"l1"}))) == ["l1"]

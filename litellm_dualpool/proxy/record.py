@@ -1,0 +1,38 @@
+"""The plan as LiteLLM carries it: one entry of the request's metadata, from the pre-call hook
+through every routing attempt (fallback hops included) to the success and failure events.
+
+The entry is a `PlanRecord`: a dict of the plan's plain values (other loggers read and serialise
+metadata) that also carries the typed `Plan` and its `Progress`. Only the plugin makes one: a
+client's JSON cannot, so a plan sent in a request's metadata is never taken for the plugin's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from litellm_dualpool.core.plan import Plan, Progress
+
+#: The metadata key of the plan (a client-sent value there is dropped by the pre-call hook).
+STASH_KEY = "_dualpool"
+
+
+class PlanRecord(dict[str, Any]):
+    """`plan.to_metadata()` as a dict, with the plan and its progress attached."""
+
+    __slots__ = ("plan", "progress")
+
+    def __init__(self, plan: Plan, progress: Progress) -> None:
+        super().__init__(plan.to_metadata())
+        self.plan = plan
+        self.progress = progress
+
+    @property
+    def id(self) -> str:
+        return self.plan.id
+
+
+def record_in(metadata: Mapping[str, Any] | None) -> PlanRecord | None:
+    """The plugin's record in a metadata dict, or None (absent, or anything a client sent)."""
+    value = (metadata or {}).get(STASH_KEY)
+    return value if isinstance(value, PlanRecord) else None
