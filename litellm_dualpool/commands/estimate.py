@@ -1,7 +1,11 @@
 """`litellm-dualpool estimate`: the Estimate and the Decision for one request body, as JSON.
 
     litellm-dualpool estimate body.json --pool short=8192 --pool long=65536
-    echo '{"messages": [...], "max_tokens": 256}' | litellm-dualpool estimate -
+    echo '{"model": "llama-3-70b", "messages": [...], "max_tokens": 256}' | litellm-dualpool estimate -
+
+The calibration key's model group is the body's ``model`` (what the proxy uses), unless
+``--model-group`` names another. Its output is always one JSON object (``--json`` is accepted
+for the CLI-wide convention).
 """
 
 from __future__ import annotations
@@ -12,31 +16,38 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from litellm_dualpool.commands.common import add_json_flag, parse_pool
 from litellm_dualpool.core.calibration import CalibrationSettings, Calibrator
 from litellm_dualpool.core.estimator import Estimator
 from litellm_dualpool.core.policy import PolicySettings, PoolState, decide
 from litellm_dualpool.errors import DualPoolError
 
 DEFAULT_POOLS = ("short=8192", "long=65536")
+#: the model group when neither the body nor --model-group names one
+FALLBACK_MODEL_GROUP = "default"
+#: --pool keys (the CLI-wide syntax; ``load`` is the pool's in-flight load, 0-1)
+_POOL_KEYS = {"name": "name", "max_model_len": "max_model_len", "load": "load"}
 
 
 def _pool(text: str) -> PoolState:
-    """NAME=MAX_MODEL_LEN[@LOAD], e.g. short=8192@0.95."""
-    name, sep, rest = text.partition("=")
-    limit, _, load = rest.partition("@")
+    """NAME=MAX_MODEL_LEN[@LOAD] (e.g. short=8192@0.95) or name=short,max_model_len=8192,load=0.95."""
     try:
-        if not (name and sep):
-            raise ValueError
-        return PoolState(name, int(limit), float(load) if load else None)
-    except ValueError:
+        fields = parse_pool(text, _POOL_KEYS)
+        load = fields.get("load")
+        return PoolState(fields["name"], int(fields["max_model_len"]),
+                         float(load) if load else None)
+    except (KeyError, ValueError):
         raise argparse.ArgumentTypeError(
-            f"expected NAME=MAX_MODEL_LEN[@LOAD], got {text!r}") from None
+            f"expected NAME=MAX_MODEL_LEN[@LOAD] or name=...,max_model_len=...[,load=...], "
+            f"got {text!r}") from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("body", nargs="?", default="-",
                         help="JSON request body file ('-' or absent: stdin)")
-    parser.add_argument("--model-group", default="default", help="model group (calibration key)")
+    parser.add_argument("--model-group", default=None,
+                        help="model group (calibration key; default: the body's model, else "
+                             f"{FALLBACK_MODEL_GROUP!r})")
     parser.add_argument("--category", default=None, help="caller-supplied category")
     parser.add_argument("--default-output-tokens", type=int, default=1024,
                         help="output budget when the body names none (default 1024)")
@@ -49,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", default=None,
                         help="calibration snapshot JSON to restore before estimating")
     parser.add_argument("--embedding", action="store_true", help="an embeddings body")
+    add_json_flag(parser, "one JSON object on stdout (always; accepted for the CLI convention)")
 
 
 def _read_body(path: str) -> Any:
@@ -56,6 +68,15 @@ def _read_body(path: str) -> Any:
         return json.load(sys.stdin)
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def model_group(flag: str | None, body: Any) -> str:
+    """--model-group, else the body's ``model`` (the proxy keys calibration by the group the
+    request names), else the fallback."""
+    if flag:
+        return flag
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) and model else FALLBACK_MODEL_GROUP
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             with open(args.snapshot, encoding="utf-8") as fh:
                 calibrator.restore(json.load(fh))
         estimator = Estimator(calibrator, default_output_tokens=args.default_output_tokens)
-        estimate = estimator.estimate(body, args.model_group, category=args.category,
+        estimate = estimator.estimate(body, model_group(args.model_group, body),
+                                      category=args.category,
                                       embedding=args.embedding)
         pools = args.pools or [_pool(p) for p in DEFAULT_POOLS]
         settings = PolicySettings(

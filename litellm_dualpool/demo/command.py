@@ -1,7 +1,8 @@
 """`litellm-dualpool demo` (what `make run` runs): the gateway on emulated pools, a workload, a report.
 
 It starts emulated vLLM instances (2 short at max_model_len 8192, 1 long at 65536; Llama-3-70B
-on 4x A100 each, sped up), the real ``litellm`` proxy with ``proxy_config/demo.yaml`` on
+on 4x A100 each, sped up), the real ``litellm`` proxy with the packaged ``demo.yaml`` (the same
+file as ``proxy_config/demo.yaml``; a test keeps them identical) on
 127.0.0.1, replays the built-in Azure-like workload (or ``--trace FILE``) through it with the
 openai client, prints a report and, as its last line, one JSON object. Exit status: 0 when no
 request was lost, 1 when any was, 2 when the stack could not start. Everything it started is
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.resources
 import json
 import shutil
 import signal
@@ -29,6 +31,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from litellm_dualpool.commands.common import add_json_flag
 from litellm_dualpool.demo import report as rpt
 from litellm_dualpool.demo.orchestrator import DEMO_POOLS, EngineFlags, Stack
 from litellm_dualpool.demo.replay import Outcome, Replayer, Status
@@ -41,7 +44,9 @@ from litellm_dualpool.demo.workload import (
 from litellm_dualpool.processes import ProcessStartError
 
 MODEL_GROUP = "llama-3-70b"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "proxy_config" / "demo.yaml"
+#: the demo's LiteLLM YAML, shipped inside the package so that an installed wheel finds it
+#: (proxy_config/demo.yaml is the same file, for readers of the repository)
+PACKAGED_CONFIG = "demo.yaml"
 #: how often the proxy's /metrics is read during the run (learned ratios over time)
 METRICS_POLL_SECONDS = 2.0
 #: progress points at which the learned ratios are shown in the report
@@ -68,13 +73,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     stack = parser.add_argument_group("stack")
     stack.add_argument("--speedup", type=float, default=20.0,
                        help="emulated GPU time per wall second (default %(default)s)")
-    stack.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                       help="LiteLLM YAML (default proxy_config/demo.yaml)")
+    stack.add_argument("--config", type=Path, default=None,
+                       help="LiteLLM YAML (default: the packaged demo.yaml, the same as "
+                            "proxy_config/demo.yaml)")
     stack.add_argument("--log-dir", type=Path, default=None,
                        help="keep the processes' logs here (default: a temporary directory, "
                             "removed after a clean run)")
     stack.add_argument("--keep-running", action="store_true",
                        help="after the report, keep the gateway up for manual curl until Ctrl-C")
+    add_json_flag(parser, "stdout carries only the report's JSON object; the human report goes "
+                          "to stderr (without --json the JSON is stdout's last line)")
 
 
 def _workload(args: argparse.Namespace) -> list[RequestSpec]:
@@ -99,7 +107,16 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    if args.config is None:
+        resource = importlib.resources.files("litellm_dualpool.demo").joinpath(PACKAGED_CONFIG)
+        with importlib.resources.as_file(resource) as path:
+            args.config = path
+            return _run_with_config(args)
+    return _run_with_config(args)
+
+
+def _run_with_config(args: argparse.Namespace) -> int:
+    console = Console(stderr=True) if args.json else Console()
     errors = Console(stderr=True)
     if not args.config.exists():
         errors.print(f"litellm-dualpool demo: config {args.config} not found (use --config)")

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from litellm_dualpool.commands.common import add_hidden_alias, add_json_flag
 from litellm_dualpool.emulator.faults import Faults, Refuse
 from litellm_dualpool.emulator.outputs import DEFAULT_SPEC, OutputLengths
 from litellm_dualpool.emulator.validation import ErrorFormat
@@ -30,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--tensor-parallel-size", "-tp", type=int, default=None,
                      help="GPUs per instance (default: the smallest of 1, 2, 4, 8 that holds the "
                           "weights and one max-model-len sequence)")
+    add_hidden_alias(eng, "--tp", dest="tensor_parallel_size", value_type=int)
     eng.add_argument("--max-model-len", type=int, default=8192, help="context window (default %(default)s)")
     eng.add_argument("--max-num-seqs", type=int, default=256, help="max running requests (default %(default)s)")
     eng.add_argument("--max-num-batched-tokens", type=int, default=None,
@@ -55,6 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     api.add_argument("--ready-file", type=Path, default=None,
                      help="write {host, port, pid} as JSON here once listening")
     api.add_argument("--log-level", default="warning", help="uvicorn log level (default %(default)s)")
+    add_json_flag(api, "once listening, print {host, port, pid, url} as one JSON line on stdout")
 
     flt = parser.add_argument_group("faults (also changeable at run time: POST /admin/faults)")
     flt.add_argument("--error-format", choices=[f.value for f in ErrorFormat], default="current",
@@ -129,4 +132,4 @@ def run(args: argparse.Namespace) -> int:
     controller = RefusalController(faults)
     state = EmulatorState(settings, backend, faults, outputs, on_faults_changed=controller.changed)
     return serve(build_app(state), host=args.host, port=args.port, controller=controller,
-                 ready_file=args.ready_file, log_level=args.log_level)
+                 ready_file=args.ready_file, log_level=args.log_level, announce_json=args.json)

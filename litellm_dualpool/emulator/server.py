@@ -97,15 +97,19 @@ class RefusalController:
 
 
 def serve(app_factory: object, *, host: str, port: int, controller: RefusalController,
-          ready_file: Path | None, log_level: str) -> int:
-    """Run ``app`` until SIGINT/SIGTERM; returns the exit status."""
+          ready_file: Path | None, log_level: str, announce_json: bool = False) -> int:
+    """Run ``app`` until SIGINT/SIGTERM; returns the exit status.
+
+    ``announce_json`` (``emulate --json``) prints ``{host, port, pid, url}`` as one JSON line on
+    stdout once listening: with ``--port 0`` that is how a script learns the port.
+    """
     config = uvicorn.Config(app_factory, host=host, port=port, log_level=log_level, access_log=False,  # type: ignore[arg-type]
                             timeout_graceful_shutdown=2, lifespan="on")
     server = uvicorn.Server(config)
     controller.attach(server)
 
     async def main() -> None:
-        watcher = asyncio.create_task(_after_start(server, controller, ready_file))
+        watcher = asyncio.create_task(_after_start(server, controller, ready_file, announce_json))
         try:
             await server.serve()
         finally:
@@ -117,7 +121,8 @@ def serve(app_factory: object, *, host: str, port: int, controller: RefusalContr
     return 0 if server.started else 1
 
 
-async def _after_start(server: uvicorn.Server, controller: RefusalController, ready_file: Path | None) -> None:
+async def _after_start(server: uvicorn.Server, controller: RefusalController, ready_file: Path | None,
+                       announce_json: bool = False) -> None:
     while not server.started:
         await asyncio.sleep(0.01)
     address = controller.bound_address()
@@ -126,3 +131,6 @@ async def _after_start(server: uvicorn.Server, controller: RefusalController, re
         tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")
         tmp.write_text(json.dumps({"host": address[0], "port": address[1], "pid": os.getpid()}))
         tmp.replace(ready_file)
+    if announce_json and address is not None:
+        print(json.dumps({"host": address[0], "port": address[1], "pid": os.getpid(),
+                          "url": f"http://{address[0]}:{address[1]}"}), flush=True)

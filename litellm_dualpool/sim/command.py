@@ -3,13 +3,15 @@
 Examples::
 
     litellm-dualpool simulate --trace AzureLLMInferenceTrace_conv.csv --rate 1000 \\
-        --gpu a100 --model llama-3-70b --tp 4 \\
+        --gpu a100 --model llama-3-70b --tensor-parallel-size 4 \\
         --pool name=short,max_model_len=8192,max_num_seqs=128,max_num_batched_tokens=16384,instances=300 \\
         --pool name=long,max_model_len=65536,max_num_seqs=16,max_num_batched_tokens=8192,instances=60
     litellm-dualpool simulate --synthetic 20000 --rate 200 --router oracle --json
 
 Without ``--pool`` it simulates the paper's dual-pool layout sized for the rate. ``--json``
-prints one JSON object (``FleetResult.to_dict()``) on the last line.
+prints one JSON object (``FleetResult.to_dict()``) on stdout and the table on stderr. A fleet that
+meets the SLO for fewer than half of its requests is overloaded or undersized: a warning on
+stderr says so (``litellm-dualpool plan`` sizes pools for a rate).
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ import math
 import sys
 from collections.abc import Sequence
 
+from litellm_dualpool.commands.common import (
+    EXIT_UNAVAILABLE,
+    add_hidden_alias,
+    add_json_flag,
+    parse_pool,
+    require_modules,
+    warn,
+)
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.sim.engine import EngineConfig
@@ -34,8 +44,14 @@ from litellm_dualpool.sim.routers import (
 from litellm_dualpool.sim.workload import Workload, from_cdf, read_cdf_file, read_trace, synthetic
 
 ROUTERS = ("dual_pool", "static_ratio", "oracle", "homogeneous")
-_POOL_KEYS = {"name", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "instances",
-              "gpu_memory_utilization", "tp"}
+#: --pool keys -> field (``tp`` is the old spelling of ``tensor_parallel_size``)
+_POOL_KEYS = {k: k for k in ("name", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                             "instances", "gpu_memory_utilization", "tensor_parallel_size")}
+_POOL_KEYS["tp"] = "tensor_parallel_size"
+#: below this fleet SLO attainment the run is reported as overloaded (a warning on stderr)
+OVERLOAD_SLO_ATTAINMENT = 0.5
+#: what --plots imports (matplotlib, from the [tools] extra): checked before simulating
+PLOT_MODULES = ("matplotlib",)
 #: Default layout (the paper's): per-instance shares of the rate for a default fleet.
 _DEFAULT_POOLS = (
     "name=short,max_model_len=8192,max_num_seqs=128,max_num_batched_tokens=16384",
@@ -53,12 +69,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, help="cut or repeat the workload to N requests")
     parser.add_argument("--gpu", default="a100")
     parser.add_argument("--model", default="llama-3-70b")
-    parser.add_argument("--tp", type=int, default=4, help="tensor parallel size per instance")
+    parser.add_argument("--tensor-parallel-size", "-tp", dest="tensor_parallel_size", type=int,
+                        default=4, help="GPUs per instance (default %(default)s)")
+    add_hidden_alias(parser, "--tp", dest="tensor_parallel_size", value_type=int)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
     parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "bfloat16", "fp8"])
     parser.add_argument("--pool", action="append", metavar="KEY=VALUE,...",
-                        help="a pool: name, max_model_len, max_num_seqs, max_num_batched_tokens, "
-                        "instances[, gpu_memory_utilization, tp] (repeatable)")
+                        help="a pool: NAME=MAX_MODEL_LEN, or KEY=VALUE,... with name, "
+                        "max_model_len, max_num_seqs, max_num_batched_tokens, instances[, "
+                        "gpu_memory_utilization, tensor_parallel_size] (repeatable)")
     parser.add_argument("--router", choices=ROUTERS, default="dual_pool")
     parser.add_argument("--balancer", choices=[b.value for b in Balancer], default="least_loaded")
     parser.add_argument("--max-tokens", type=int, help="clients' max_tokens (default: each "
@@ -71,7 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="seconds")
     parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    add_json_flag(parser, "print one JSON object on stdout; the table goes to stderr")
     configure_reporting(parser)
 
 
@@ -85,26 +104,22 @@ def configure_reporting(parser: argparse.ArgumentParser) -> None:
                         "threshold, TTFT per pool, preemptions per pool) to DIR")
 
 
-def parse_pool(text: str, index: int) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in _POOL_KEYS:
-            raise ConfigError(f"expected KEY=VALUE with KEY in {sorted(_POOL_KEYS)}, got {part!r}",
-                              path=f"pool[{index}]")
-        fields[key] = value
-    if "name" not in fields:
-        raise ConfigError("a pool needs a name", path=f"pool[{index}].name")
-    return fields
+def pool_fields(text: str, index: int) -> dict[str, str]:
+    """One --pool value as fields (the CLI-wide syntax, see commands.common.parse_pool)."""
+    try:
+        return parse_pool(text, _POOL_KEYS, index=index)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=f"pool[{index}]") from None
 
 
 def build_pools(args: argparse.Namespace, rate: float) -> list[PoolSpec]:
     texts = args.pool or list(_DEFAULT_POOLS)
     pools = []
     for i, text in enumerate(texts):
-        f = parse_pool(text, i)
+        f = pool_fields(text, i)
         cfg = EngineConfig(
-            args.gpu, args.model, tensor_parallel_size=int(f.get("tp", args.tp)),
+            args.gpu, args.model,
+            tensor_parallel_size=int(f.get("tensor_parallel_size", args.tensor_parallel_size)),
             max_model_len=int(f.get("max_model_len", 8192)), max_num_seqs=int(f.get("max_num_seqs", 128)),
             max_num_batched_tokens=int(f.get("max_num_batched_tokens", 8192)),
             gpu_memory_utilization=float(f.get("gpu_memory_utilization", 0.9)),
@@ -162,32 +177,48 @@ def render(result: FleetResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the figures need matplotlib: say so before a simulation that may take minutes
+    if getattr(args, "plots", None) and not require_modules("simulate", PLOT_MODULES,
+                                                            purpose="--plots"):
+        return EXIT_UNAVAILABLE
     try:
         workload = load_workload(args)
         pools = build_pools(args, workload.rate_per_second)
         router = make_router(args.router, pools, args.spillover, args.model)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"litellm-dualpool simulate: {exc}", file=sys.stderr)
         return 2
+    text = sys.stderr if args.json else sys.stdout  # --json: stdout carries the JSON alone
     slo = SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot)
     result = simulate_with_progress(workload, pools, router, args, slo, label=args.router)
-    print(render(result))
+    print(render(result), file=text)
+    warn_if_overloaded(result)
     baselines = []
     if getattr(args, "baseline", False) and len(pools) > 1:
         homogeneous = homogeneous_pools(pools)
         baselines.append(simulate_with_progress(workload, homogeneous, make_router(
             "homogeneous", homogeneous, args.spillover, args.model), args, slo, label="homogeneous"))
-        print(render(baselines[0]))
+        print(render(baselines[0]), file=text)
     payload = result.to_dict()
     if baselines:
         payload["baselines"] = [b.to_dict() for b in baselines]
     if getattr(args, "plots", None):
         payload["plots"] = [str(p) for p in write_plots(result, baselines, workload, pools, args)]
         for path in payload["plots"]:  # type: ignore[union-attr]
-            print(f"wrote {path}")
+            print(f"wrote {path}", file=text)
     if args.json:
         print(json.dumps(payload, separators=(",", ":")))
     return 0
+
+
+def warn_if_overloaded(result: FleetResult) -> None:
+    """A fleet that misses the SLO for most requests measures its queue, not the routing: say so
+    (on stderr), since the default pools are sized from the paper's rates, not from this load."""
+    attainment = result.fleet.slo_attainment
+    if attainment < OVERLOAD_SLO_ATTAINMENT:
+        warn("simulate", f"the fleet met the SLO for only {attainment:.1%} of requests: it is "
+             "overloaded or undersized for this rate; size the pools with `litellm-dualpool "
+             "plan` or set instances= in --pool")
 
 
 def simulate_with_progress(workload: Workload, pools: Sequence[PoolSpec], router: Router,

@@ -147,12 +147,14 @@ def test_simulate_command_prints_json_on_the_last_line(tmp_path: Path, capsys: p
                  "--pool", "name=short,max_model_len=2048,max_num_seqs=64,max_num_batched_tokens=2048,instances=2",
                  "--pool", "name=long,max_model_len=8192,max_num_seqs=16,instances=1", "--json"])
     assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    assert len(out) == 1  # --json: stdout is the JSON object alone, the table goes to stderr
     data = json.loads(out[-1])
     assert data["requests"] == 400 and data["router"] == "dual_pool"
     assert [p["name"] for p in data["pools"]] == ["short", "long"]
     assert data["fleet"]["completed"] + data["refused_gateway"] + data["refused_backend"] == 400
-    assert "TTFT p99" in out[0]
+    assert "TTFT p99" in captured.err
 
 
 def test_simulate_command_reports_bad_pool_specs(capsys: pytest.CaptureFixture[str]) -> None:
