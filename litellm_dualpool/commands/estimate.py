@@ -19,7 +19,8 @@ from typing import Any
 from litellm_dualpool.commands.common import add_json_flag, parse_pool
 from litellm_dualpool.core.calibration import CalibrationSettings, Calibrator
 from litellm_dualpool.core.estimator import Estimator
-from litellm_dualpool.core.policy import PolicySettings, PoolState, decide
+from litellm_dualpool.core.plan import plan_request
+from litellm_dualpool.core.policy import PolicySettings, PoolState
 from litellm_dualpool.errors import DualPoolError
 
 DEFAULT_POOLS = ("short=8192", "long=65536")
@@ -99,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         settings = PolicySettings(
             headroom_fraction=args.headroom,
             spillover_load_fraction=args.spillover if args.spillover > 0 else None)
-        decision = decide(estimate.budget.total_tokens, pools, settings,
-                          category=estimate.key.category, floor_tokens=estimate.budget.refusal_floor_tokens)
+        decision = plan_request(estimate, pools, settings).decision  # as the proxy decides
     except (DualPoolError, OSError, ValueError) as exc:
         error = {"error": str(exc), "type": type(exc).__name__}
         field = getattr(exc, "field", None) or getattr(exc, "path", None)

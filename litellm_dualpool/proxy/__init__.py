@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from litellm_dualpool.proxy.callback import DualPoolCallback
-from litellm_dualpool.proxy.install import install, install_strategy
+from litellm_dualpool.proxy.install import install
+from litellm_dualpool.proxy.router_api import install_strategy
 from litellm_dualpool.proxy.strategy import DualPoolRoutingStrategy
 
 __all__ = ["DualPoolCallback", "DualPoolRoutingStrategy", "install", "install_strategy"]

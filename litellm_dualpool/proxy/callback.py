@@ -38,9 +38,10 @@ from litellm_dualpool.core.calibration import Calibrator
 from litellm_dualpool.core.plan import RecoveryFailure
 from litellm_dualpool.errors import ConfigError, InvalidRequestError, NoPoolFitsError
 from litellm_dualpool.metrics import DualPoolMetrics
+from litellm_dualpool.proxy.discovery import proxy_config_path, proxy_router
 from litellm_dualpool.proxy.engine import DualPoolEngine, LoadSource
 from litellm_dualpool.proxy.inflight import InFlight
-from litellm_dualpool.proxy.install import proxy_config_path, proxy_router
+from litellm_dualpool.proxy.install import install
 from litellm_dualpool.proxy.policy import (
     PolicyResolver,
     TenantPolicy,
@@ -276,8 +277,6 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         self._state_task = loop.create_task(self.engine.store.start())
 
     def prepare(self, router: Any) -> None:
-        from litellm_dualpool.proxy.install import install
-
         install(router, self)
         self._prepared_router = router
         if self.poller is not None:

@@ -1,170 +1,17 @@
-"""The one place that knows LiteLLM's router API by version, and where the proxy keeps things.
-
-- LiteLLM 1.106 (classic Python router): ``set_custom_routing_strategy``; a custom strategy lists
-  healthy deployments with ``async_get_healthy_deployments``.
-- LiteLLM 1.110 (Rust-core router): ``register_plugin`` (the old call is deprecated); a custom
-  strategy receives no healthy list and asks ``select(..., kind="healthy")``.
-- Both: ``add_deployment`` and an assignable ``context_window_fallbacks``, which is how the hidden
-  recovery group is wired in (a fallback to another group runs the filter again; a fallback to
-  the same group does not, on either version).
-- The proxy's router is ``litellm.proxy.proxy_server.llm_router``; its config file path is
-  ``user_config_file_path`` there, else ``CONFIG_FILE_PATH`` or the ``WORKER_CONFIG`` JSON.
-- Both map a backend's 400 to ``ContextWindowExceededError`` (what ``context_window_fallbacks``
-  act on) with ``ExceptionCheckers.is_error_str_context_window_exceeded``, a substring test.
-  1.106 misses SGLang's current wording, both miss SGLang's "Input length ... maximum allowed
-  length" and TGI's "must have less than": ``map_context_rejections`` adds the plugin's own,
-  anchored recognition to it (it only ever adds; what LiteLLM maps stays mapped).
-"""
+"""Prepare a LiteLLM router for the plugin: the hidden recovery groups (proxy/recovery.py) and,
+with ``routing: strategy``, the plugin's routing strategy (registered as proxy/router_api.py
+says for the running LiteLLM)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from litellm_dualpool.config import CONFIG_ENV
-
-if TYPE_CHECKING:
-    from litellm_dualpool.proxy.engine import DualPoolEngine
+from litellm_dualpool.proxy.recovery import add_recovery_groups, map_context_rejections
+from litellm_dualpool.proxy.router_api import install_strategy
+from litellm_dualpool.proxy.strategy import DualPoolRoutingStrategy
 
 logger = logging.getLogger("litellm_dualpool")
-
-_PROXY_MODULE = "litellm.proxy.proxy_server"
-#: model_info keys LiteLLM sets per deployment; a copy into the recovery group gets its own.
-_PER_DEPLOYMENT_INFO = frozenset({"id", "db_model", "updated_at", "created_at"})
-
-
-def is_rust_core(router: Any) -> bool:
-    """True for the Rust-core router of LiteLLM >= 1.110 (it has ``register_plugin``)."""
-    return callable(getattr(router, "register_plugin", None))
-
-
-def install_strategy(router: Any, strategy: Any) -> str:
-    """Make `strategy` (a CustomRoutingStrategyBase) pick every deployment; returns the API used."""
-    if is_rust_core(router):
-        router.register_plugin(strategy)
-        return "register_plugin"
-    router.set_custom_routing_strategy(strategy)
-    return "set_custom_routing_strategy"
-
-
-async def healthy_deployments(router: Any, model: str, request_kwargs: dict[str, Any],
-                              messages: Any = None, input: Any = None) -> list[dict[str, Any]]:
-    """What the router would pick among for `model` (cooldowns, health and callbacks applied)."""
-    if is_rust_core(router):
-        found = await router.select(model, request_kwargs, kind="healthy", messages=messages)
-    else:
-        found = await router.async_get_healthy_deployments(
-            model=model, request_kwargs=request_kwargs, messages=messages, input=input)
-    if isinstance(found, Mapping):
-        return [dict(found)]
-    return [dict(d) for d in found or ()]
-
-
-def _deployments(router: Any, model_name: str) -> list[dict[str, Any]]:
-    found = router.get_model_list(model_name=model_name) or []
-    return [d if isinstance(d, dict) else dict(d) for d in found]
-
-
-def add_recovery_groups(router: Any, engine: DualPoolEngine) -> list[str]:
-    """Add each dual-pool group's hidden recovery group (copies of its larger pools' deployments)
-    and a context-window fallback from the group to it. Idempotent; returns the groups added."""
-    from litellm.types.router import Deployment
-
-    added = []
-    existing = {d.get("model_name") for d in router.model_list or []}
-    for recovery, name in engine.recovery_groups.items():
-        group = engine.groups[name]
-        if recovery in existing:
-            continue
-        for deployment in _deployments(router, name):
-            pool = engine.pool_of(group, deployment)
-            if pool is None or pool.name == group.pools[0].name:
-                continue
-            info = {k: v for k, v in (deployment.get("model_info") or {}).items()
-                    if k not in _PER_DEPLOYMENT_INFO}
-            router.add_deployment(Deployment(model_name=recovery,
-                                             litellm_params=dict(deployment["litellm_params"]),
-                                             model_info=info))
-        added.append(recovery)
-    if added:
-        router.context_window_fallbacks = _with_fallbacks(
-            router.context_window_fallbacks, {engine.recovery_groups[r]: r for r in added})
-    return added
-
-
-def _with_fallbacks(current: Sequence[Mapping[str, Any]] | None,
-                    wanted: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The user's context_window_fallbacks with each group's recovery group tried first."""
-    result: list[dict[str, Any]] = []
-    pending = dict(wanted)
-    for entry in current or []:
-        entry = dict(entry)
-        for group, targets in list(entry.items()):
-            if group in pending:
-                recovery = pending.pop(group)
-                entry[group] = [recovery, *[t for t in targets if t != recovery]]
-        result.append(entry)
-    result.extend({group: [recovery]} for group, recovery in pending.items())
-    return result
-
-
-def map_context_rejections() -> bool:
-    """Make LiteLLM raise ``ContextWindowExceededError`` for every context-length rejection the
-    plugin recognises (``rejections.parse_rejection_text``), so that the recovery group is
-    reached for those it does not map itself. Idempotent; False (logged) where this LiteLLM has
-    no such checker, and then those rejections are counted as misroutes but not recovered."""
-    checkers: Any = None
-    try:
-        from litellm.litellm_core_utils import exception_mapping_utils
-
-        checkers = getattr(exception_mapping_utils, "ExceptionCheckers", None)
-    except ImportError:
-        pass
-    litellm_check = getattr(checkers, "is_error_str_context_window_exceeded", None)
-    if not callable(litellm_check):
-        logger.warning("litellm-dualpool: this LiteLLM has no context-window error checker; "
-                       "SGLang's and TGI's rejections will not be recovered")
-        return False
-    if getattr(litellm_check, "_dualpool", False):
-        return True
-    from litellm_dualpool.proxy.rejections import parse_rejection_text
-
-    def check(error_str: str) -> bool:
-        return bool(litellm_check(error_str)) or (
-            isinstance(error_str, str) and parse_rejection_text(error_str) is not None)
-
-    check._dualpool = True  # type: ignore[attr-defined]
-    checkers.is_error_str_context_window_exceeded = staticmethod(check)
-    return True
-
-
-def proxy_router() -> Any | None:
-    """The running proxy's router, or None outside a proxy (never imports the proxy itself)."""
-    module = sys.modules.get(_PROXY_MODULE)
-    return getattr(module, "llm_router", None) if module is not None else None
-
-
-def proxy_config_path() -> str | None:
-    """The LiteLLM YAML the proxy is loading: our env override, else the proxy's own path."""
-    explicit = os.environ.get(CONFIG_ENV)
-    if explicit:
-        return explicit
-    module = sys.modules.get(_PROXY_MODULE)
-    path = getattr(module, "user_config_file_path", None) if module is not None else None
-    if isinstance(path, str) and path:
-        return path
-    if os.environ.get("CONFIG_FILE_PATH"):
-        return os.environ["CONFIG_FILE_PATH"]
-    try:
-        worker = json.loads(os.environ.get("WORKER_CONFIG") or "{}")
-    except ValueError:
-        return None
-    config = worker.get("config") if isinstance(worker, dict) else None
-    return config if isinstance(config, str) and config else None
 
 
 def install(router: Any, callback: Any) -> None:
@@ -177,7 +24,5 @@ def install(router: Any, callback: Any) -> None:
         if added:
             logger.info("litellm-dualpool: recovery groups %s", ", ".join(added))
     if engine.settings.routing == "strategy":
-        from litellm_dualpool.proxy.strategy import DualPoolRoutingStrategy
-
         api = install_strategy(router, DualPoolRoutingStrategy(router, callback))
         logger.info("litellm-dualpool: routing strategy installed with %s", api)

@@ -14,8 +14,8 @@ from typing import Any
 
 from litellm.types.router import CustomRoutingStrategyBase
 
-from litellm_dualpool.proxy.install import healthy_deployments
 from litellm_dualpool.proxy.record import record_in
+from litellm_dualpool.proxy.router_api import healthy_deployments
 
 
 class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]

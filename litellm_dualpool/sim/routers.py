@@ -5,7 +5,8 @@ output budget, plus a snapshot of the pools. Only the oracle baseline reads the 
 token count. After a request completes, ``learn`` receives the backend's prompt token count, as
 the LiteLLM success callback does.
 
-- ``PolicyRouter`` (the product): the real ``Calibrator`` estimate + ``core.policy.decide``.
+- ``PolicyRouter`` (the product): the real ``Calibrator`` estimate + ``core.plan.plan_request``
+  (the proxy's own entry), learning through the proxy's learner.
 - ``StaticRatioRouter``: the same policy on ``ceil(bytes / 4.0)`` (the paper's cold start).
 - ``OracleRouter``: the same policy on the true prompt tokens (an upper bound on routing).
 - ``SinglePoolRouter``: every request to one pool (the homogeneous fleet).
@@ -14,15 +15,19 @@ Which instance inside a pool serves is the fleet's balancer (round robin or leas
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from litellm_dualpool.core.budget import TokenBudget
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
-from litellm_dualpool.core.policy import Decision, PolicySettings, PoolState, Reason, decide
+from litellm_dualpool.core.estimator import Estimate, Estimator
+from litellm_dualpool.core.plan import Plan, plan_request
+from litellm_dualpool.core.policy import Decision, PolicySettings, PoolState, Reason
 from litellm_dualpool.core.shape import RequestShape
+from litellm_dualpool.core.tenant import ANONYMOUS_TENANT, ObservationTrust
+from litellm_dualpool.state import InfluenceGuard, Learner, Observation
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,40 +53,14 @@ class Router(Protocol):
 
 
 class _BudgetRouter:
-    """Shared shape of the budget routers: estimate a prompt, add the output budget, decide."""
+    """Shared shape of the budget routers: an estimate, then the core's `plan_request`, the
+    entry the proxy's engine calls too (same estimate and pools: same decision)."""
 
     name = "budget"
 
     def __init__(self, settings: PolicySettings | None = None, *, model_group: str = "model") -> None:
         self.settings = settings or PolicySettings()
         self.model_group = model_group
-
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
-        """(optimistic, point, conservative) prompt estimates; one number three times without
-        an error model."""
-        raise NotImplementedError
-
-    def choose(self, request: SimRequest, pools: Sequence[PoolState]) -> Decision:
-        optimistic, point, conservative = self.prompt_estimates(request)
-        budget = TokenBudget(prompt_tokens=conservative, output_tokens=request.output_budget_tokens,
-                             prompt_tokens_point=point,
-                             prompt_tokens_optimistic=optimistic)  # what the proxy's estimator builds
-        return decide(budget.total_tokens, pools, self.settings, category=request.category,
-                      floor_tokens=budget.refusal_floor_tokens)
-
-    def learn(self, request: SimRequest, prompt_tokens: int) -> None:
-        return None
-
-
-class PolicyRouter(_BudgetRouter):
-    """The package's dispatch: conservative calibrated estimate from bytes, learned online."""
-
-    name = "dual_pool"
-
-    def __init__(self, settings: PolicySettings | None = None, *, calibrator: Calibrator | None = None,
-                 model_group: str = "model") -> None:
-        super().__init__(settings, model_group=model_group)
-        self.calibrator = calibrator or Calibrator()
         self._keys: dict[str, CategoryKey] = {}
 
     def key(self, category: str) -> CategoryKey:
@@ -91,11 +70,50 @@ class PolicyRouter(_BudgetRouter):
             key = self._keys[category] = CategoryKey(self.model_group, category)
         return key
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
-        return self.calibrator.estimate_range(self.key(request.category), request.shape)
+    def estimate(self, request: SimRequest) -> Estimate:
+        raise NotImplementedError
+
+    def plan(self, request: SimRequest, pools: Sequence[PoolState]) -> Plan:
+        return plan_request(self.estimate(request), pools, self.settings,
+                            plan_id=str(request.index))
+
+    def choose(self, request: SimRequest, pools: Sequence[PoolState]) -> Decision:
+        return self.plan(request, pools).decision
 
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
-        self.calibrator.observe(self.key(request.category), request.shape, prompt_tokens)
+        return None
+
+    def _fixed(self, request: SimRequest, prompt_tokens: int) -> Estimate:
+        """An estimate without an error model: one prompt count for all three estimates."""
+        return Estimate.of(request.shape, self.key(request.category),
+                           request.output_budget_tokens, optimistic=prompt_tokens,
+                           point=prompt_tokens, conservative=prompt_tokens)
+
+
+class PolicyRouter(_BudgetRouter):
+    """The package's dispatch: conservative calibrated estimate from bytes, learned online
+    through the same learner (influence guard and bounds) as the proxy's. The simulated
+    traffic is the operator's own: a trusted tenant."""
+
+    name = "dual_pool"
+
+    def __init__(self, settings: PolicySettings | None = None, *, calibrator: Calibrator | None = None,
+                 model_group: str = "model") -> None:
+        super().__init__(settings, model_group=model_group)
+        self.calibrator = calibrator or Calibrator()
+        self.estimator = Estimator(self.calibrator)
+        self.learner = Learner(self.calibrator, InfluenceGuard())
+        self._seq = itertools.count(1)
+
+    def estimate(self, request: SimRequest) -> Estimate:
+        return self.estimator.estimate_shape(request.shape, self.key(request.category),
+                                             request.output_budget_tokens)
+
+    def learn(self, request: SimRequest, prompt_tokens: int) -> None:
+        seq = next(self._seq)
+        self.learner.apply(Observation(self.key(request.category), request.shape, prompt_tokens,
+                                       ANONYMOUS_TENANT, ObservationTrust.TRUSTED, "simulator",
+                                       seq, seq))
 
 
 class StaticRatioRouter(_BudgetRouter):
@@ -108,9 +126,8 @@ class StaticRatioRouter(_BudgetRouter):
         super().__init__(settings, model_group=model_group)
         self.bytes_per_token = bytes_per_token
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
-        estimate = math.ceil(request.shape.total_bytes / self.bytes_per_token)
-        return estimate, estimate, estimate
+    def estimate(self, request: SimRequest) -> Estimate:
+        return self._fixed(request, math.ceil(request.shape.total_bytes / self.bytes_per_token))
 
 
 class OracleRouter(_BudgetRouter):
@@ -118,9 +135,8 @@ class OracleRouter(_BudgetRouter):
 
     name = "oracle"
 
-    def prompt_estimates(self, request: SimRequest) -> tuple[int, int, int]:
-        tokens = request.true_prompt_tokens
-        return tokens, tokens, tokens
+    def estimate(self, request: SimRequest) -> Estimate:
+        return self._fixed(request, request.true_prompt_tokens)
 
 
 class SinglePoolRouter:

@@ -27,7 +27,7 @@ from litellm_dualpool.errors import InvalidRequestError, RecoveryRefusedError
 from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.callback import check_user_parts, last_failure_text
 from litellm_dualpool.proxy.engine import DualPoolEngine
-from litellm_dualpool.proxy.install import map_context_rejections
+from litellm_dualpool.proxy.recovery import map_context_rejections
 from litellm_dualpool.proxy.rejections import parse_context_rejection
 from litellm_dualpool.tenancy import TenantPolicy
 from tests.shared_prompts import mt_bench_prose

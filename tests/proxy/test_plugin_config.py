@@ -154,7 +154,7 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_the_proxy_instance_is_built_from_the_proxy_config(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from litellm_dualpool.proxy import DualPoolCallback
-    from litellm_dualpool.proxy.install import proxy_config_path
+    from litellm_dualpool.proxy.discovery import proxy_config_path
 
     path = tmp_path / "litellm.yaml"
     path.write_text(yaml.safe_dump({"model_list": [deployment("g", max_model_len=8192),
