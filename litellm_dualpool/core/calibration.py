@@ -103,7 +103,8 @@ class CategoryKey:
 
 @dataclass(frozen=True, slots=True)
 class CalibrationSettings:
-    """Knobs of the calibrator (validated by config.py).
+    """Knobs of the calibrator. Build it with ``config.CalibrationConfig(...).to_core()``: the
+    YAML's knobs are validated there, once.
 
     cold_start_bytes_per_token: the ratio before any observation (the paper's 4.0).
     ema_beta: per-observation decay of the fit's statistics (window ~ 1/(1-beta) samples).
@@ -147,18 +148,9 @@ class CalibrationSettings:
     min_sigma: float = 0.005
 
     def __post_init__(self) -> None:
+        # The knobs a YAML sets are bounded once, by config.CalibrationConfig (the one source of
+        # those bounds); these are the internal ones no config reaches.
         checks = [
-            ("cold_start_bytes_per_token", self.min_bytes_per_token
-             <= self.cold_start_bytes_per_token <= self.max_bytes_per_token),
-            ("ema_beta", 0.0 < self.ema_beta < 1.0),
-            ("sigma_beta", 0.0 < self.sigma_beta < 1.0),
-            ("gamma", self.gamma >= 0.0),
-            ("min_bytes_per_token", 0.0 < self.min_bytes_per_token < self.max_bytes_per_token),
-            ("max_step_fraction", self.max_step_fraction > 0.0),
-            ("max_keys", self.max_keys >= 1),
-            ("image_tokens", self.image_tokens >= 0),
-            ("audio_tokens", self.audio_tokens >= 0),
-            ("file_tokens", self.file_tokens >= 0),
             ("cold_start_sigma", self.cold_start_sigma >= 0.0),
             ("prior_sigma_samples", self.prior_sigma_samples > 0.0),
             ("outlier_factor", self.outlier_factor > 0.0),

@@ -10,7 +10,9 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from litellm_dualpool.config import CalibrationConfig
 from litellm_dualpool.core.calibration import (
     OVERFLOW_CATEGORY,
     CalibrationSettings,
@@ -218,12 +220,22 @@ def test_restore_refuses_more_keys_than_allowed() -> None:
     assert info.value.path == "snapshot.keys"
 
 
-@pytest.mark.parametrize("kwargs", [{"ema_beta": 1.0}, {"gamma": -1}, {"max_keys": 0},
-                                    {"min_bytes_per_token": 5, "max_bytes_per_token": 4},
-                                    {"cold_start_bytes_per_token": 20}])
-def test_bad_settings(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ConfigError):
-        CalibrationSettings(**kwargs)
+@pytest.mark.parametrize(("kwargs", "path"), [
+    ({"ema_beta": 1.0}, "ema_beta"), ({"gamma": -1}, "gamma"), ({"max_keys": 0}, "max_keys"),
+    ({"min_bytes_per_token": 5, "max_bytes_per_token": 4}, "min_bytes_per_token"),
+    ({"cold_start_bytes_per_token": 20}, "cold_start_bytes_per_token")])
+def test_bad_settings_are_refused_by_the_one_definition_of_their_bounds(
+        kwargs: dict[str, float], path: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        CalibrationConfig(**kwargs)
+    assert path in str(caught.value)
+
+
+def test_internal_knobs_are_checked_in_the_core() -> None:
+    with pytest.raises(ConfigError) as caught:
+        CalibrationSettings(outlier_factor=0)
+    assert caught.value.path == "outlier_factor"
+    assert CalibrationConfig().to_core() == CalibrationSettings()
 
 
 def test_thread_safety_smoke() -> None:
