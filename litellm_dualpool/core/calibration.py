@@ -310,6 +310,14 @@ def _dot(theta: list[float], x: list[float]) -> float:
     return sum(t * v for t, v in zip(theta, x, strict=True))
 
 
+def _learnable(shape: RequestShape, prompt_tokens: int) -> bool:
+    """A count that can teach a bytes-per-token ratio: an integer in [1, MAX_PROMPT_TOKENS] for
+    a text-only prompt (media and token-id prompts are charged, never learned from)."""
+    return (type(prompt_tokens) is int and 0 < prompt_tokens <= MAX_PROMPT_TOKENS
+            and not shape.media_count and shape.exact_prompt_tokens is None
+            and shape.total_bytes > 0)
+
+
 def _max_sigma(s: CalibrationSettings) -> float:
     """Largest spread a restored key may carry (see `Calibrator._restored`)."""
     return s.max_bytes_per_token / s.min_bytes_per_token
@@ -447,57 +455,24 @@ class Calibrator:
     # -- learning --------------------------------------------------------------------------
     def observe(self, key: CategoryKey, shape: RequestShape, prompt_tokens: int) -> bool:
         """Learn from one observation; returns False when it was rejected (outlier, media, a
-        count that is not an integer in [1, MAX_PROMPT_TOKENS])."""
-        if type(prompt_tokens) is not int or not 0 < prompt_tokens <= MAX_PROMPT_TOKENS:
+        count that is not an integer in [1, MAX_PROMPT_TOKENS]).
+
+        Steps: refuse what cannot teach a ratio; under the lock, judge the count against the
+        key's prediction (ratio bounds, outliers), follow a regime change, fold the (clipped)
+        count into the statistics and the spread, update the key's character mix; then refit
+        outside the lock when due."""
+        if not _learnable(shape, prompt_tokens):
             return False
-        if shape.media_count or shape.exact_prompt_tokens is not None or shape.total_bytes == 0:
-            return False
-        y = float(prompt_tokens)
-        s = self.settings
         with self._lock:
             state = self._slot(key, shape)
             x = features(shape, state.densities)
-            framing = _dot(state.theta, [0.0] * _F_MSG + x[_F_MSG:])
-            text_tokens = y - framing
-            if text_tokens > 0 and shape.total_bytes >= 64:
-                implied = shape.total_bytes / text_tokens
-                if not s.min_bytes_per_token <= implied <= s.max_bytes_per_token:
-                    return self._reject(state)
             predicted = max(_dot(state.theta, x), 1.0)
-            error = abs(y - predicted) / predicted
-            if (state.samples >= s.outlier_warmup and state.rejected_streak < s.outlier_streak
-                    and error > max(s.outlier_factor * state.sigma(s), s.outlier_min_fraction)):
+            if not self._plausible(state, shape, x, prompt_tokens, predicted):
                 return self._reject(state)
-            if state.rejected_streak >= s.outlier_streak and state.samples >= s.outlier_warmup:
-                # a streak of "outliers" is a regime change (new tokenizer, new template):
-                # keep only a fraction of the old statistics so the fit follows quickly
-                state.scale *= s.regime_change_keep
-                state.eager_refits = _REFIT_EVERY_AFTER
-                if state.scale == 0.0:  # regime_change_keep = 0: forget everything
-                    state.a, state.b, state.scale = [[0.0] * _N for _ in range(_N)], [0.0] * _N, 1.0
-            state.rejected_streak = 0
-            beta = s.ema_beta
-            state.dev_sum = s.sigma_beta * state.dev_sum + error
-            state.dev_weight = s.sigma_beta * state.dev_weight + 1.0
-            lo, hi = predicted / (1.0 + s.max_step_fraction), predicted * (1.0 + s.max_step_fraction)
-            y_used = min(max(y, lo), hi)
-            weight = 1.0 / max(y_used, _MIN_WEIGHT_TOKENS) ** 2
-            # Without character counts the class features would only be the densities times
-            # the bytes: the same direction as the bytes, which the weak class priors would
-            # let the fit split at will (then clamp). Such observations teach bytes/token.
-            fitted = x if shape.char_counts is not None else features(shape, _NO_DENSITIES)
-            state.add(fitted, y_used, weight, beta)
-            state.samples += 1
+            self._follow_regime_change(state)
+            self._accumulate(state, shape, x, float(prompt_tokens), predicted)
             if shape.char_counts is not None and shape.total_bytes:
-                # The key's mean character mix, bias-corrected (a weighted mean with weights
-                # beta^age, as if the defaults weighed nothing): with weak class priors the
-                # reported bytes/token depends on it, and a plain EMA at beta 0.998 is still
-                # ~90% defaults after 60 samples.
-                kb = x[_F_KB]
-                step = (1.0 - beta) / (1.0 - beta ** state.samples) if beta < 1.0 else (
-                    1.0 / state.samples)
-                for d, j in enumerate(_F_CHARS):
-                    state.densities[d] += step * (x[j] / kb - state.densities[d])
+                self._update_mix(state, x)
             if not state.take_refit():
                 return True
             state.version += 1
@@ -509,6 +484,59 @@ class Calibrator:
                 if state.version == version:
                     state.theta = theta
         return True
+
+    def _plausible(self, state: _KeyState, shape: RequestShape, x: list[float],
+                   prompt_tokens: int, predicted: float) -> bool:
+        """The count implies a ratio within the bounds (for prompts of 64+ bytes), and it is
+        no outlier against a warm key's prediction (unless a streak of them says otherwise)."""
+        s = self.settings
+        text_tokens = prompt_tokens - _dot(state.theta, [0.0] * _F_MSG + x[_F_MSG:])
+        if text_tokens > 0 and shape.total_bytes >= 64:
+            implied = shape.total_bytes / text_tokens
+            if not s.min_bytes_per_token <= implied <= s.max_bytes_per_token:
+                return False
+        error = abs(prompt_tokens - predicted) / predicted
+        return not (state.samples >= s.outlier_warmup and state.rejected_streak < s.outlier_streak
+                    and error > max(s.outlier_factor * state.sigma(s), s.outlier_min_fraction))
+
+    def _follow_regime_change(self, state: _KeyState) -> None:
+        """A streak of "outliers" is a regime change (new tokenizer, new template): keep only a
+        fraction of the old statistics so the fit follows quickly."""
+        s = self.settings
+        if state.rejected_streak >= s.outlier_streak and state.samples >= s.outlier_warmup:
+            state.scale *= s.regime_change_keep
+            state.eager_refits = _REFIT_EVERY_AFTER
+            if state.scale == 0.0:  # regime_change_keep = 0: forget everything
+                state.a, state.b, state.scale = [[0.0] * _N for _ in range(_N)], [0.0] * _N, 1.0
+        state.rejected_streak = 0
+
+    def _accumulate(self, state: _KeyState, shape: RequestShape, x: list[float], y: float,
+                    predicted: float) -> None:
+        """Fold one count into the spread and the fit's statistics, clipped to within
+        max_step_fraction of the prediction and weighted by 1/y^2 (relative error)."""
+        s = self.settings
+        error = abs(y - predicted) / predicted
+        state.dev_sum = s.sigma_beta * state.dev_sum + error
+        state.dev_weight = s.sigma_beta * state.dev_weight + 1.0
+        lo, hi = predicted / (1.0 + s.max_step_fraction), predicted * (1.0 + s.max_step_fraction)
+        y_used = min(max(y, lo), hi)
+        weight = 1.0 / max(y_used, _MIN_WEIGHT_TOKENS) ** 2
+        # Without character counts the class features would only be the densities times the
+        # bytes: the same direction as the bytes, which the weak class priors would let the fit
+        # split at will (then clamp). Such observations teach bytes/token.
+        fitted = x if shape.char_counts is not None else features(shape, _NO_DENSITIES)
+        state.add(fitted, y_used, weight, s.ema_beta)
+        state.samples += 1
+
+    def _update_mix(self, state: _KeyState, x: list[float]) -> None:
+        """The key's mean character mix, bias-corrected (a weighted mean with weights beta^age,
+        as if the defaults weighed nothing): with weak class priors the reported bytes/token
+        depends on it, and a plain EMA at beta 0.998 is still ~90% defaults after 60 samples."""
+        beta = self.settings.ema_beta
+        kb = x[_F_KB]
+        step = (1.0 - beta) / (1.0 - beta ** state.samples) if beta < 1.0 else 1.0 / state.samples
+        for d, j in enumerate(_F_CHARS):
+            state.densities[d] += step * (x[j] / kb - state.densities[d])
 
     def _reject(self, state: _KeyState) -> bool:
         state.rejected_streak += 1
