@@ -22,8 +22,9 @@ TENANTS: dict[str, dict[str, Any]] = {
     "sk-test-beta-00000000001": {"team_id": "team-beta", "key_alias": "beta"},
     "sk-test-mallory-00000001": {"team_id": "team-mallory", "key_alias": "mallory"},
     "sk-test-ops-000000000001": {
-        "team_id": "team-ops", "key_alias": "ops",
-        "metadata": {"dualpool_policy": {"observation_trust": "trusted"}}},
+        "team_id": "team-ops", "key_alias": "ops",  # the operator's own application
+        "metadata": {"dualpool_policy": {"observation_trust": "trusted",
+                                         "expose_budget_header": True}}},
     "sk-test-batch-0000000001": {
         "team_id": "team-batch", "key_alias": "batch",
         "team_metadata": {"dualpool_policy": {"allow_long_pool": False}}},
