@@ -25,6 +25,7 @@ from plugin_stack import (
     start_proxy,
 )
 
+from tests.prometheus_text import sample_value
 from tests.shared_prompts import PROMPTS
 from tests.shared_prompts import mt_bench_prose as prose
 
@@ -78,15 +79,7 @@ def served_by(response: httpx.Response) -> str:
     return response.headers.get("x-litellm-model-api-base", "")
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+metric = sample_value
 
 
 def test_a_forced_misroute_is_recovered_without_client_error(stack: dict[str, Any]) -> None:
@@ -95,6 +88,11 @@ def test_a_forced_misroute_is_recovered_without_client_error(stack: dict[str, An
     # rejection teaches its category, so the streamed one uses another category (code).
     text = prose(10_000)
     before = short.stats()["rejected"]
+    counted = proxy.metrics()
+    recovered_before = metric(counted, "dualpool_misroutes_recovered_total", model_group="llama",
+                              from_pool="short", to_pool="long")
+    misroutes_before = metric(counted, "dualpool_misroutes_total", model_group="llama",
+                              pool="short")
     response = proxy.chat("llama", text, max_tokens=16)
     assert response.status_code == 200, response.text
     assert served_by(response) == long.api_base
@@ -110,8 +108,9 @@ def test_a_forced_misroute_is_recovered_without_client_error(stack: dict[str, An
     assert short.stats()["rejected"] == before + 2
     metrics = proxy.metrics()
     assert metric(metrics, "dualpool_misroutes_recovered_total", model_group="llama",
-                  from_pool="short", to_pool="long") == 2
-    assert metric(metrics, "dualpool_misroutes_total", model_group="llama", pool="short") == 2
+                  from_pool="short", to_pool="long") == recovered_before + 2
+    assert metric(metrics, "dualpool_misroutes_total", model_group="llama",
+                  pool="short") == misroutes_before + 2
 
 
 def test_the_learned_ratio_converges_to_the_backend_tokenizer(stack: dict[str, Any]) -> None:
@@ -174,6 +173,8 @@ def test_streaming_is_served_and_learned_from(stack: dict[str, Any]) -> None:
 def test_a_request_larger_than_every_pool_gets_a_clear_400(stack: dict[str, Any]) -> None:
     proxy = stack["proxy"]
     requests_before = stack["short"].stats()["requests"] + stack["long"].stats()["requests"]
+    refused = metric(proxy.metrics(), "dualpool_refusals_total", model_group="llama",
+                     reason="fits_nowhere")
     response = proxy.chat("llama", "Say hi.", max_tokens=LONG_LEN + 100)
     assert response.status_code == 400
     message = response.json()["error"]["message"]
@@ -181,13 +182,15 @@ def test_a_request_larger_than_every_pool_gets_a_clear_400(stack: dict[str, Any]
     assert re.search(r"needs an estimated (\d+) tokens", message)
     assert stack["short"].stats()["requests"] + stack["long"].stats()["requests"] == requests_before
     assert metric(proxy.metrics(), "dualpool_refusals_total", model_group="llama",
-                  reason="fits_nowhere") == 1
+                  reason="fits_nowhere") == refused + 1
 
 
 def test_a_request_over_every_pool_only_by_the_margin_is_served(stack: dict[str, Any]) -> None:
     """The conservative estimate puts it over the long pool, but it fits: the long backend
     serves it instead of the plugin refusing it on an estimate."""
     proxy, long = stack["proxy"], stack["long"]
+    borderline = metric(proxy.metrics(), "dualpool_requests_total", model_group="llama",
+                        pool="long", reason="borderline")
     text = prose(12_000, offset=21)
     first = proxy.chat("llama", text, max_tokens=8)
     real = first.json()["usage"]["prompt_tokens"]
@@ -199,7 +202,7 @@ def test_a_request_over_every_pool_only_by_the_margin_is_served(stack: dict[str,
     assert (served_by(response), response.headers["x-dualpool-pool"]) == (long.api_base, "long")
     assert response.json()["usage"]["prompt_tokens"] == real
     assert metric(proxy.metrics(), "dualpool_requests_total", model_group="llama", pool="long",
-                  reason="borderline") == 1
+                  reason="borderline") == borderline + 1
 
 
 def test_a_max_tokens_that_overflows_only_with_the_prompt_is_left_to_the_backend(
@@ -250,8 +253,10 @@ def test_metrics_and_model_list(stack: dict[str, Any]) -> None:
     metrics = proxy.metrics()
     assert metric(metrics, "dualpool_requests_total", model_group="llama", pool="short",
                   reason="fits") > 0
+    # every recovery placement this module made was served
     assert metric(metrics, "dualpool_requests_total", model_group="llama", pool="long",
-                  reason="misroute_recovery") == 2
+                  reason="misroute_recovery") == metric(
+        metrics, "dualpool_misroutes_recovered_total", model_group="llama", to_pool="long")
     assert metric(metrics, "dualpool_decision_seconds_count") > 0
     assert metric(metrics, "dualpool_prompt_tokens_estimate_error_ratio_count",
                   model_group="llama", category="prose") > 0

@@ -18,6 +18,7 @@ import yaml
 from redis_helpers import free_port
 
 from tests.e2e.plugin_stack import offline_env, stop_process, wait_healthy
+from tests.prometheus_text import sample_value
 
 TESTS = Path(__file__).resolve().parents[1]
 BACKEND_SCRIPT = TESTS / "e2e" / "backend.py"
@@ -175,5 +176,6 @@ def samples(text: str, name: str, **labels: str) -> list[tuple[str, float]]:
 
 
 def value(text: str, name: str, **labels: str) -> float:
-    """The sum of the matching samples (0 when none)."""
-    return sum(v for _, v in samples(text, name, **labels))
+    """The sum of the matching samples (0 when none; AssertionError when the metric itself is
+    not exposed)."""
+    return sample_value(text, name, **labels)

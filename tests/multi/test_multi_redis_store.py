@@ -19,6 +19,7 @@ from litellm_dualpool.state import build_store as build
 from litellm_dualpool.state.redis_store import RedisStore
 from litellm_dualpool.state.settings import RedisStateSettings, redis_settings
 from litellm_dualpool.tenancy import ObservationTrust
+from tests.prometheus_text import registry_value
 
 KEY = CategoryKey("llama", "code")
 
@@ -48,7 +49,7 @@ def state_of(store: RedisStore) -> object:
 
 
 def sample(metrics: DualPoolMetrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    return registry_value(metrics.registry, name, **labels)
 
 
 async def test_two_workers_converge_to_the_same_state(prefix: str) -> None:

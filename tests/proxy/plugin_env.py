@@ -14,6 +14,7 @@ import respx
 from prometheus_client import CollectorRegistry
 
 from litellm_dualpool.proxy import DualPoolCallback
+from tests.prometheus_text import family_of
 
 SHORT_BASE, LONG_BASE = "http://short.vllm.test/v1", "http://long.vllm.test/v1"
 SHORT_LEN, LONG_LEN = 4096, 16384
@@ -70,6 +71,11 @@ class Env:
     pool_hits: list[str] = field(default_factory=list)
 
     def metric(self, name: str, **labels: str) -> float:
+        """A sample's value: 0 when the labelled sample is not created yet, AssertionError when
+        the registry has no such metric at all (a renamed metric must not read as a zero)."""
+        families = {f.name for f in self.registry.collect()}
+        if not families & set(family_of(name)):
+            raise AssertionError(f"metric {name} is not registered")
         return self.registry.get_sample_value(name, labels) or 0.0
 
     async def call(self, content: str, *, user: Any = None, **extra: Any) -> Any:

@@ -30,6 +30,7 @@ from litellm_dualpool.proxy.engine import DualPoolEngine
 from litellm_dualpool.proxy.recovery import map_context_rejections
 from litellm_dualpool.proxy.rejections import parse_context_rejection
 from litellm_dualpool.tenancy import TenantPolicy
+from tests.prometheus_text import registry_value
 from tests.shared_prompts import mt_bench_prose
 
 pytestmark = [pytest.mark.litellm_compat]
@@ -222,8 +223,7 @@ def plan(engine: DualPoolEngine, content: str, max_tokens: int = 64) -> dict[str
 
 
 def sample(engine: DualPoolEngine, name: str, **labels: str) -> float:
-    value = engine.metrics.registry.get_sample_value(name, {"model_group": "llama", **labels})
-    return value or 0.0
+    return registry_value(engine.metrics.registry, name, model_group="llama", **labels)
 
 
 SHORT = {"max_model_len": SHORT_LEN}

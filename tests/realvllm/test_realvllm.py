@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +26,7 @@ import quicktok
 from litellm_dualpool.proxy.rejections import parse_context_rejection
 from litellm_dualpool.tokenize import count_prompt_tokens
 from tests.e2e.plugin_stack import Proxy, deployment, start_proxy
+from tests.prometheus_text import sample_value
 from tests.realvllm.conftest import SERVED_MODEL, VllmServer, start_vllm_servers
 from tests.shared_prompts import PROMPTS
 from tests.shared_prompts import mt_bench_prose as prose
@@ -47,14 +47,7 @@ def code(n_bytes: int) -> str:
     return out.encode()[:n_bytes].decode(errors="ignore")
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+metric = sample_value
 
 
 def vllm_deployment(server: VllmServer, **info: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from plugin_stack import Proxy, start_proxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from litellm_dualpool.emulator.testing import RunningEmulator
+from tests.prometheus_text import sample_value
 
 #: The emulator's default served model name; llama-named, like a real deployment.
 SERVED_MODEL = "llama-3-70b"
@@ -100,9 +101,9 @@ def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 
 def total(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples called `name` whose labels include `labels`."""
-    return sum(value for key, value in samples(text, name).items()
-               if all((k, v) in key for k, v in labels.items()))
+    """The sum of the samples called `name` whose labels include `labels` (AssertionError when
+    the metric itself is not exposed)."""
+    return sample_value(text, name, **labels)
 
 
 def listening_pid(port: int) -> int:

@@ -20,6 +20,7 @@ from litellm_dualpool.proxy.callback import failed_deployment_ids
 from litellm_dualpool.proxy.engine import DualPoolEngine
 from litellm_dualpool.proxy.policy import TenantPolicy
 from litellm_dualpool.proxy.record import PlanRecord
+from tests.prometheus_text import registry_value
 
 pytestmark = [pytest.mark.litellm_compat]
 
@@ -75,7 +76,7 @@ def test_a_retry_in_the_same_pool_is_not_another_routing_decision() -> None:
     eng, registry = engine()
 
     def count(metric: str, **labels: str) -> float:
-        return registry.get_sample_value(metric, {"model_group": "g", **labels}) or 0.0
+        return registry_value(registry, metric, model_group="g", **labels)
 
     long = plan(eng, "word " * 8000)
     eng.choose("g", model_list(), long)
