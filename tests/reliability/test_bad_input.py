@@ -89,7 +89,7 @@ FAILING: list[Case] = [
     Case("body_is_null", b"null", 500, why=LITELLM_5XX + " (crash before any hook)"),
     Case("empty_body", b"", 400, "messages"),
     Case("non_utf8_bytes", b'{"model":"llama","messages":[{"role":"user","content":"\xff\xfe"}]}',
-         400, why="LiteLLM cannot decode the body; its message names the missing messages"),
+         400, "messages", why="LiteLLM cannot decode the body; its message names the missing messages"),
     Case("lone_surrogate", b'{"model":"llama","messages":[{"role":"user","content":"a\\ud800b"}]}',
          400, "surrogate"),
     Case("missing_model", {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
@@ -98,9 +98,10 @@ FAILING: list[Case] = [
     Case("unknown_model_group", chat(model="no-such-group"), 400, "no-such-group"),
     Case("missing_messages", {"model": "llama"}, 400, "messages"),
     Case("messages_null", {"model": "llama", "messages": None}, 400, "messages"),
-    Case("messages_is_string", {"model": "llama", "messages": "hello"}, 400),
+    Case("messages_is_string", {"model": "llama", "messages": "hello"}, 400, "must be a list"),
     Case("messages_empty", {"model": "llama", "messages": []}, 400, "messages"),
-    Case("message_is_string", {"model": "llama", "messages": ["hello"]}, 400),
+    Case("message_is_string", {"model": "llama", "messages": ["hello"]}, 400,
+         "must be an object"),
     Case("message_without_role", {"model": "llama", "messages": [{"content": "hi"}]}, 400,
          "role", why="the plugin refuses (bare LiteLLM forwards it)"),
     Case("content_is_int", chat(42), 400, "content",
@@ -128,7 +129,7 @@ FAILING: list[Case] = [
     Case("max_completion_tokens_negative", chat(max_completion_tokens=-5), 400,
          "max_completion_tokens"),
     Case("n_negative", chat(n=-1), 400, "n"),
-    Case("tools_not_a_list", chat(tools="all"), 400),
+    Case("tools_not_a_list", chat(tools="all"), 400, "tools: must be a list"),
     Case("tools_enormous", chat(tools=tools(60, 60)), 400, "litellm-dualpool",
          why="~400 KB of schemas: refused by the plugin with its estimate"),
     Case("prompt_over_every_pool", chat("word " * 60_000), 400, "largest pool"),
@@ -234,6 +235,11 @@ def run_corpus(stack: Stack, cases: list[Case]) -> None:
                               message[:300]))
     if wrong:
         pytest.fail("\n".join(map(repr, wrong)))
+
+
+def test_every_client_error_case_names_what_its_message_must_say() -> None:
+    silent = [c.name for c in FAILING + SUCCEEDING if 400 <= c.status < 500 and not c.says]
+    assert silent == []
 
 
 def test_corpus_is_large_enough() -> None:
