@@ -37,7 +37,14 @@ from litellm_dualpool.planner import (
     Slo,
     make_plan,
 )
-from litellm_dualpool.sim.catalog import GIB, GpuSpec, ModelSpec, get_gpu, get_model
+from litellm_dualpool.sim.catalog import (
+    GIB,
+    PCIE4_X16_BYTES_PER_SECOND,
+    GpuSpec,
+    ModelSpec,
+    get_gpu,
+    get_model,
+)
 from litellm_dualpool.sim.workload import read_trace
 from litellm_dualpool.vllm_bench import read_vllm_bench
 
@@ -52,7 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="requests/s to plan for (default: the trace's)")
     parser.add_argument("--gpu", default="a100", help="catalogue GPU (a100, h100, h200, mi300x, mi325x)")
     parser.add_argument("--gpu-spec", metavar="KEY=VALUE,...",
-                        help="custom GPU: memory_gib, bandwidth_tbps, bf16_tflops[, fp8=1, name]")
+                        help="custom GPU: memory_gib, bandwidth_tbps, bf16_tflops[, fp8=1, name, price, "
+                             "interconnect_gbps (per direction; default PCIe Gen4 x16, 32)]")
     parser.add_argument("--model", default="llama-3-70b", help="catalogue model")
     parser.add_argument("--model-spec", metavar="KEY=VALUE,...",
                         help="custom dense model: layers, hidden, heads, kv_heads, head_dim, params_b[, name]")
@@ -111,7 +119,8 @@ def _gpu(args: argparse.Namespace) -> GpuSpec:
         return GpuSpec(f.get("name", "custom-gpu"), f.get("vendor", "custom"),
                        int(float(f["memory_gib"]) * GIB), float(f["bandwidth_tbps"]) * 1e12,
                        float(f["bf16_tflops"]) * 1e12, f.get("fp8", "0") in ("1", "true", "yes"),
-                       float(f["price"]) if "price" in f else None, int(f.get("gpus_per_node", 8)))
+                       float(f["price"]) if "price" in f else None, int(f.get("gpus_per_node", 8)),
+                       float(f.get("interconnect_gbps", PCIE4_X16_BYTES_PER_SECOND / 1e9)) * 1e9)
     except (KeyError, ValueError) as error:
         raise ConfigError(f"needs memory_gib, bandwidth_tbps, bf16_tflops ({error})", path="gpu_spec") from None
 

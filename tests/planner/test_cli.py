@@ -43,7 +43,9 @@ def test_plan_json_contract_end_to_end() -> None:
     assert sum(p["gpus"] for p in dual["pools"]) == dual["gpus"]
     assert plan["saving_fraction"] == pytest.approx(1 - dual["usd_per_year"] / homogeneous["usd_per_year"])
     assert 0.0 < plan["closed_form_saving_fraction"] < 1.0
-    assert dual["gpus"] < homogeneous["gpus"]  # Azure conv: the split pays off
+    # Azure conv on 4 x A100: with tensor-parallel all-reduces priced, the split barely differs
+    # from the 16-sequence homogeneous fleet (the concurrency gain is most of what it had)
+    assert abs(plan["saving_fraction"]) < 0.05
     for pool in (*homogeneous["pools"], *dual["pools"]):  # the KV check of each pool
         kv = pool["kv"]
         assert kv["max_num_seqs"] == pool["flags"]["max_num_seqs"]
