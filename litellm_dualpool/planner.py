@@ -51,7 +51,7 @@ from litellm_dualpool.sim.catalog import (
 )
 from litellm_dualpool.sim.engine import EngineConfig
 from litellm_dualpool.sim.kv_headroom import KvDemand, KvHeadroom, kv_demand
-from litellm_dualpool.sim.workload import Workload
+from litellm_dualpool.sim.workload import Workload, arrival_dispersion
 from litellm_dualpool.vllm_bench import LengthCheck, VllmBench, check_lengths
 
 HOURS_PER_YEAR = 8760.0
@@ -90,11 +90,17 @@ _Q = 0.99
 @dataclass(frozen=True, eq=False)
 class LengthMix:
     """Prompt and output token counts of a workload's requests (the planner's view of it) and,
-    from a trace, their arrival times (for the burstiness of each pool's arrival stream)."""
+    from a trace, their arrival times (for the burstiness of each pool's arrival stream).
+
+    ``superposed_keep_fraction``: None when ``arrival_seconds`` is the planned stream itself;
+    otherwise they are one copy of the trace at its own rate, and the planned stream is many
+    independent time-shifted copies of it thinned to this fraction (``Workload.superposed``),
+    whose dispersion follows from the copy's without building millions of arrivals."""
 
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     arrival_seconds: np.ndarray | None = None
+    superposed_keep_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompt_tokens) != len(self.output_tokens):
@@ -107,6 +113,14 @@ class LengthMix:
     def total_tokens(self) -> np.ndarray:
         return self.prompt_tokens + self.output_tokens
 
+    @property
+    def arrival_model(self) -> str:
+        if self.arrival_seconds is None:
+            return "Poisson (no arrival times)"
+        if self.superposed_keep_fraction is None:
+            return "the given arrival times"
+        return "superposed time-shifted copies of the trace"
+
     def share_within(self, low_exclusive: int, high_inclusive: int) -> float:
         t = self.total_tokens
         return float(((t > low_exclusive) & (t <= high_inclusive)).mean()) if len(t) else 0.0
@@ -115,28 +129,39 @@ class LengthMix:
         t = self.total_tokens
         mask = (t > low_exclusive) & (t <= high_inclusive)
         arrivals = None if self.arrival_seconds is None else self.arrival_seconds[mask]
-        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals)
+        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals, self.superposed_keep_fraction)
 
     def arrival_dispersion(self, window_seconds: float = 1.0) -> float:
         """Index of dispersion of arrival counts (variance / mean of the number of arrivals per
         ``window_seconds``): 1 for Poisson arrivals and the default without arrival times; far
         above 1 when requests of this pool come in clusters (long conversations do). Used as
-        the arrival variability ca^2 of the queueing check."""
-        if self.arrival_seconds is None or len(self.arrival_seconds) < 3:
+        the arrival variability ca^2 of the queueing check (never below 1)."""
+        if self.arrival_seconds is None:
             return 1.0
-        a = np.sort(self.arrival_seconds)
-        bins = max(int((a[-1] - a[0]) / window_seconds), 1)
-        if bins < 5:
-            return 1.0
-        counts = np.histogram(a, bins=bins, range=(a[0], a[0] + bins * window_seconds))[0]
-        mean = float(counts.mean())
-        return max(float(counts.var() / mean), 1.0) if mean > 0 else 1.0
+        own = arrival_dispersion(self.arrival_seconds, window_seconds)
+        if self.superposed_keep_fraction is not None:
+            own = 1.0 + self.superposed_keep_fraction * (own - 1.0)
+        return max(own, 1.0)
 
     @classmethod
     def from_workload(cls, workload: Workload) -> LengthMix:
-        """Scale the workload to the planned rate first: burstiness is measured per second."""
+        """The workload's arrivals as they are (scale or superpose it to the planned rate first:
+        burstiness is measured per second)."""
         return cls(workload.prompt_tokens.astype(np.int64), workload.output_tokens.astype(np.int64),
                    workload.arrival_seconds.astype(np.float64))
+
+    @classmethod
+    def from_trace(cls, workload: Workload, rate_per_second: float, arrivals: str = "superpose") -> LengthMix:
+        """The trace brought to ``rate_per_second``: ``superpose`` (independent time-shifted
+        copies, the default) or ``compress`` (time compressed, far burstier; for comparison)."""
+        if arrivals == "compress":
+            return cls.from_workload(workload.scaled_to_rate(rate_per_second))
+        if arrivals != "superpose":
+            raise ConfigError(f"unknown arrival model {arrivals!r} (superpose, compress)", path="arrivals")
+        own_rate = len(workload) / workload.period_seconds
+        copies = max(math.ceil(rate_per_second / own_rate - 1e-9), 1)
+        mix = cls.from_workload(workload)
+        return replace(mix, superposed_keep_fraction=rate_per_second / (copies * own_rate))
 
     @classmethod
     def from_totals(cls, totals: Sequence[int] | np.ndarray, output_fraction: float = 0.15) -> LengthMix:
@@ -948,6 +973,7 @@ class Plan:
     measured_bench: dict[str, VllmBench] = field(default_factory=dict)  # role -> its bench file
     baselines: dict[str, FleetPlan] = field(default_factory=dict)  # name (BASELINES) -> fleet
     burstiness: dict[str, float] = field(default_factory=dict)  # stream -> dispersion per second
+    arrival_model: str = ""
 
     def saving_vs(self, baseline: str) -> float:
         return _saving(self.baselines.get(baseline, self.homogeneous), self.dual_pool)
@@ -984,7 +1010,7 @@ class Plan:
             "sweep": [o.to_dict() for o in self.sweep],
             "extra_pools": [asdict(e) for e in self.extra_pools],
             "rate_per_second": self.rate_per_second,
-            "burstiness": self.burstiness,
+            "burstiness": self.burstiness, "arrival_model": self.arrival_model,
             "hardware": {"gpu": hw.gpu.name, "model": hw.model.name,
                          "tensor_parallel_size": hw.tensor_parallel_size, "dtype": hw.dtype,
                          "kv_cache_dtype": hw.kv_cache_dtype, "usd_per_gpu_hour": hw.usd_per_gpu_hour},
@@ -1040,7 +1066,7 @@ def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
     return Plan(best.threshold, base, best.fleet, best.saving_fraction, best.closed_form_saving_fraction,
                 best.alpha, best.rho, tuple(options), tuple(extras), planner.rate_per_second,
                 planner.hardware, planner.slo, planner.utilisation, dict(planner.measured_bench or {}),
-                baselines, burst)
+                baselines, burst, planner.mix.arrival_model)
 
 
 def predict_saving(

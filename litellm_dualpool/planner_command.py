@@ -59,6 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-percentiles", metavar="Q=TOKENS,...", default="50=128,90=400,100=1000",
                         help="output length percentiles (with --prompt-percentiles)")
     parser.add_argument("--rate", type=float, help="requests/s to plan for (default: the trace's)")
+    parser.add_argument("--arrivals", choices=["superpose", "compress"], default="superpose",
+                        help="how a trace reaches --rate: independent time-shifted copies of it (default; "
+                             "each second as bursty as the trace's own) or compressed time (far burstier)")
     parser.add_argument("--gpu", default="a100",
                         help="catalogue GPU, or several the search may use per pool (a100,h100,l40s; known: "
                              "a100, h100, h200, mi300x, mi325x, l40s, l4); the first is the paper and "
@@ -193,7 +196,7 @@ def build_planner(args: argparse.Namespace) -> Planner:
     if args.trace:
         workload = read_trace(args.trace)
         rate = args.rate or workload.rate_per_second
-        mix = LengthMix.from_workload(workload.scaled_to_rate(rate))  # burstiness at this rate
+        mix = LengthMix.from_trace(workload, rate, args.arrivals)
     else:
         if not args.rate:
             raise ConfigError("a percentile summary needs --rate", path="rate")
@@ -246,8 +249,8 @@ def render(plan: Plan, console: Console) -> None:
                   f"{plan.slo.ttft_text}, P99 TPOT <= {plan.slo.tpot_p99_seconds * 1e3:g} ms; baselines on "
                   f"{hw.tensor_parallel_size}x {hw.gpu.name} at ${hw.usd_per_gpu_hour}/GPU-h")
     if plan.burstiness:
-        console.print("Arrival burstiness (variance/mean of arrivals per second; 1 = Poisson): "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in plan.burstiness.items()))
+        console.print(f"Arrivals: {plan.arrival_model}; burstiness (variance/mean of arrivals per second, 1 = "
+                      "Poisson): " + ", ".join(f"{k} {v:.2f}" for k, v in plan.burstiness.items()))
     table = Table(title=f"Recommended threshold: {plan.threshold} tokens")
     for col in ("fleet", "pool", "hardware", "tokens", "share", "req/s", "mu", "inst", "GPUs", "$/year", "util",
                 "max_num_seqs", "KV-safe seqs", "max_in_flight", "batched tok", "P99 TTFT ms", "P99 TPOT ms",
