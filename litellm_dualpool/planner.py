@@ -5,7 +5,11 @@ Three layers, each explainable on its own:
 
 1. **Closed form** (the paper's): ``saving = alpha * (1 - 1/rho)``, alpha the share of requests
    whose total tokens fit the short pool, rho the per-instance throughput of a short-configured
-   instance over a long-configured one on the *same* (short) requests.
+   instance over a long-configured one on the *same* (short) requests. The paper's rho compares
+   saturation throughputs, while the fleet is sized by the SLO, so the two forms disagree; the
+   plan's ``rho`` is therefore goodput at the SLO (what the tuned homogeneous configuration costs
+   to serve the short requests at the SLO over what the short pool costs), with the paper's
+   ``rho_saturation`` beside it.
 2. **Discrete sizing**: per pool ``n = ceil(lambda_pool / (u * mu_pool))`` with u the
    utilisation cap and mu the instance's saturation throughput on the pool's own requests
    (from the engine model, ``sim.capacity``, or the user's measurements), at least one
@@ -781,10 +785,13 @@ class Planner:
         return check_lengths(bench, float(sub.prompt_tokens.mean()), float(sub.output_tokens.mean()))
 
     def _meet_slo(self, flags: PoolFlags, low: int, rate: float, n: int, binding: str,
-                  hw: Hardware) -> tuple[int, LoadPrediction, str, str | None]:
+                  hw: Hardware, high: int | None = None) -> tuple[int, LoadPrediction, str, str | None]:
+        """The least instances (from ``n`` up) meeting the SLO for the requests in ``(low, high]``
+        (default: up to the pool's max_model_len)."""
+        high = flags.max_model_len if high is None else high
         engine = hw.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
-        sub = self.requests(low, flags.max_model_len)
-        burst = self.burstiness(low, flags.max_model_len)
+        sub = self.requests(low, high)
+        burst = self.burstiness(low, high)
 
         def at(count: int) -> LoadPrediction:
             return predict_load(engine, sub, rate, count, slo=self.slo, arrival_cv2=burst)
@@ -903,6 +910,23 @@ class Planner:
             pools.append(self.size_pool("long", flags, low, "long"))
         return FleetPlan(tuple(pools))
 
+    def goodput_rho(self, short: PoolPlan, reference: PoolPlan) -> float:
+        """rho as goodput at the SLO: what the ``reference`` (homogeneous) configuration costs to
+        serve the short pool's requests, sized by the same SLO check, over what the short pool
+        costs. Both sides are sized like the discrete plan, so ``alpha * (1 - 1/rho)`` tells the
+        same story as the sizing (in dollars, as the pools may run on other GPU types)."""
+        if self.measured_mu and {"short", "long"} <= set(self.measured_mu):
+            return self.measured_mu["short"] / self.measured_mu["long"]
+        hw = reference.hardware or self.hardware
+        flags, high, rate = reference.flags, short.flags.max_model_len, short.rate_per_second
+        if rate <= 0 or short.usd_per_year <= 0:
+            return 1.0
+        mu = self.mu(flags, 0, high, "long-on-short", hw)
+        n = instances_for_rate(rate, mu, self.utilisation)
+        if self.check_slo:
+            n = self._meet_slo(flags, 0, rate, n, "utilisation", hw, high)[0]
+        return n * hw.usd_per_instance_year / short.usd_per_year
+
     def rho(self, short: PoolFlags, hardware: Hardware | None = None) -> float:
         """The paper's rho: short-configured over long-configured (16 sequences, the planner's
         hardware) saturation throughput on the short pool's requests, per GPU-dollar when the
@@ -926,15 +950,23 @@ def _pool_rank(pool: PoolPlan) -> tuple[bool, float, bool, int]:
 
 @dataclass(frozen=True, slots=True)
 class ThresholdOption:
+    """One threshold of the sweep. ``rho`` is goodput at the SLO against the tuned homogeneous
+    configuration (:meth:`Planner.goodput_rho`); ``rho_saturation`` is the paper's (saturation
+    throughputs against the 16-sequence configuration), kept for reference."""
+
     threshold: int
     alpha: float
     rho: float
     closed_form_saving_fraction: float
     saving_fraction: float
     fleet: FleetPlan
+    rho_saturation: float = math.nan
+    closed_form_saturation_saving_fraction: float = math.nan
 
     def to_dict(self) -> dict[str, object]:
         return {"threshold": self.threshold, "alpha": self.alpha, "rho": self.rho,
+                "rho_saturation": self.rho_saturation,
+                "closed_form_saturation_saving_fraction": self.closed_form_saturation_saving_fraction,
                 "closed_form_saving_fraction": self.closed_form_saving_fraction,
                 "saving_fraction": self.saving_fraction, "gpus": self.fleet.gpus,
                 "usd_per_year": self.fleet.usd_per_year, "slo_met": self.fleet.slo_met}
@@ -971,6 +1003,8 @@ class Plan:
     slo: Slo
     utilisation: float
     measured_bench: dict[str, VllmBench] = field(default_factory=dict)  # role -> its bench file
+    rho_saturation: float = math.nan  # the paper's rho (saturation throughputs), for reference
+    closed_form_saturation_saving_fraction: float = math.nan
     baselines: dict[str, FleetPlan] = field(default_factory=dict)  # name (BASELINES) -> fleet
     burstiness: dict[str, float] = field(default_factory=dict)  # stream -> dispersion per second
     arrival_model: str = ""
@@ -1005,7 +1039,8 @@ class Plan:
             "baselines": baselines,
             "binding_constraint": self.binding_constraint,
             "closed_form_saving_fraction": self.closed_form_saving_fraction,
-            "alpha": self.alpha, "rho": self.rho,
+            "alpha": self.alpha, "rho": self.rho, "rho_saturation": self.rho_saturation,
+            "closed_form_saturation_saving_fraction": self.closed_form_saturation_saving_fraction,
             "split_pays_off": self.saving_fraction > 0,
             "sweep": [o.to_dict() for o in self.sweep],
             "extra_pools": [asdict(e) for e in self.extra_pools],
@@ -1046,9 +1081,10 @@ def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
         fleet = planner.split([t])
         alpha = planner.mix.share_within(0, t)
         short = fleet.pools[0]
-        rho = planner.rho(short.flags, short.hardware)
-        options.append(ThresholdOption(t, alpha, rho, closed_form_saving(alpha, rho),
-                                       _saving(base, fleet), fleet))
+        rho = planner.goodput_rho(short, base.pools[0])
+        rho_sat = planner.rho(short.flags, short.hardware)
+        options.append(ThresholdOption(t, alpha, rho, closed_form_saving(alpha, rho), _saving(base, fleet), fleet,
+                                       rho_sat, closed_form_saving(alpha, rho_sat)))
     best = min(options, key=lambda o: (not o.fleet.slo_met, o.fleet.usd_per_year, -o.threshold))
     extras = [ExtraPool(2, (best.threshold,), best.fleet.gpus, best.saving_fraction, best.saving_fraction)]
     bounds = [best.threshold]
@@ -1066,7 +1102,8 @@ def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
     return Plan(best.threshold, base, best.fleet, best.saving_fraction, best.closed_form_saving_fraction,
                 best.alpha, best.rho, tuple(options), tuple(extras), planner.rate_per_second,
                 planner.hardware, planner.slo, planner.utilisation, dict(planner.measured_bench or {}),
-                baselines, burst, planner.mix.arrival_model)
+                best.rho_saturation, best.closed_form_saturation_saving_fraction, baselines, burst,
+                planner.mix.arrival_model)
 
 
 def predict_saving(

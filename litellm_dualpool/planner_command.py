@@ -270,10 +270,12 @@ def render(plan: Plan, console: Console) -> None:
                           _ms(pred.tpot_p99_seconds if pred else None), pool.constraint)
     console.print(table)
     sweep = Table(title="Threshold sweep")
-    for col in ("threshold", "alpha", "rho", "closed form", "GPUs", "$/year", "saving", "SLO met"):
+    for col in ("threshold", "alpha", "rho (goodput)", "closed form", "rho (saturation)", "closed form (sat.)",
+                "GPUs", "$/year", "saving", "SLO met"):
         sweep.add_column(col, justify="right")
     for o in plan.sweep:
         sweep.add_row(str(o.threshold), f"{o.alpha:.2%}", f"{o.rho:.2f}", f"{o.closed_form_saving_fraction:.1%}",
+                      f"{o.rho_saturation:.2f}", f"{o.closed_form_saturation_saving_fraction:.1%}",
                       str(o.fleet.gpus), f"{o.fleet.usd_per_year / 1e6:.2f}M", f"{o.saving_fraction:.1%}",
                       "yes" if o.fleet.slo_met else "no")
     console.print(sweep)
@@ -285,8 +287,9 @@ def render(plan: Plan, console: Console) -> None:
                       f"({_configs(fleet)}); the split saves {plan.saving_vs(name):.1%} against it")
     console.print(f"[bold]Against the tuned homogeneous fleet: GPUs {plan.homogeneous.gpus} -> {plan.dual_pool.gpus}; "
                   f"${plan.homogeneous.usd_per_year / 1e6:.2f}M -> ${plan.dual_pool.usd_per_year / 1e6:.2f}M "
-                  f"per year; saving {plan.saving_fraction:.1%} (closed form alpha*(1-1/rho) = "
-                  f"{plan.alpha:.3f}*(1-1/{plan.rho:.2f}) = {plan.closed_form_saving_fraction:.1%}); "
+                  f"per year; saving {plan.saving_fraction:.1%} (closed form alpha*(1-1/rho), rho as goodput at the "
+                  f"SLO: {plan.alpha:.3f}*(1-1/{plan.rho:.2f}) = {plan.closed_form_saving_fraction:.1%}; the paper's "
+                  f"saturation rho {plan.rho_saturation:.2f} gives {plan.closed_form_saturation_saving_fraction:.1%}); "
                   f"binding constraint {plan.binding_constraint}[/]")
     if "paper" in plan.baselines:
         config = 1 - plan.homogeneous.usd_per_year / plan.baselines["paper"].usd_per_year

@@ -147,3 +147,20 @@ def test_prompt_dependent_ttft_target_is_met_per_request() -> None:
     assert p_scaled.ttft_over_allowance_p99_seconds < p_flat.ttft_p99_seconds - 1.4
     assert not p_flat.meets(flat) and p_flat.failing(flat) == "ttft"
     assert p_scaled.meets(scaled) and p_scaled.failing(scaled) is None
+
+
+def test_goodput_rho_prices_the_short_requests_on_both_configurations_at_the_slo() -> None:
+    """rho = cost of the tuned homogeneous configuration sized for the short pool's requests at the
+    SLO / cost of the short pool; the closed form with it is alpha * (1 - 1/rho) of the same set."""
+    planner = _planner(SearchSpace((H100,), (1,)))
+    plan = make_plan(planner, [4096], max_pools=2)
+    (option,) = plan.sweep
+    short = plan.dual_pool.pools[0]
+    reference = plan.homogeneous.pools[0]
+    mu = planner.mu(reference.flags, 0, 4096, "x", reference.hardware)
+    n = math.ceil(short.rate_per_second / (0.9 * mu) - 1e-9)
+    assert option.rho * short.usd_per_year >= n * H100.usd_per_instance_year - 1e-6  # the SLO only adds
+    assert option.closed_form_saving_fraction == pytest.approx(option.alpha * (1 - 1 / option.rho))
+    assert option.alpha == pytest.approx(planner.mix.share_within(0, 4096))
+    assert option.rho_saturation == pytest.approx(planner.rho(short.flags, short.hardware))
+    assert plan.to_dict()["rho_saturation"] == option.rho_saturation
