@@ -26,7 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from litellm_dualpool.core.policy import PolicySettings
-from litellm_dualpool.planner import Hardware, LengthMix, Plan, Planner, PoolPlan, Slo, make_plan
+from litellm_dualpool.planner import (
+    Hardware,
+    LengthMix,
+    Plan,
+    Planner,
+    PoolPlan,
+    Slo,
+    ThresholdOption,
+    make_plan,
+)
 from litellm_dualpool.sim.fleet import FleetResult, PoolReport, PoolSpec, SloTargets, simulate
 from litellm_dualpool.sim.routers import (
     OracleRouter,
@@ -85,6 +94,22 @@ SCENARIOS = (
              {"homogeneous_gpus": 1576, "dual_gpus": 1096, "saving": 0.304,
               "usd": (50.6e6, 35.2e6), "note": "197 -> 137 nodes at $3.67/GPU-h"}),
 )
+
+
+def against_paper(plan: Plan) -> Plan:
+    """This page compares with the paper: its homogeneous fleet and every saving are the paper's
+    16-sequence baseline (the plan's own headline, against the tuned homogeneous fleet, is in
+    "Where the split pays" at the top of the page)."""
+    paper = plan.baselines["paper"]
+
+    def rebased(option: ThresholdOption) -> ThresholdOption:
+        return replace(option, saving_fraction=1 - option.fleet.usd_per_year / paper.usd_per_year)
+
+    extras = tuple(replace(e, saving_fraction=1 - e.gpus / paper.gpus) for e in plan.extra_pools)
+    extras = tuple(replace(e, marginal_saving_fraction=e.saving_fraction - (extras[i - 1].saving_fraction if i else 0))
+                   for i, e in enumerate(extras))
+    return replace(plan, homogeneous=paper, saving_fraction=plan.saving_vs("paper"),
+                   sweep=tuple(rebased(o) for o in plan.sweep), extra_pools=extras)
 
 
 # -- simulation helpers ---------------------------------------------------------------------
@@ -166,7 +191,7 @@ def evaluate(sc: Scenario, quick: bool, log: Callable[[str], None]) -> dict[str,
     trace = read_trace(TRACES / sc.trace)
     hw = Hardware.build(sc.gpu, sc.model, tensor_parallel_size=sc.tp, dtype=sc.dtype)
     planner = Planner(LengthMix.from_workload(trace.scaled_to_rate(sc.rate)), sc.rate, hw, slo=sc.slo)
-    plan = make_plan(planner, max_pools=3)
+    plan = against_paper(make_plan(planner, max_pools=3))
     k = sc.slice_k * (2 if quick else 1)
     work = sliced(trace, sc.rate, k, sc.seconds / (2 if quick else 1))
     slo_t = SloTargets(sc.slo.ttft_p99_seconds, sc.slo.tpot_p99_seconds)
@@ -226,7 +251,8 @@ def evaluate(sc: Scenario, quick: bool, log: Callable[[str], None]) -> dict[str,
         thresholds[t] = (option, res)
     preempt = preemptions_at_90(sc, hw, trace, work, k, sim)
     kv_seqs = min(hw.engine(planner.long_max_model_len, 16, 8192).kv_capacity_tokens // planner.long_max_model_len, 256)
-    kv_plan = make_plan(Planner(planner.mix, sc.rate, hw, slo=sc.slo, long_max_num_seqs=max(kv_seqs, 1)), max_pools=2)
+    kv_plan = against_paper(make_plan(Planner(planner.mix, sc.rate, hw, slo=sc.slo, long_max_num_seqs=max(kv_seqs, 1)),
+                                      max_pools=2))
     log(f"  done in {time.perf_counter() - t0:.0f}s")
     return {"scenario": sc, "plan": plan, "k": k, "requests": len(work), "homog": (h_counts, h_res, sim_h_gpus),
             "dual": (d_counts, d_res, sim_d_gpus), "variants": variants, "variants_4k": variants_4k, "thresholds": thresholds,
@@ -527,6 +553,18 @@ def _preemption_target(tight: list[dict[str, object]] | None) -> str:
             "(the *kv-safe* row: none in either fleet), which the planner reports.")
 
 
+def keep_where_split_pays(page: str, path: Path) -> str:
+    """The page with the "Where the split pays" section of the current file (written by
+    bench/where_split_pays.py) kept right after its title."""
+    start, end = "<!-- where-split-pays:start -->", "<!-- where-split-pays:end -->"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start not in old or end not in old:
+        return page
+    section = old[old.index(start):old.index(end) + len(end)]
+    title, _, rest = page.partition("\n")
+    return f"{title}\n\n{section}\n{rest}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -542,7 +580,8 @@ def main() -> int:
         lambda m: print(m, file=sys.stderr, flush=True), quick=args.quick)
     meta = {"date": dt.date.today().isoformat(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "python": sys.version.split()[0], "wall": time.perf_counter() - wall}
-    Path(args.output).write_text(render(results, meta, tight), encoding="utf-8")
+    Path(args.output).write_text(keep_where_split_pays(render(results, meta, tight), Path(args.output)),
+                                 encoding="utf-8")
     summary = []
     for r in results:
         plan: Plan = r["plan"]  # type: ignore[assignment]

@@ -5,7 +5,11 @@ Three layers, each explainable on its own:
 
 1. **Closed form** (the paper's): ``saving = alpha * (1 - 1/rho)``, alpha the share of requests
    whose total tokens fit the short pool, rho the per-instance throughput of a short-configured
-   instance over a long-configured one on the *same* (short) requests.
+   instance over a long-configured one on the *same* (short) requests. The paper's rho compares
+   saturation throughputs, while the fleet is sized by the SLO, so the two forms disagree; the
+   plan's ``rho`` is therefore goodput at the SLO (what the tuned homogeneous configuration costs
+   to serve the short requests at the SLO over what the short pool costs), with the paper's
+   ``rho_saturation`` beside it.
 2. **Discrete sizing**: per pool ``n = ceil(lambda_pool / (u * mu_pool))`` with u the
    utilisation cap and mu the instance's saturation throughput on the pool's own requests
    (from the engine model, ``sim.capacity``, or the user's measurements), at least one
@@ -22,6 +26,13 @@ Three layers, each explainable on its own:
 vLLM flags per pool are derived, not guessed: ``max_num_batched_tokens`` is the largest token
 count whose step time stays within the TPOT target (a step carrying a full prefill chunk is
 what stalls every decode in it), ``max_num_seqs`` of the short pool is swept for the cheapest.
+
+5. **Configuration search** (with a :class:`SearchSpace`): every pool, and the homogeneous
+   fleet, independently picks the cheapest GPU type, tensor-parallel size, ``max_num_seqs`` and
+   ``max_num_batched_tokens`` that meets the SLO. A split is only worth what it saves against
+   the best homogeneous fleet the same search finds (``tuned_homogeneous``), so that is the
+   baseline of the headline saving; the paper's 16-sequence fleet and vLLM's own defaults are
+   reported beside it, which separates what the configuration saves from what the split saves.
 """
 
 from __future__ import annotations
@@ -35,10 +46,16 @@ import numpy as np
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.queueing import WaitDistribution, mgc_wait
 from litellm_dualpool.sim.capacity import saturation_throughput
-from litellm_dualpool.sim.catalog import GpuSpec, ModelSpec, get_gpu, get_model
+from litellm_dualpool.sim.catalog import (
+    GpuSpec,
+    ModelSpec,
+    get_gpu,
+    get_model,
+    vllm_default_scheduler_flags,
+)
 from litellm_dualpool.sim.engine import EngineConfig
-from litellm_dualpool.sim.kv_headroom import KvHeadroom, kv_headroom
-from litellm_dualpool.sim.workload import Workload
+from litellm_dualpool.sim.kv_headroom import KvDemand, KvHeadroom, kv_demand
+from litellm_dualpool.sim.workload import Workload, arrival_dispersion
 from litellm_dualpool.vllm_bench import LengthCheck, VllmBench, check_lengths
 
 HOURS_PER_YEAR = 8760.0
@@ -62,6 +79,11 @@ BURST_WINDOW_SECONDS = 1.0
 #: Least-loaded balancing pools prefill queues only partly (it sees in-flight counts, not
 #: queued prompt tokens): the model treats a pool as independent groups of this many servers.
 BALANCER_POOLING = 2
+#: max_num_seqs values the configuration search tries (each capped at the pool's KV-safe count).
+SEARCH_MAX_NUM_SEQS = (16, 32, 64, 128, 256, 512, 1024)
+#: The seqs sweep of one (GPU, TP, batched tokens) stops when doubling max_num_seqs raises the
+#: saturation throughput by less than this factor (more slots then only add queueing inside).
+SEQS_GAIN_MIN = 1.02
 #: Monte Carlo samples for the P99 predictions (fixed seed: plans are deterministic).
 _SAMPLES = 4000
 _Q = 0.99
@@ -72,11 +94,17 @@ _Q = 0.99
 @dataclass(frozen=True, eq=False)
 class LengthMix:
     """Prompt and output token counts of a workload's requests (the planner's view of it) and,
-    from a trace, their arrival times (for the burstiness of each pool's arrival stream)."""
+    from a trace, their arrival times (for the burstiness of each pool's arrival stream).
+
+    ``superposed_keep_fraction``: None when ``arrival_seconds`` is the planned stream itself;
+    otherwise they are one copy of the trace at its own rate, and the planned stream is many
+    independent time-shifted copies of it thinned to this fraction (``Workload.superposed``),
+    whose dispersion follows from the copy's without building millions of arrivals."""
 
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     arrival_seconds: np.ndarray | None = None
+    superposed_keep_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompt_tokens) != len(self.output_tokens):
@@ -89,6 +117,14 @@ class LengthMix:
     def total_tokens(self) -> np.ndarray:
         return self.prompt_tokens + self.output_tokens
 
+    @property
+    def arrival_model(self) -> str:
+        if self.arrival_seconds is None:
+            return "Poisson (no arrival times)"
+        if self.superposed_keep_fraction is None:
+            return "the given arrival times"
+        return "superposed time-shifted copies of the trace"
+
     def share_within(self, low_exclusive: int, high_inclusive: int) -> float:
         t = self.total_tokens
         return float(((t > low_exclusive) & (t <= high_inclusive)).mean()) if len(t) else 0.0
@@ -97,28 +133,39 @@ class LengthMix:
         t = self.total_tokens
         mask = (t > low_exclusive) & (t <= high_inclusive)
         arrivals = None if self.arrival_seconds is None else self.arrival_seconds[mask]
-        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals)
+        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals, self.superposed_keep_fraction)
 
     def arrival_dispersion(self, window_seconds: float = 1.0) -> float:
         """Index of dispersion of arrival counts (variance / mean of the number of arrivals per
         ``window_seconds``): 1 for Poisson arrivals and the default without arrival times; far
         above 1 when requests of this pool come in clusters (long conversations do). Used as
-        the arrival variability ca^2 of the queueing check."""
-        if self.arrival_seconds is None or len(self.arrival_seconds) < 3:
+        the arrival variability ca^2 of the queueing check (never below 1)."""
+        if self.arrival_seconds is None:
             return 1.0
-        a = np.sort(self.arrival_seconds)
-        bins = max(int((a[-1] - a[0]) / window_seconds), 1)
-        if bins < 5:
-            return 1.0
-        counts = np.histogram(a, bins=bins, range=(a[0], a[0] + bins * window_seconds))[0]
-        mean = float(counts.mean())
-        return max(float(counts.var() / mean), 1.0) if mean > 0 else 1.0
+        own = arrival_dispersion(self.arrival_seconds, window_seconds)
+        if self.superposed_keep_fraction is not None:
+            own = 1.0 + self.superposed_keep_fraction * (own - 1.0)
+        return max(own, 1.0)
 
     @classmethod
     def from_workload(cls, workload: Workload) -> LengthMix:
-        """Scale the workload to the planned rate first: burstiness is measured per second."""
+        """The workload's arrivals as they are (scale or superpose it to the planned rate first:
+        burstiness is measured per second)."""
         return cls(workload.prompt_tokens.astype(np.int64), workload.output_tokens.astype(np.int64),
                    workload.arrival_seconds.astype(np.float64))
+
+    @classmethod
+    def from_trace(cls, workload: Workload, rate_per_second: float, arrivals: str = "superpose") -> LengthMix:
+        """The trace brought to ``rate_per_second``: ``superpose`` (independent time-shifted
+        copies, the default) or ``compress`` (time compressed, far burstier; for comparison)."""
+        if arrivals == "compress":
+            return cls.from_workload(workload.scaled_to_rate(rate_per_second))
+        if arrivals != "superpose":
+            raise ConfigError(f"unknown arrival model {arrivals!r} (superpose, compress)", path="arrivals")
+        own_rate = len(workload) / workload.period_seconds
+        copies = max(math.ceil(rate_per_second / own_rate - 1e-9), 1)
+        mix = cls.from_workload(workload)
+        return replace(mix, superposed_keep_fraction=rate_per_second / (copies * own_rate))
 
     @classmethod
     def from_totals(cls, totals: Sequence[int] | np.ndarray, output_fraction: float = 0.15) -> LengthMix:
@@ -158,14 +205,64 @@ def _sample_quantiles(points: dict[float, float], count: int, rng: np.random.Gen
 
 @dataclass(frozen=True, slots=True)
 class Slo:
-    """Fleet targets: P99 time to first token and P99 of each request's mean time per token."""
+    """Fleet targets: P99 time to first token and P99 of each request's mean time per token.
+
+    The TTFT target may grow with the prompt, ``ttft_p99_seconds + ttft_seconds_per_prompt_token
+    * prompt_tokens`` (``2s+1s/8k``): a long prompt's prefill alone can take seconds, and a flat
+    target would price a long pool by its longest prompts. 99% of requests must meet their own
+    target; both fleets are held to the same rule."""
 
     ttft_p99_seconds: float = 2.0
     tpot_p99_seconds: float = 0.080
+    ttft_seconds_per_prompt_token: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.ttft_p99_seconds > 0 and self.tpot_p99_seconds > 0):
             raise ConfigError("SLO targets must be > 0", path="slo")
+        if self.ttft_seconds_per_prompt_token < 0:
+            raise ConfigError("the per-token TTFT allowance must be >= 0", path="slo.ttft")
+
+    def ttft_allowance_seconds(self, prompt_tokens: np.ndarray) -> np.ndarray:
+        """The prompt-dependent part of each request's TTFT target."""
+        return self.ttft_seconds_per_prompt_token * np.asarray(prompt_tokens, dtype=np.float64)
+
+    @property
+    def ttft_text(self) -> str:
+        if not self.ttft_seconds_per_prompt_token:
+            return f"{self.ttft_p99_seconds:g} s"
+        return f"{self.ttft_p99_seconds:g} s + {self.ttft_seconds_per_prompt_token * 8192:g} s per 8K prompt tokens"
+
+
+def parse_ttft_slo(text: str) -> tuple[float, float]:
+    """``"2s"``, ``"500ms"``, ``"2"`` (seconds) or ``"2s+1s/8k"`` (2 s plus 1 s per 8192 prompt
+    tokens; ``k`` is 1024) -> (base seconds, seconds per prompt token)."""
+    base_text, plus, extra = text.replace(" ", "").lower().partition("+")
+    base = _seconds(base_text, text)
+    if not plus:
+        return base, 0.0
+    amount, slash, tokens_text = extra.partition("/")
+    if not slash:
+        raise ConfigError(f"expected BASE+SECONDS/TOKENS (e.g. 2s+1s/8k), got {text!r}", path="ttft_slo")
+    scale = 1024 if tokens_text.endswith("k") else 1
+    try:
+        tokens = float(tokens_text.removesuffix("k")) * scale
+    except ValueError:
+        raise ConfigError(f"bad token count {tokens_text!r} in {text!r}", path="ttft_slo") from None
+    if tokens <= 0:
+        raise ConfigError(f"token count must be > 0 in {text!r}", path="ttft_slo")
+    return base, _seconds(amount, text, allow_zero=True) / tokens
+
+
+def _seconds(part: str, text: str, *, allow_zero: bool = False) -> float:
+    unit = 1e-3 if part.endswith("ms") else 1.0
+    number = part.removesuffix("ms").removesuffix("s")
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise ConfigError(f"bad duration {part!r} in {text!r} (e.g. 2s, 500ms)", path="ttft_slo") from None
+    if value < 0 or (value == 0 and not allow_zero) or not math.isfinite(value):
+        raise ConfigError(f"duration must be > 0 in {text!r}", path="ttft_slo")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +306,20 @@ class Hardware:
 
     def with_tp(self, tp: int) -> Hardware:
         return replace(self, tensor_parallel_size=tp)
+
+    def fits(self, max_model_len: int) -> bool:
+        """Weights plus one ``max_model_len`` sequence fit (vLLM starts), and TP divides the heads."""
+        if self.model.num_attention_heads % self.tensor_parallel_size:
+            return False
+        try:
+            self.engine(max_model_len, 1, BATCH_TOKENS_STEP)
+        except ConfigError:
+            return False
+        return True
+
+    @property
+    def label(self) -> str:
+        return f"{self.tensor_parallel_size}x {self.gpu.name}"
 
     def engine(self, max_model_len: int, max_num_seqs: int, max_num_batched_tokens: int) -> EngineConfig:
         return EngineConfig(self.gpu, self.model, tensor_parallel_size=self.tensor_parallel_size,
@@ -267,9 +378,21 @@ class LoadPrediction:
     prefill_busy_ratio: float  # share of time an instance spends on steps carrying prefill
     prefill_wait_p99_seconds: float
     slot_wait_p99_seconds: float
+    #: P99 of TTFT minus each request's prompt-dependent allowance (== ttft_p99 without one)
+    ttft_over_allowance_p99_seconds: float = math.nan
+
+    def _ttft_checked(self) -> float:
+        t = self.ttft_over_allowance_p99_seconds
+        return self.ttft_p99_seconds if math.isnan(t) else t
 
     def meets(self, slo: Slo) -> bool:
-        return self.ttft_p99_seconds <= slo.ttft_p99_seconds and self.tpot_p99_seconds <= slo.tpot_p99_seconds
+        return self._ttft_checked() <= slo.ttft_p99_seconds and self.tpot_p99_seconds <= slo.tpot_p99_seconds
+
+    def failing(self, slo: Slo) -> str | None:
+        """Which targets this prediction misses: "ttft", "tpot", "ttft+tpot" or None."""
+        misses = [name for name, bad in (("ttft", self._ttft_checked() > slo.ttft_p99_seconds),
+                                         ("tpot", self.tpot_p99_seconds > slo.tpot_p99_seconds)) if bad]
+        return "+".join(misses) or None
 
 
 def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[float, float]:
@@ -284,7 +407,7 @@ def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[flo
 
 
 def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
-                 *, seed: int = 0) -> LoadPrediction:
+                 *, seed: int = 0, slo: Slo | None = None, arrival_cv2: float | None = None) -> LoadPrediction:
     """Queueing model of one pool (n instances, least-loaded balancing).
 
     Arrivals are as bursty as the pool's own stream in the trace: Allen-Cunneen's G/G/c factor
@@ -328,7 +451,7 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     service = mix.prompt_tokens / rate_tokens
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
-    burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS)
+    burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
     # the balancer sees in-flight counts, not queued prefill work: prompts queue per instance or
     # per pair (see _balanced_prefill_wait); a bursty stream split over n/g groups leaves each
     # with g/n of its excess dispersion
@@ -348,9 +471,10 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     o = np.maximum(mix.output_tokens[idx] - 1, 1)
     full = rng.binomial(o, min(max(phi, 0.0), 1.0))
     tpot_samples = (full * t_full + (o - full) * t_dec) / o
+    over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx])
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
-                          prefill_wait.quantile(_Q), slot_wait.quantile(_Q))
+                          prefill_wait.quantile(_Q), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
 
 
 def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
@@ -413,9 +537,26 @@ class PoolPlan:
     kv: KvHeadroom | None = None  # when the pool's KV cache can overflow (vLLM preempts)
     length_check: LengthCheck | None = None  # a measured pool: the bench's lengths vs its own
     max_in_flight: int | None = None  # per instance: where spillover should count it full
+    hardware: Hardware | None = None  # the pool's GPU type and TP (None: the planner's own)
+    slo_metric: str | None = None  # with binding "slo": which target ("ttft", "tpot") needs more
+
+    @property
+    def config(self) -> dict[str, object]:
+        """The pool's hardware and flags, as ``--emit-config`` deploys them."""
+        hw = self.hardware
+        return {"gpu": hw.gpu.name if hw else None, "tp": hw.tensor_parallel_size if hw else None,
+                "max_model_len": self.flags.max_model_len, "max_num_seqs": self.flags.max_num_seqs,
+                "max_num_batched_tokens": self.flags.max_num_batched_tokens}
+
+    @property
+    def constraint(self) -> str:
+        return f"{self.binding} ({self.slo_metric})" if self.slo_metric else self.binding
 
     def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "hardware"}
+        d.update(self.config)
+        if self.hardware is not None:
+            d["usd_per_gpu_hour"] = self.hardware.usd_per_gpu_hour
         d["flags"] = asdict(self.flags)
         d["kv"] = None if self.kv is None else self.kv.to_dict()
         d["length_check"] = None if self.length_check is None else self.length_check.to_dict()
@@ -456,14 +597,52 @@ class FleetPlan:
                 "pools": [p.to_dict() for p in self.pools]}
 
 
+@dataclass(frozen=True, slots=True)
+class SearchSpace:
+    """What the per-pool configuration search may choose. ``hardware``: one entry per allowed GPU
+    type (its price, dtype and memory utilisation; the TP it carries is ignored);
+    ``tensor_parallel_sizes``: None tries every power of two up to a node where the weights plus
+    one ``max_model_len`` sequence fit; ``max_num_seqs``: candidates, each capped at the pool's
+    KV-safe count. ``max_num_batched_tokens`` tries the TPOT-derived size and vLLM's default."""
+
+    hardware: tuple[Hardware, ...]
+    tensor_parallel_sizes: tuple[int, ...] | None = None
+    max_num_seqs: tuple[int, ...] = SEARCH_MAX_NUM_SEQS
+
+    def __post_init__(self) -> None:
+        if not self.hardware:
+            raise ConfigError("needs at least one GPU type", path="gpu")
+        if self.tensor_parallel_sizes is not None and min(self.tensor_parallel_sizes, default=0) < 1:
+            raise ConfigError("tensor parallel sizes must be >= 1", path="tp")
+
+    def tensor_parallel_options(self, hardware: Hardware, max_model_len: int) -> list[Hardware]:
+        """Each allowed TP of one GPU type at which the model and one full sequence fit."""
+        sizes = self.tensor_parallel_sizes or tuple(1 << i for i in range(8) if 1 << i <= hardware.gpu.gpus_per_node)
+        return [hw for hw in (hardware.with_tp(tp) for tp in sizes) if hw.fits(max_model_len)]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One point of the search with the bound that orders it: no SLO check can size the pool
+    below ``ceil(rate / (u * mu))`` instances, so ``floor_usd_per_year`` is a lower bound."""
+
+    hardware: Hardware
+    flags: PoolFlags
+    mu_per_instance: float
+    floor_usd_per_year: float
+
+
 @dataclass
 class Planner:
     """Sizes pools for one workload on one hardware at one SLO. Engine-model throughputs are
-    cached per (flags, pool range); ``measured_mu`` replaces them: ``{"short": 11.2, "long":
-    2.8}`` req/s per instance (e.g. from ``vllm bench serve``), which also skips the
-    queueing check (a measured goodput already includes the SLO). ``measured_bench`` gives a
+    cached per (hardware, flags, pool range); ``measured_mu`` replaces them: ``{"short": 11.2,
+    "long": 2.8}`` req/s per instance (e.g. from ``vllm bench serve``), which also skips the
+    queueing check (a measured goodput already includes the SLO) and the search (a measured
+    figure holds for the configuration it was measured on). ``measured_bench`` gives a
     role's throughput as a ``vllm bench serve`` result instead: its request_throughput becomes
-    that role's measured mu and each pool of the role gets a :class:`LengthCheck`."""
+    that role's measured mu and each pool of the role gets a :class:`LengthCheck`.
+    ``search``: the configuration search space; None keeps the planner's hardware and the
+    derived flags for every pool (the paper's method)."""
 
     mix: LengthMix
     rate_per_second: float
@@ -476,8 +655,12 @@ class Planner:
     measured_bench: dict[str, VllmBench] | None = None
     check_slo: bool = True
     saturation_requests: int = 1200
-    _mu_cache: dict[tuple[PoolFlags, int, int], float] = field(default_factory=dict, repr=False)
-    _kv_cache: dict[tuple[PoolFlags, int], KvHeadroom] = field(default_factory=dict, repr=False)
+    search: SearchSpace | None = None
+    _mu_cache: dict[tuple[Hardware, int, int, int, int], float] = field(default_factory=dict, repr=False)
+    _kv_cache: dict[tuple[Hardware, int, int, int, int], KvDemand] = field(default_factory=dict, repr=False)
+    _sub_cache: dict[tuple[int, int], LengthMix] = field(default_factory=dict, repr=False)
+    _burst_cache: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
+    _search_cache: dict[tuple[int, int, str], PoolPlan] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.rate_per_second <= 0:
@@ -490,56 +673,91 @@ class Planner:
                 raise ConfigError("a throughput and a bench file for the same role", path=min(both))
             self.measured_mu = {**(self.measured_mu or {}),
                                 **{r: b.request_throughput for r, b in self.measured_bench.items()}}
+        if self.measured_mu:
+            self.search = None
         biggest = int(self.mix.total_tokens.max())
         if biggest > self.long_max_model_len:
             self.long_max_model_len = 1 << math.ceil(math.log2(biggest))
 
+    # -- the pool's requests --
+    def requests(self, low: int, high: int) -> LengthMix:
+        """The requests with ``low < total <= high`` (cached: the mix can be large)."""
+        key = (low, high)
+        if key not in self._sub_cache:
+            self._sub_cache[key] = self.mix.within(low, high)
+        return self._sub_cache[key]
+
+    def _span(self, low: int, high: int) -> tuple[int, int]:
+        """The smallest range holding the same requests as ``(low, high]``: pools whose ranges
+        differ only where there are no requests share their engine-model runs."""
+        sub = self.requests(low, high)
+        if not len(sub):
+            return (low, high)
+        totals = sub.total_tokens
+        return (int(totals.min()) - 1, int(totals.max()))
+
+    def burstiness(self, low: int, high: int) -> float:
+        """Index of dispersion of the pool's arrivals per BURST_WINDOW_SECONDS (cached)."""
+        key = (low, high)
+        if key not in self._burst_cache:
+            self._burst_cache[key] = self.requests(low, high).arrival_dispersion(BURST_WINDOW_SECONDS)
+        return self._burst_cache[key]
+
     # -- throughput --
-    def mu(self, flags: PoolFlags, low: int, high: int, role: str) -> float:
+    def mu(self, flags: PoolFlags, low: int, high: int, role: str, hardware: Hardware | None = None) -> float:
         if self.measured_mu and role in self.measured_mu:
             return self.measured_mu[role]
-        key = (flags, low, high)
+        hw = hardware or self.hardware
+        if not len(self.requests(low, high)):
+            low = 0
+        # max_model_len only refuses requests, and every request of the range fits it
+        key = (hw, flags.max_num_seqs, flags.max_num_batched_tokens, *self._span(low, high))
         if key not in self._mu_cache:
-            sub = self.mix.within(low, high)
-            if len(sub) == 0:
-                sub = self.mix.within(0, high)
-            engine = self.hardware.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
+            sub = self.requests(low, high)
+            engine = hw.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
             tp = saturation_throughput(engine, sub.prompt_tokens, sub.output_tokens,
-                                       requests=self.saturation_requests)
+                                       requests=max(self.saturation_requests, 2 * flags.max_num_seqs))
             self._mu_cache[key] = float(tp.requests_per_second)
         return self._mu_cache[key]
 
-    def kv(self, flags: PoolFlags, low: int) -> KvHeadroom:
+    def kv(self, flags: PoolFlags, low: int, hardware: Hardware | None = None) -> KvHeadroom:
         """The pool's KV check on its own requests (``sim.kv_headroom``)."""
-        key = (flags, low)
+        hw = hardware or self.hardware
+        key = (hw, flags.max_model_len, flags.max_num_batched_tokens, low, 0)
         if key not in self._kv_cache:
-            sub = self.mix.within(low, flags.max_model_len)
-            engine = self.hardware.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
-            self._kv_cache[key] = kv_headroom(engine, sub.prompt_tokens, sub.output_tokens)
-        return self._kv_cache[key]
+            sub = self.requests(low, flags.max_model_len)
+            engine = hw.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
+            self._kv_cache[key] = kv_demand(engine, sub.prompt_tokens, sub.output_tokens,
+                                            min_seqs=max(SEARCH_MAX_NUM_SEQS))
+        return self._kv_cache[key].headroom(flags.max_num_seqs)
 
-    def flags_for(self, max_model_len: int, seqs: int, low: int) -> PoolFlags:
-        sub = self.mix.within(low, max_model_len)
-        sub = sub if len(sub) else self.mix
-        tokens = batch_tokens_for_tpot(self.hardware, sub, self.slo, max_model_len)
+    def flags_for(self, max_model_len: int, seqs: int, low: int, hardware: Hardware | None = None) -> PoolFlags:
+        tokens = self.derived_batch_tokens(max_model_len, low, hardware)
         seqs = min(seqs, tokens)
         return PoolFlags(max_model_len, seqs, max(tokens, seqs))
 
+    def derived_batch_tokens(self, max_model_len: int, low: int, hardware: Hardware | None = None) -> int:
+        sub = self.requests(low, max_model_len)
+        sub = sub if len(sub) else self.mix
+        return batch_tokens_for_tpot(hardware or self.hardware, sub, self.slo, max_model_len)
+
     # -- one pool --
-    def size_pool(self, name: str, flags: PoolFlags, low: int, role: str) -> PoolPlan:
+    def size_pool(self, name: str, flags: PoolFlags, low: int, role: str,
+                  hardware: Hardware | None = None, *, mu: float | None = None) -> PoolPlan:
+        hw = hardware or self.hardware
         share = self.mix.share_within(low, flags.max_model_len)
         rate = self.rate_per_second * share
-        mu = self.mu(flags, low, flags.max_model_len, role)
+        mu = mu if mu is not None else self.mu(flags, low, flags.max_model_len, role, hw)
         n = instances_for_rate(rate, mu, self.utilisation)
         binding = "minimum" if n == 1 and rate < self.utilisation * mu else "utilisation"
-        prediction = None
+        prediction, metric = None, None
         if self.check_slo and not (self.measured_mu and role in self.measured_mu) and rate > 0:
-            n, prediction, binding = self._meet_slo(flags, low, rate, n, binding)
-        usd = n * self.hardware.usd_per_instance_year
-        return PoolPlan(name, flags, low, share, rate, mu, n, n * self.hardware.tensor_parallel_size,
-                        usd, rate / (n * mu), binding, prediction, self.kv(flags, low),
+            n, prediction, binding, metric = self._meet_slo(flags, low, rate, n, binding, hw)
+        usd = n * hw.usd_per_instance_year
+        return PoolPlan(name, flags, low, share, rate, mu, n, n * hw.tensor_parallel_size,
+                        usd, rate / (n * mu), binding, prediction, self.kv(flags, low, hw),
                         self.length_check(role, low, flags.max_model_len),
-                        self.spillover_in_flight(mu, low, flags, prediction))
+                        self.spillover_in_flight(mu, low, flags, prediction), hw, metric)
 
     def spillover_in_flight(self, mu: float, low: int, flags: PoolFlags,
                             prediction: LoadPrediction | None) -> int:
@@ -550,7 +768,7 @@ class Planner:
         alone are far too late when prefill is the bottleneck: a 4 x A100 70B pool loses its TTFT
         with a fifth of 256 slots in flight. TPOT is the queueing model's mean, or the target
         when the pool was not modelled (measured mu)."""
-        sub = self.mix.within(low, flags.max_model_len)
+        sub = self.requests(low, flags.max_model_len)
         out = float(sub.output_tokens.mean()) if len(sub) else float(self.mix.output_tokens.mean())
         tpot = (prediction.tpot_mean_seconds if prediction is not None
                 and math.isfinite(prediction.tpot_mean_seconds) else self.slo.tpot_p99_seconds)
@@ -561,26 +779,30 @@ class Planner:
         bench = (self.measured_bench or {}).get(role)
         if bench is None:
             return None
-        sub = self.mix.within(low, high)
+        sub = self.requests(low, high)
         if not len(sub):
             return check_lengths(bench, None, None)
         return check_lengths(bench, float(sub.prompt_tokens.mean()), float(sub.output_tokens.mean()))
 
-    def _meet_slo(self, flags: PoolFlags, low: int, rate: float, n: int,
-                  binding: str) -> tuple[int, LoadPrediction, str]:
-        engine = self.hardware.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
-        sub = self.mix.within(low, flags.max_model_len)
+    def _meet_slo(self, flags: PoolFlags, low: int, rate: float, n: int, binding: str,
+                  hw: Hardware, high: int | None = None) -> tuple[int, LoadPrediction, str, str | None]:
+        """The least instances (from ``n`` up) meeting the SLO for the requests in ``(low, high]``
+        (default: up to the pool's max_model_len)."""
+        high = flags.max_model_len if high is None else high
+        engine = hw.engine(flags.max_model_len, flags.max_num_seqs, flags.max_num_batched_tokens)
+        sub = self.requests(low, high)
+        burst = self.burstiness(low, high)
 
         def at(count: int) -> LoadPrediction:
-            return predict_load(engine, sub, rate, count)
+            return predict_load(engine, sub, rate, count, slo=self.slo, arrival_cv2=burst)
 
         first = at(n)
         if first.meets(self.slo):
-            return n, first, binding
+            return n, first, binding, None
         hi = n * 2
         while not at(hi).meets(self.slo):
             if hi > 64 * n + 64:
-                return n, first, "slo_infeasible"
+                return n, first, "slo_infeasible", first.failing(self.slo)
             hi *= 2
         lo = hi // 2 if hi // 2 > n else n
         while hi - lo > 1:
@@ -589,54 +811,162 @@ class Planner:
                 hi = mid
             else:
                 lo = mid
-        return hi, at(hi), "slo"
+        return hi, at(hi), "slo", at(hi - 1).failing(self.slo)
+
+    # -- the configuration search --
+    def candidates(self, low: int, high: int, role: str) -> list[Candidate]:
+        """Every (GPU type, TP, max_num_seqs, max_num_batched_tokens) of the search space for the
+        pool serving ``low < total <= high``, each with its engine-model mu and cost floor."""
+        space = self.search
+        if space is None:
+            raise ConfigError("no search space", path="gpu")
+        rate = self.rate_per_second * self.mix.share_within(low, high)
+        out: list[Candidate] = []
+        for base in space.hardware:
+            for hw in space.tensor_parallel_options(base, high):
+                derived = self.derived_batch_tokens(high, low, hw)
+                for tokens in sorted({derived, vllm_default_scheduler_flags(hw.gpu)[1]}):
+                    safe = self.kv(PoolFlags(high, 1, tokens), low, hw).safe_max_num_seqs
+                    cap = min(safe, tokens)
+                    seqs = [s for s in space.max_num_seqs if s <= cap] or [max(cap, 1)]
+                    previous = 0.0
+                    for s in seqs:
+                        flags = PoolFlags(high, s, tokens)
+                        mu = self.mu(flags, low, high, role, hw)
+                        floor = instances_for_rate(rate, mu, self.utilisation) * hw.usd_per_instance_year
+                        out.append(Candidate(hw, flags, mu, floor))
+                        if mu < previous * SEQS_GAIN_MIN:
+                            break  # more slots no longer raise throughput: the engine is saturated
+                        previous = max(previous, mu)
+        return out
+
+    def search_pool(self, name: str, low: int, high: int, role: str) -> PoolPlan:
+        """The cheapest configuration of one pool that meets the SLO (else the cheapest), by
+        branch and bound: candidates in order of their cost floor, each sized with the SLO
+        check, until the next floor is no cheaper than the best fleet found. Cached per range."""
+        key = (low, high, role)
+        if key not in self._search_cache:
+            if self.search is None:
+                raise ConfigError("no search space", path="gpu")
+            best: PoolPlan | None = None
+            for c in sorted(self.candidates(low, high, role), key=lambda c: (c.floor_usd_per_year,
+                                                                              -c.flags.max_num_seqs)):
+                if best is not None and best.binding != "slo_infeasible" and c.floor_usd_per_year >= best.usd_per_year:
+                    break
+                plan = self.size_pool(name, c.flags, low, role, c.hardware, mu=c.mu_per_instance)
+                if best is None or _pool_rank(plan) < _pool_rank(best):
+                    best = plan
+            if best is None:
+                raise ConfigError(f"no allowed GPU holds {self.hardware.model.name} with a {high}-token "
+                                  "sequence", path="gpu")
+            self._search_cache[key] = best
+        return replace(self._search_cache[key], name=name)
 
     # -- fleets --
     def homogeneous(self) -> FleetPlan:
+        """The paper's baseline: the planner's hardware, ``long_max_num_seqs`` (16) sequences."""
         flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, 0)
         return FleetPlan((self.size_pool("homogeneous", flags, 0, "long"),))
 
+    def vllm_default_homogeneous(self) -> FleetPlan:
+        """The planner's hardware at vLLM's own scheduler defaults for that GPU."""
+        seqs, tokens = vllm_default_scheduler_flags(self.hardware.gpu)
+        flags = PoolFlags(self.long_max_model_len, min(seqs, tokens), tokens)
+        return FleetPlan((self.size_pool("homogeneous", flags, 0, "long"),))
+
+    def tuned_homogeneous(self, *baselines: FleetPlan) -> FleetPlan:
+        """The cheapest homogeneous fleet: the search over the whole range, never worse than
+        the ``baselines`` given (they lie in its space: same SLO, same engine model)."""
+        options = list(baselines)
+        if self.search is not None:
+            options.append(FleetPlan((self.search_pool("homogeneous", 0, self.long_max_model_len, "long"),)))
+        if not options:
+            options.append(self.homogeneous())
+        return min(options, key=lambda f: (not f.slo_met, f.usd_per_year))
+
     def split(self, boundaries: Sequence[int]) -> FleetPlan:
         """Pools at ``boundaries`` (ascending short-pool max_model_len values) plus the long pool.
-        The smallest pool sweeps max_num_seqs; middle pools use 64 sequences."""
+        With a search space every pool searches its own configuration; without one the smallest
+        pool sweeps max_num_seqs and middle pools use 64 sequences."""
         bounds = sorted(b for b in boundaries if b < self.long_max_model_len)
         pools: list[PoolPlan] = []
         low = 0
         for i, b in enumerate(bounds):
             name = "short" if i == 0 else f"ctx{b}"
             role = "short" if i == 0 else "middle"
-            seqs_options = SHORT_SEQS_CANDIDATES if i == 0 else (64,)
-            options = [self.size_pool(name, self.flags_for(b, s, low), low, role) for s in seqs_options]
-            # equal cost: prefer the sequence count whose KV cache cannot overflow, then the larger
-            pools.append(min(options, key=lambda p: (p.instances, bool(p.kv and p.kv.can_preempt),
-                                                     -p.flags.max_num_seqs)))
+            if self.search is not None:
+                pools.append(self.search_pool(name, low, b, role))
+            else:
+                seqs_options = SHORT_SEQS_CANDIDATES if i == 0 else (64,)
+                options = [self.size_pool(name, self.flags_for(b, s, low), low, role) for s in seqs_options]
+                # equal cost: prefer the sequence count whose KV cache cannot overflow, then the larger
+                pools.append(min(options, key=lambda p: (p.instances, bool(p.kv and p.kv.can_preempt),
+                                                         -p.flags.max_num_seqs)))
             low = b
-        flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, low)
-        pools.append(self.size_pool("long", flags, low, "long"))
+        if self.search is not None:
+            pools.append(self.search_pool("long", low, self.long_max_model_len, "long"))
+        else:
+            flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, low)
+            pools.append(self.size_pool("long", flags, low, "long"))
         return FleetPlan(tuple(pools))
 
-    def rho(self, short: PoolFlags) -> float:
-        """Short-configured over long-configured throughput on the short pool's requests."""
+    def goodput_rho(self, short: PoolPlan, reference: PoolPlan) -> float:
+        """rho as goodput at the SLO: what the ``reference`` (homogeneous) configuration costs to
+        serve the short pool's requests, sized by the same SLO check, over what the short pool
+        costs. Both sides are sized like the discrete plan, so ``alpha * (1 - 1/rho)`` tells the
+        same story as the sizing (in dollars, as the pools may run on other GPU types)."""
         if self.measured_mu and {"short", "long"} <= set(self.measured_mu):
             return self.measured_mu["short"] / self.measured_mu["long"]
+        hw = reference.hardware or self.hardware
+        flags, high, rate = reference.flags, short.flags.max_model_len, short.rate_per_second
+        if rate <= 0 or short.usd_per_year <= 0:
+            return 1.0
+        mu = self.mu(flags, 0, high, "long-on-short", hw)
+        n = instances_for_rate(rate, mu, self.utilisation)
+        if self.check_slo:
+            n = self._meet_slo(flags, 0, rate, n, "utilisation", hw, high)[0]
+        return n * hw.usd_per_instance_year / short.usd_per_year
+
+    def rho(self, short: PoolFlags, hardware: Hardware | None = None) -> float:
+        """The paper's rho: short-configured over long-configured (16 sequences, the planner's
+        hardware) saturation throughput on the short pool's requests, per GPU-dollar when the
+        short pool runs on other hardware."""
+        if self.measured_mu and {"short", "long"} <= set(self.measured_mu):
+            return self.measured_mu["short"] / self.measured_mu["long"]
+        hw = hardware or self.hardware
         long_flags = self.flags_for(self.long_max_model_len, self.long_max_num_seqs, 0)
         on_short = self.mu(long_flags, 0, short.max_model_len, "long-on-short")
-        return self.mu(short, 0, short.max_model_len, "short") / on_short
+        per_usd = self.hardware.usd_per_instance_year / hw.usd_per_instance_year
+        return self.mu(short, 0, short.max_model_len, "short", hw) / on_short * per_usd
+
+
+def _pool_rank(pool: PoolPlan) -> tuple[bool, float, bool, int]:
+    """Cheapest meeting the SLO first; equal cost: a KV cache that cannot overflow, more slots."""
+    return (pool.binding == "slo_infeasible", pool.usd_per_year, bool(pool.kv and pool.kv.can_preempt),
+            -pool.flags.max_num_seqs)
 
 
 # -- the whole plan ---------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class ThresholdOption:
+    """One threshold of the sweep. ``rho`` is goodput at the SLO against the tuned homogeneous
+    configuration (:meth:`Planner.goodput_rho`); ``rho_saturation`` is the paper's (saturation
+    throughputs against the 16-sequence configuration), kept for reference."""
+
     threshold: int
     alpha: float
     rho: float
     closed_form_saving_fraction: float
     saving_fraction: float
     fleet: FleetPlan
+    rho_saturation: float = math.nan
+    closed_form_saturation_saving_fraction: float = math.nan
 
     def to_dict(self) -> dict[str, object]:
         return {"threshold": self.threshold, "alpha": self.alpha, "rho": self.rho,
+                "rho_saturation": self.rho_saturation,
+                "closed_form_saturation_saving_fraction": self.closed_form_saturation_saving_fraction,
                 "closed_form_saving_fraction": self.closed_form_saving_fraction,
                 "saving_fraction": self.saving_fraction, "gpus": self.fleet.gpus,
                 "usd_per_year": self.fleet.usd_per_year, "slo_met": self.fleet.slo_met}
@@ -653,10 +983,14 @@ class ExtraPool:
     marginal_saving_fraction: float
 
 
+#: The baselines every plan reports, cheapest-configured last; the headline is against the last.
+BASELINES = ("paper", "vllm_default", "tuned_homogeneous")
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     threshold: int
-    homogeneous: FleetPlan
+    homogeneous: FleetPlan  # the tuned homogeneous fleet: the baseline of saving_fraction
     dual_pool: FleetPlan
     saving_fraction: float
     closed_form_saving_fraction: float
@@ -669,20 +1003,49 @@ class Plan:
     slo: Slo
     utilisation: float
     measured_bench: dict[str, VllmBench] = field(default_factory=dict)  # role -> its bench file
+    rho_saturation: float = math.nan  # the paper's rho (saturation throughputs), for reference
+    closed_form_saturation_saving_fraction: float = math.nan
+    baselines: dict[str, FleetPlan] = field(default_factory=dict)  # name (BASELINES) -> fleet
+    burstiness: dict[str, float] = field(default_factory=dict)  # stream -> dispersion per second
+    arrival_model: str = ""
+
+    def saving_vs(self, baseline: str) -> float:
+        return _saving(self.baselines.get(baseline, self.homogeneous), self.dual_pool)
+
+    @property
+    def binding_constraint(self) -> str:
+        """What sizes the split: the binding constraint of its costliest pool."""
+        pool = max(self.dual_pool.pools, key=lambda p: p.usd_per_year)
+        return f"{pool.name}: {pool.constraint}"
 
     def to_dict(self) -> dict[str, object]:
         hw = self.hardware
+        baselines: dict[str, object] = {}
+        for name, fleet in self.baselines.items():
+            entry: dict[str, object] = {"gpus": fleet.gpus, "usd_per_year": fleet.usd_per_year,
+                                        "slo_met": fleet.slo_met, "saving_fraction": self.saving_vs(name)}
+            if len(fleet.pools) == 1:
+                config = fleet.pools[0].config
+                entry["config"] = {k: config[k] for k in ("gpu", "tp", "max_num_seqs", "max_num_batched_tokens")}
+            baselines[name] = entry
         return {
             "threshold": self.threshold,
             "homogeneous": self.homogeneous.to_dict(),
             "dual_pool": self.dual_pool.to_dict(),
             "saving_fraction": self.saving_fraction,
+            "saving_vs_tuned_fraction": self.saving_fraction,
+            "saving_vs_paper_fraction": self.saving_vs("paper"),
+            "saving_vs_vllm_default_fraction": self.saving_vs("vllm_default"),
+            "baselines": baselines,
+            "binding_constraint": self.binding_constraint,
             "closed_form_saving_fraction": self.closed_form_saving_fraction,
-            "alpha": self.alpha, "rho": self.rho,
+            "alpha": self.alpha, "rho": self.rho, "rho_saturation": self.rho_saturation,
+            "closed_form_saturation_saving_fraction": self.closed_form_saturation_saving_fraction,
             "split_pays_off": self.saving_fraction > 0,
             "sweep": [o.to_dict() for o in self.sweep],
             "extra_pools": [asdict(e) for e in self.extra_pools],
             "rate_per_second": self.rate_per_second,
+            "burstiness": self.burstiness, "arrival_model": self.arrival_model,
             "hardware": {"gpu": hw.gpu.name, "model": hw.model.name,
                          "tensor_parallel_size": hw.tensor_parallel_size, "dtype": hw.dtype,
                          "kv_cache_dtype": hw.kv_cache_dtype, "usd_per_gpu_hour": hw.usd_per_gpu_hour},
@@ -695,11 +1058,21 @@ def _saving(base: FleetPlan, other: FleetPlan) -> float:
     return 1.0 - other.usd_per_year / base.usd_per_year
 
 
+def make_baselines(planner: Planner) -> dict[str, FleetPlan]:
+    """paper (16 sequences), vllm_default (vLLM's flags for the GPU) and tuned_homogeneous (the
+    search over the whole range, never costlier than the other two)."""
+    paper = planner.homogeneous()
+    default = planner.vllm_default_homogeneous()
+    return {"paper": paper, "vllm_default": default, "tuned_homogeneous": planner.tuned_homogeneous(paper, default)}
+
+
 def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
               max_pools: int = 3) -> Plan:
     """Sweep the short-pool threshold, keep the cheapest split that meets the SLOs (else the
-    cheapest; ties: the larger threshold, which misroutes less), then try adding pools at the remaining candidates for the marginal gain."""
-    base = planner.homogeneous()
+    cheapest; ties: the larger threshold, which misroutes less), then try adding pools at the
+    remaining candidates for the marginal gain. Savings are against the tuned homogeneous fleet."""
+    baselines = make_baselines(planner)
+    base = baselines["tuned_homogeneous"]
     options: list[ThresholdOption] = []
     candidates = [t for t in sorted(set(thresholds)) if t < planner.long_max_model_len]
     if not candidates:
@@ -707,9 +1080,11 @@ def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
     for t in candidates:
         fleet = planner.split([t])
         alpha = planner.mix.share_within(0, t)
-        rho = planner.rho(fleet.pools[0].flags)
-        options.append(ThresholdOption(t, alpha, rho, closed_form_saving(alpha, rho),
-                                       _saving(base, fleet), fleet))
+        short = fleet.pools[0]
+        rho = planner.goodput_rho(short, base.pools[0])
+        rho_sat = planner.rho(short.flags, short.hardware)
+        options.append(ThresholdOption(t, alpha, rho, closed_form_saving(alpha, rho), _saving(base, fleet), fleet,
+                                       rho_sat, closed_form_saving(alpha, rho_sat)))
     best = min(options, key=lambda o: (not o.fleet.slo_met, o.fleet.usd_per_year, -o.threshold))
     extras = [ExtraPool(2, (best.threshold,), best.fleet.gpus, best.saving_fraction, best.saving_fraction)]
     bounds = [best.threshold]
@@ -722,9 +1097,13 @@ def make_plan(planner: Planner, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
         s = _saving(base, fleet)
         extras.append(ExtraPool(pools, tuple(b), fleet.gpus, s, s - extras[-1].saving_fraction))
         bounds = b
+    burst = {"all": planner.burstiness(0, planner.long_max_model_len),
+             "over_4k": planner.burstiness(4096, planner.long_max_model_len)}
     return Plan(best.threshold, base, best.fleet, best.saving_fraction, best.closed_form_saving_fraction,
                 best.alpha, best.rho, tuple(options), tuple(extras), planner.rate_per_second,
-                planner.hardware, planner.slo, planner.utilisation, dict(planner.measured_bench or {}))
+                planner.hardware, planner.slo, planner.utilisation, dict(planner.measured_bench or {}),
+                best.rho_saturation, best.closed_form_saturation_saving_fraction, baselines, burst,
+                planner.mix.arrival_model)
 
 
 def predict_saving(

@@ -34,10 +34,19 @@ from litellm_dualpool.planner import (
     Plan,
     Planner,
     PoolPlan,
+    SearchSpace,
     Slo,
     make_plan,
+    parse_ttft_slo,
 )
-from litellm_dualpool.sim.catalog import GIB, GpuSpec, ModelSpec, get_gpu, get_model
+from litellm_dualpool.sim.catalog import (
+    GIB,
+    PCIE4_X16_BYTES_PER_SECOND,
+    GpuSpec,
+    ModelSpec,
+    get_gpu,
+    get_model,
+)
 from litellm_dualpool.sim.workload import read_trace
 from litellm_dualpool.vllm_bench import read_vllm_bench
 
@@ -50,18 +59,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-percentiles", metavar="Q=TOKENS,...", default="50=128,90=400,100=1000",
                         help="output length percentiles (with --prompt-percentiles)")
     parser.add_argument("--rate", type=float, help="requests/s to plan for (default: the trace's)")
-    parser.add_argument("--gpu", default="a100", help="catalogue GPU (a100, h100, h200, mi300x, mi325x)")
+    parser.add_argument("--arrivals", choices=["superpose", "compress"], default="superpose",
+                        help="how a trace reaches --rate: independent time-shifted copies of it (default; "
+                             "each second as bursty as the trace's own) or compressed time (far burstier)")
+    parser.add_argument("--gpu", default="a100",
+                        help="catalogue GPU, or several the search may use per pool (a100,h100,l40s; known: "
+                             "a100, h100, h200, mi300x, mi325x, l40s, l4); the first is the paper and "
+                             "vllm_default baselines' GPU")
     parser.add_argument("--gpu-spec", metavar="KEY=VALUE,...",
-                        help="custom GPU: memory_gib, bandwidth_tbps, bf16_tflops[, fp8=1, name]")
+                        help="custom GPU: memory_gib, bandwidth_tbps, bf16_tflops[, fp8=1, name, price, "
+                             "interconnect_gbps (per direction; default PCIe Gen4 x16, 32)]")
     parser.add_argument("--model", default="llama-3-70b", help="catalogue model")
     parser.add_argument("--model-spec", metavar="KEY=VALUE,...",
                         help="custom dense model: layers, hidden, heads, kv_heads, head_dim, params_b[, name]")
-    parser.add_argument("--tp", type=int, help="tensor parallel size (default: smallest that fits)")
+    parser.add_argument("--tp", type=int, help="tensor parallel size of every pool (default: searched per pool; "
+                                               "the baselines use the smallest whose KV cache holds 4 long sequences)")
+    parser.add_argument("--no-search", action="store_true",
+                        help="keep every pool on the first GPU with the derived flags (the paper's method)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
     parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "bfloat16", "fp8"])
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue anchor)")
-    parser.add_argument("--slo-ttft", type=float, default=2.0, help="P99 TTFT target, seconds")
+    parser.add_argument("--price", metavar="USD|GPU=USD,...",
+                        help="USD per GPU-hour: one figure (one GPU) or per GPU, e.g. a100=1.9,l40s=0.9 "
+                             "(default: catalogue price)")
+    slo = parser.add_mutually_exclusive_group()
+    slo.add_argument("--ttft-slo", metavar="TARGET",
+                     help="P99 TTFT target, may grow with the prompt: 2s, 500ms, 2s+1s/8k (2 s plus 1 s per "
+                          "8192 prompt tokens); the same rule for both fleets")
+    slo.add_argument("--slo-ttft", type=float, help="P99 TTFT target, seconds (default 2)")
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="P99 TPOT target, seconds")
     parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
                         help="utilisation cap per pool (share of saturation throughput)")
@@ -111,7 +136,8 @@ def _gpu(args: argparse.Namespace) -> GpuSpec:
         return GpuSpec(f.get("name", "custom-gpu"), f.get("vendor", "custom"),
                        int(float(f["memory_gib"]) * GIB), float(f["bandwidth_tbps"]) * 1e12,
                        float(f["bf16_tflops"]) * 1e12, f.get("fp8", "0") in ("1", "true", "yes"),
-                       float(f["price"]) if "price" in f else None, int(f.get("gpus_per_node", 8)))
+                       float(f["price"]) if "price" in f else None, int(f.get("gpus_per_node", 8)),
+                       float(f.get("interconnect_gbps", PCIE4_X16_BYTES_PER_SECOND / 1e9)) * 1e9)
     except (KeyError, ValueError) as error:
         raise ConfigError(f"needs memory_gib, bandwidth_tbps, bf16_tflops ({error})", path="gpu_spec") from None
 
@@ -129,28 +155,78 @@ def _model(args: argparse.Namespace) -> ModelSpec:
                           path="model_spec") from None
 
 
+def _prices(text: str | None, gpus: list[str]) -> dict[str, float]:
+    """``--price``: one figure for a single GPU, or GPU=USD pairs (names as in --gpu)."""
+    if not text:
+        return {}
+    if "=" not in text:
+        if len(gpus) > 1:
+            raise ConfigError("with several GPUs give GPU=USD pairs, e.g. a100=1.9,l40s=0.9", path="price")
+        try:
+            return {gpus[0]: float(text)}
+        except ValueError:
+            raise ConfigError(f"expected a number, got {text!r}", path="price") from None
+    try:
+        prices = {get_gpu(k).name: float(v) for k, v in _pairs(text, "price").items()}
+    except ValueError:
+        raise ConfigError(f"expected GPU=USD numbers, got {text!r}", path="price") from None
+    unknown = set(prices) - {get_gpu(g).name for g in gpus}
+    if unknown:
+        raise ConfigError(f"price for a GPU not in --gpu: {', '.join(sorted(unknown))}", path="price")
+    return prices
+
+
+def _slo(args: argparse.Namespace) -> Slo:
+    if args.ttft_slo:
+        base, per_token = parse_ttft_slo(args.ttft_slo)
+        return Slo(base, args.slo_tpot, per_token)
+    return Slo(args.slo_ttft if args.slo_ttft is not None else 2.0, args.slo_tpot)
+
+
+def _gpus(args: argparse.Namespace) -> list[GpuSpec]:
+    if args.gpu_spec:
+        return [_gpu(args)]
+    names = [g for g in (p.strip() for p in args.gpu.split(",")) if g]
+    if not names:
+        raise ConfigError("needs at least one GPU", path="gpu")
+    return list(dict.fromkeys(get_gpu(n) for n in names))
+
+
 def build_planner(args: argparse.Namespace) -> Planner:
     if args.trace:
         workload = read_trace(args.trace)
         rate = args.rate or workload.rate_per_second
-        mix = LengthMix.from_workload(workload.scaled_to_rate(rate))  # burstiness at this rate
+        mix = LengthMix.from_trace(workload, rate, args.arrivals)
     else:
         if not args.rate:
             raise ConfigError("a percentile summary needs --rate", path="rate")
         mix = LengthMix.from_percentiles(_percentiles(args.prompt_percentiles, "prompt_percentiles"),
                                          _percentiles(args.output_percentiles, "output_percentiles"))
         rate = args.rate
-    hardware = Hardware.build(_gpu(args), _model(args), tensor_parallel_size=args.tp, dtype=args.dtype,
+    gpus = _gpus(args)
+    prices = _prices(args.price, [g.name for g in gpus])
+    model = _model(args)
+    hardware = Hardware.build(gpus[0], model, tensor_parallel_size=args.tp, dtype=args.dtype,
                               kv_cache_dtype=args.kv_cache_dtype,
                               gpu_memory_utilization=args.gpu_memory_utilization,
-                              usd_per_gpu_hour=args.price, min_kv_tokens=4 * args.long_max_model_len)
+                              usd_per_gpu_hour=prices.get(gpus[0].name), min_kv_tokens=4 * args.long_max_model_len)
+    options = tuple(Hardware(g, model, 1, args.dtype, args.kv_cache_dtype, args.gpu_memory_utilization,
+                             _price(g, prices)) for g in gpus)
+    search = None if args.no_search else SearchSpace(options, (args.tp,) if args.tp else None)
     measured = {k: v for k, v in (("short", args.short_throughput), ("long", args.long_throughput)) if v}
     benches = {role: read_vllm_bench(file, option=f"{role}_bench")
                for role, file in (("short", args.short_bench), ("long", args.long_bench)) if file}
-    return Planner(mix, rate, hardware, slo=Slo(args.slo_ttft, args.slo_tpot), utilisation=args.utilisation,
+    return Planner(mix, rate, hardware, slo=_slo(args), utilisation=args.utilisation,
                    long_max_model_len=args.long_max_model_len, long_max_num_seqs=args.long_max_num_seqs,
                    measured_mu=measured or None, measured_bench=benches or None,
-                   check_slo=not args.no_slo_check)
+                   check_slo=not args.no_slo_check, search=search)
+
+
+def _price(gpu: GpuSpec, prices: dict[str, float]) -> float:
+    price = prices.get(gpu.name, gpu.usd_per_gpu_hour)
+    if price is None:
+        raise ConfigError(f"no price known for {gpu.name}; give --price {gpu.name}=USD", path="price")
+    return price
 
 
 def _thresholds(text: str) -> list[int]:
@@ -169,43 +245,61 @@ def _ms(seconds: float | None) -> str:
 
 def render(plan: Plan, console: Console) -> None:
     hw = plan.hardware
-    console.print(f"[bold]{hw.model.name}[/] on {hw.tensor_parallel_size}x {hw.gpu.name} per instance, "
-                  f"{plan.rate_per_second:g} req/s, SLO P99 TTFT <= {plan.slo.ttft_p99_seconds:g} s, "
-                  f"P99 TPOT <= {plan.slo.tpot_p99_seconds * 1e3:g} ms, ${hw.usd_per_gpu_hour}/GPU-h")
+    console.print(f"[bold]{hw.model.name}[/] ({hw.dtype}), {plan.rate_per_second:g} req/s, SLO P99 TTFT <= "
+                  f"{plan.slo.ttft_text}, P99 TPOT <= {plan.slo.tpot_p99_seconds * 1e3:g} ms; baselines on "
+                  f"{hw.tensor_parallel_size}x {hw.gpu.name} at ${hw.usd_per_gpu_hour}/GPU-h")
+    if plan.burstiness:
+        console.print(f"Arrivals: {plan.arrival_model}; burstiness (variance/mean of arrivals per second, 1 = "
+                      "Poisson): " + ", ".join(f"{k} {v:.2f}" for k, v in plan.burstiness.items()))
     table = Table(title=f"Recommended threshold: {plan.threshold} tokens")
-    for col in ("fleet", "pool", "tokens", "share", "req/s", "mu", "inst", "GPUs", "$/year", "util",
+    for col in ("fleet", "pool", "hardware", "tokens", "share", "req/s", "mu", "inst", "GPUs", "$/year", "util",
                 "max_num_seqs", "KV-safe seqs", "max_in_flight", "batched tok", "P99 TTFT ms", "P99 TPOT ms",
                 "sized by"):
         table.add_column(col, justify="right")
-    for label, fleet in (("homogeneous", plan.homogeneous), ("dual pool", plan.dual_pool)):
+    fleets = [(name, fleet) for name, fleet in plan.baselines.items()] or [("homogeneous", plan.homogeneous)]
+    for label, fleet in (*fleets, ("dual pool", plan.dual_pool)):
         for pool in fleet.pools:
             pred = pool.prediction
-            table.add_row(label, pool.name, f"{pool.low_tokens}-{pool.flags.max_model_len}",
+            table.add_row(label, pool.name, pool.hardware.label if pool.hardware else "-",
+                          f"{pool.low_tokens}-{pool.flags.max_model_len}",
                           f"{pool.share:.1%}", f"{pool.rate_per_second:.1f}", f"{pool.mu_per_instance:.2f}",
                           str(pool.instances), str(pool.gpus), f"{pool.usd_per_year / 1e6:.2f}M",
                           f"{pool.utilisation:.0%}", str(pool.flags.max_num_seqs),
                           _kv_cell(pool), str(pool.max_in_flight or "-"), str(pool.flags.max_num_batched_tokens),
                           _ms(pred.ttft_p99_seconds if pred else None),
-                          _ms(pred.tpot_p99_seconds if pred else None), pool.binding)
+                          _ms(pred.tpot_p99_seconds if pred else None), pool.constraint)
     console.print(table)
     sweep = Table(title="Threshold sweep")
-    for col in ("threshold", "alpha", "rho", "closed form", "GPUs", "$/year", "saving", "SLO met"):
+    for col in ("threshold", "alpha", "rho (goodput)", "closed form", "rho (saturation)", "closed form (sat.)",
+                "GPUs", "$/year", "saving", "SLO met"):
         sweep.add_column(col, justify="right")
     for o in plan.sweep:
         sweep.add_row(str(o.threshold), f"{o.alpha:.2%}", f"{o.rho:.2f}", f"{o.closed_form_saving_fraction:.1%}",
+                      f"{o.rho_saturation:.2f}", f"{o.closed_form_saturation_saving_fraction:.1%}",
                       str(o.fleet.gpus), f"{o.fleet.usd_per_year / 1e6:.2f}M", f"{o.saving_fraction:.1%}",
                       "yes" if o.fleet.slo_met else "no")
     console.print(sweep)
     for e in plan.extra_pools:
         console.print(f"{e.pools} pools at {list(e.boundaries)}: {e.gpus} GPUs, saving "
                       f"{e.saving_fraction:.1%} (marginal {e.marginal_saving_fraction:+.1%})")
-    console.print(f"[bold]GPUs {plan.homogeneous.gpus} -> {plan.dual_pool.gpus}; "
+    for name, fleet in plan.baselines.items():
+        console.print(f"baseline {name}: {fleet.gpus} GPUs, ${fleet.usd_per_year / 1e6:.2f}M/yr "
+                      f"({_configs(fleet)}); the split saves {plan.saving_vs(name):.1%} against it")
+    console.print(f"[bold]Against the tuned homogeneous fleet: GPUs {plan.homogeneous.gpus} -> {plan.dual_pool.gpus}; "
                   f"${plan.homogeneous.usd_per_year / 1e6:.2f}M -> ${plan.dual_pool.usd_per_year / 1e6:.2f}M "
-                  f"per year; saving {plan.saving_fraction:.1%} (closed form alpha*(1-1/rho) = "
-                  f"{plan.alpha:.3f}*(1-1/{plan.rho:.2f}) = {plan.closed_form_saving_fraction:.1%})[/]")
+                  f"per year; saving {plan.saving_fraction:.1%} (closed form alpha*(1-1/rho), rho as goodput at the "
+                  f"SLO: {plan.alpha:.3f}*(1-1/{plan.rho:.2f}) = {plan.closed_form_saving_fraction:.1%}; the paper's "
+                  f"saturation rho {plan.rho_saturation:.2f} gives {plan.closed_form_saturation_saving_fraction:.1%}); "
+                  f"binding constraint {plan.binding_constraint}[/]")
+    if "paper" in plan.baselines:
+        config = 1 - plan.homogeneous.usd_per_year / plan.baselines["paper"].usd_per_year
+        console.print(f"Of the {plan.saving_vs('paper'):.1%} saved against the paper's fleet, {config:.1%} is the "
+                      f"homogeneous fleet's own configuration and the split adds {plan.saving_fraction:.1%} of what "
+                      "remains.")
     if plan.saving_fraction <= 0:
-        console.print("[yellow]No split pays off for this workload: keep the homogeneous fleet (the "
-                      "threshold above is the least costly split, shown for comparison).[/]")
+        console.print("[yellow]No split pays off for this workload against the tuned homogeneous fleet: keep "
+                      "the homogeneous fleet (the threshold above is the least costly split, shown for "
+                      "comparison).[/]")
     for label, fleet in (("homogeneous", plan.homogeneous), ("dual pool", plan.dual_pool)):
         for pool in fleet.pools:
             kv = pool.kv
@@ -244,6 +338,12 @@ def _render_measured(plan: Plan, console: Console) -> None:
                           f"{check.pool_mean_prompt_tokens:.0f} / {check.pool_mean_output_tokens:.0f}")
             if check.warning:
                 console.print(f"[yellow]{label} / {pool.name}: {escape(check.warning)}[/]")
+
+
+def _configs(fleet: object) -> str:
+    pools = getattr(fleet, "pools", ())
+    return "; ".join(f"{p.name} {p.hardware.label if p.hardware else '-'} {p.flags.max_num_seqs} seqs "
+                     f"{p.flags.max_num_batched_tokens} tok" for p in pools)
 
 
 def _kv_cell(pool: PoolPlan) -> str:

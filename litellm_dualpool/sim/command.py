@@ -87,6 +87,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-recovery", action="store_true",
                         help="do not retry a context-length 400 on a larger pool")
     parser.add_argument("--slo-ttft", type=float, default=2.0, help="seconds")
+    parser.add_argument("--ttft-slo", metavar="TARGET",
+                        help="TTFT target that may grow with the prompt, e.g. 2s+1s/8k (overrides --slo-ttft)")
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="seconds")
     parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
     parser.add_argument("--seed", type=int, default=0)
@@ -173,6 +175,9 @@ def render(result: FleetResult) -> str:
                  f"refused_gateway={result.refused_gateway} refused_backend={result.refused_backend} "
                  f"recovered={result.recovered} truncated={result.truncated} "
                  f"simulated={result.horizon_seconds:.1f}s wall={result.wall_seconds:.1f}s")
+    if result.slo_attainment_by_class:
+        lines.append("SLO attainment by request class: " + ", ".join(
+            f"{name} {value:.2%}" for name, value in result.slo_attainment_by_class.items()))
     return "\n".join(lines)
 
 
@@ -189,7 +194,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"litellm-dualpool simulate: {exc}", file=sys.stderr)
         return 2
     text = sys.stderr if args.json else sys.stdout  # --json: stdout carries the JSON alone
-    slo = SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot)
+    try:
+        slo = _slo_targets(args)
+    except ConfigError as exc:
+        print(f"litellm-dualpool simulate: {exc}", file=sys.stderr)
+        return 2
     result = simulate_with_progress(workload, pools, router, args, slo, label=args.router)
     print(render(result), file=text)
     warn_if_overloaded(result)
@@ -219,6 +228,15 @@ def warn_if_overloaded(result: FleetResult) -> None:
         warn("simulate", f"the fleet met the SLO for only {attainment:.1%} of requests: it is "
              "overloaded or undersized for this rate; size the pools with `litellm-dualpool "
              "plan` or set instances= in --pool")
+
+
+def _slo_targets(args: argparse.Namespace) -> SloTargets:
+    if not getattr(args, "ttft_slo", None):
+        return SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot)
+    from litellm_dualpool.planner import parse_ttft_slo
+
+    base, per_token = parse_ttft_slo(args.ttft_slo)
+    return SloTargets(ttft_seconds=base, tpot_seconds=args.slo_tpot, ttft_seconds_per_prompt_token=per_token)
 
 
 def simulate_with_progress(workload: Workload, pools: Sequence[PoolSpec], router: Router,

@@ -74,10 +74,18 @@ class PoolSpec:
 @dataclass(frozen=True, slots=True)
 class SloTargets:
     """A request meets the SLO when TTFT and its mean TPOT are within these (the paper's P99
-    targets applied per request)."""
+    targets applied per request). The TTFT target may grow with the prompt
+    (``ttft_seconds + ttft_seconds_per_prompt_token * prompt_tokens``, the planner's rule);
+    attainment is also reported per request class, short (total tokens <= ``class_boundary_tokens``)
+    and long, so a fleet cannot hide a class it serves badly behind the other."""
 
     ttft_seconds: float = 2.0
     tpot_seconds: float = 0.080
+    ttft_seconds_per_prompt_token: float = 0.0
+    class_boundary_tokens: int = 8192
+
+    def ttft_target_seconds(self, prompt_tokens: np.ndarray) -> np.ndarray:
+        return self.ttft_seconds + self.ttft_seconds_per_prompt_token * np.asarray(prompt_tokens, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +134,12 @@ class FleetResult:
     tpot_seconds: np.ndarray = field(repr=False)
     budget_tokens: np.ndarray = field(repr=False)
     request_preemptions: np.ndarray = field(repr=False)
+    #: SLO attainment of the short and the long requests (SloTargets.class_boundary_tokens)
+    slo_attainment_by_class: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "slo_attainment_by_class": self.slo_attainment_by_class,
             "router": self.router, "balancer": self.balancer, "requests": self.requests,
             "refused_gateway": self.refused_gateway, "refused_backend": self.refused_backend,
             "recovered": self.recovered, "truncated": self.truncated, "reasons": self.reasons,
@@ -210,6 +221,8 @@ class FleetSimulator:
         self._preempt = np.zeros(n, dtype=np.int32)
         self._budget = np.zeros(n, dtype=np.int64)
         self._outputs_done = np.zeros(n, dtype=np.int64)
+        self._ttft_target = self.slo.ttft_target_seconds(workload.prompt_tokens)
+        self._long = workload.total_tokens > self.slo.class_boundary_tokens
         self._requests: dict[int, SimRequest] = {}
         self._recovered = 0
         self._truncated = 0
@@ -392,7 +405,18 @@ class FleetSimulator:
             truncated=self._truncated, reasons=dict(self._reasons), horizon_seconds=horizon,
             wall_seconds=wall_seconds, pool_names=tuple(p.name for p in self.pools),
             request_pool=self._req_pool, request_fate=fate, ttft_seconds=self._ttft,
-            tpot_seconds=self._tpot, budget_tokens=self._budget, request_preemptions=self._preempt)
+            tpot_seconds=self._tpot, budget_tokens=self._budget, request_preemptions=self._preempt,
+            slo_attainment_by_class={name: self._attainment(mask) for name, mask in
+                                     (("short", ~self._long), ("long", self._long)) if mask.any()})
+
+    def _met(self) -> np.ndarray:
+        """Per request: completed within its TTFT target and the TPOT target."""
+        done = self._fate == Fate.COMPLETED
+        with np.errstate(invalid="ignore"):
+            return done & (self._ttft <= self._ttft_target) & (self._tpot <= self.slo.tpot_seconds)
+
+    def _attainment(self, mask: np.ndarray) -> float:
+        return float(self._met()[mask].mean()) if mask.any() else 1.0
 
     def _pool_report(self, name: str, instances: int, gpus_per_instance: int, price: float | None,
                      mask: np.ndarray, preemptions: int, kv: float, horizon: float,
@@ -402,7 +426,7 @@ class FleetSimulator:
         requests = int(mask.sum())
         ttft = self._ttft[done]
         tpot = self._tpot[done]
-        ok = int(((ttft <= self.slo.ttft_seconds) & (tpot <= self.slo.tpot_seconds)).sum())
+        ok = int(self._met()[mask].sum())
         gpus = instances * gpus_per_instance
         return PoolReport(
             name=name, instances=instances, gpus=gpus, gpu_hours=gpus * horizon / 3600.0,

@@ -55,10 +55,42 @@ class KvHeadroom:
                 "demand_over_capacity": self.demand_over_capacity}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class KvDemand:
+    """The P99 KV demand of n running requests for every n up to ``p99_demand_tokens_by_seqs``'s
+    length, so one draw answers the KV check of every ``max_num_seqs`` (the planner's search)."""
+
+    kv_capacity_tokens: int
+    max_model_len: int
+    worst_case_max_num_seqs: int
+    safe_max_num_seqs: int
+    p99_demand_tokens_by_seqs: np.ndarray  # index n - 1
+
+    def headroom(self, max_num_seqs: int) -> KvHeadroom:
+        curve = self.p99_demand_tokens_by_seqs
+        if len(curve) == 0:
+            at_seqs = 0
+        elif max_num_seqs <= len(curve):
+            at_seqs = int(curve[max_num_seqs - 1])
+        else:  # beyond the draw: grow by the last request's mean share
+            at_seqs = int(curve[-1] + (max_num_seqs - len(curve)) * curve[-1] / len(curve))
+        return KvHeadroom(self.kv_capacity_tokens, max_num_seqs, self.max_model_len,
+                          self.worst_case_max_num_seqs, self.safe_max_num_seqs, at_seqs)
+
+
 def kv_headroom(config: EngineConfig, prompt_tokens: np.ndarray, output_tokens: np.ndarray, *,
                 quantile: float = 0.99, samples: int = 1000, seed: int = 0) -> KvHeadroom:
     """The KV check of ``config`` on these request lengths (those above max_model_len, which
     the pool refuses, are left out). Deterministic for a given seed."""
+    demand = kv_demand(config, prompt_tokens, output_tokens, quantile=quantile, samples=samples, seed=seed)
+    return demand.headroom(config.max_num_seqs)
+
+
+def kv_demand(config: EngineConfig, prompt_tokens: np.ndarray, output_tokens: np.ndarray, *,
+              quantile: float = 0.99, samples: int = 1000, seed: int = 0,
+              min_seqs: int = 0) -> KvDemand:
+    """The demand curve behind :func:`kv_headroom`, drawn up to at least
+    ``max(config.max_num_seqs, min_seqs)`` running requests."""
     prompt = np.asarray(prompt_tokens, dtype=np.int64)
     output = np.asarray(output_tokens, dtype=np.int64)
     fits = prompt + output <= config.max_model_len
@@ -66,14 +98,15 @@ def kv_headroom(config: EngineConfig, prompt_tokens: np.ndarray, output_tokens: 
     capacity = config.kv_capacity_tokens
     worst = min(capacity // config.max_model_len, MAX_SEQS)
     if len(prompt) == 0:
-        return KvHeadroom(capacity, config.max_num_seqs, config.max_model_len, worst, MAX_SEQS, 0)
+        return KvDemand(capacity, config.max_model_len, worst, MAX_SEQS, np.zeros(0, dtype=np.int64))
     bs = config.block_size
     steps = output + -(-prompt // config.max_num_batched_tokens)
     weights = steps / steps.sum()
     # one draw of n_max running requests per sample; the cumulative sums give every n <= n_max.
     # Rows are the running requests: the first n are the same whatever n_max (two streams).
     mean_held = float((weights * (prompt + output / 2.0)).sum())
-    n_max = int(min(MAX_SEQS, max(config.max_num_seqs, 2 * capacity / max(mean_held, 1.0) + 16)))
+    wanted = max(config.max_num_seqs, min_seqs)
+    n_max = int(min(MAX_SEQS, max(wanted, 2 * capacity / max(mean_held, 1.0) + 16)))
     picks = np.random.default_rng(seed).choice(len(prompt), size=(n_max, samples), p=weights)
     progress = np.random.default_rng(seed + 1).random((n_max, samples))
     held = prompt[picks] + np.floor(progress * output[picks]).astype(np.int64)
@@ -81,5 +114,4 @@ def kv_headroom(config: EngineConfig, prompt_tokens: np.ndarray, output_tokens: 
     p99 = np.quantile(demand, quantile, axis=1)  # non-decreasing in n
     fitting = np.flatnonzero(p99 <= capacity)
     safe = int(fitting[-1]) + 1 if len(fitting) else 0
-    at_seqs = int(p99[min(config.max_num_seqs, n_max) - 1])
-    return KvHeadroom(capacity, config.max_num_seqs, config.max_model_len, worst, max(safe, worst), at_seqs)
+    return KvDemand(capacity, config.max_model_len, worst, max(safe, worst), p99)

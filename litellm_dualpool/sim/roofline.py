@@ -17,6 +17,14 @@ Step time (one engine step = one forward pass over the scheduled tokens, per GPU
 bytes_read = the weights touched (all of them for dense; for MoE, shared weights plus the
 experts a batch of T tokens reaches) + the KV cache attended to; flops = 2 * active_params * T
 + attention (4 * layers * heads * head_dim per context token). Every quantity is divided by TP.
+
+Tensor parallelism is not free: each layer all-reduces its attention and MLP outputs (T tokens x
+hidden x 2 bytes), which vLLM does between the matmuls, not overlapped with them. A ring
+all-reduce moves 2 (TP - 1) / TP of the message over each GPU's link, so a step adds
+
+    2 * layers * (latency + 2 (TP - 1) / TP * T * hidden * 2 bytes / (link * ALLREDUCE_EFFICIENCY))
+
+which makes a small TP cheaper per token on PCIe cards and costs an NVLink TP 8 a few percent.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ COMPUTE_EFFICIENCY = 0.55
 BASE_STEP_OVERHEAD_SECONDS = 0.002
 #: Latency of one tensor-parallel all-reduce; there are two per layer (attention and MLP).
 ALLREDUCE_LATENCY_SECONDS = 10e-6
+#: Share of the per-direction link bandwidth a ring all-reduce reaches (NCCL's bus bandwidth
+#: on NVLink and PCIe lands at 70-85% of the link figure for messages of a few megabytes).
+ALLREDUCE_EFFICIENCY = 0.7
+#: Bytes per activation value exchanged by the all-reduce (BF16, also for FP8 checkpoints).
+ACTIVATION_BYTES = 2
 #: Start-up reserve per GPU besides weights: CUDA context, NCCL buffers, CUDA graphs.
 FIXED_RESERVE_BYTES_PER_GPU = 1024**3
 #: Activation peak per scheduled token and hidden unit during vLLM's profiling run (bytes):
@@ -48,6 +61,15 @@ def default_step_overhead_seconds(model: ModelSpec, tensor_parallel_size: int) -
     """Host overhead plus 2 all-reduces per layer when the model is split over GPUs."""
     allreduce = 2 * model.num_layers * ALLREDUCE_LATENCY_SECONDS if tensor_parallel_size > 1 else 0.0
     return BASE_STEP_OVERHEAD_SECONDS + allreduce
+
+
+def allreduce_seconds_per_token(gpu: GpuSpec, model: ModelSpec, tensor_parallel_size: int) -> float:
+    """Bandwidth part of the 2 all-reduces per layer, per token in the step (0 without TP)."""
+    if tensor_parallel_size <= 1:
+        return 0.0
+    ring = 2.0 * (tensor_parallel_size - 1) / tensor_parallel_size
+    per_layer = ring * model.hidden_size * ACTIVATION_BYTES / (gpu.interconnect_bytes_per_second * ALLREDUCE_EFFICIENCY)
+    return 2 * model.num_layers * per_layer
 
 
 def kv_bytes_per_token_per_gpu(model: ModelSpec, tensor_parallel_size: int, kv_dtype: DType) -> int:
@@ -86,6 +108,7 @@ class StepTimeModel:
     bandwidth_bytes_per_second: float  # effective (peak * MEMORY_EFFICIENCY)
     flops_per_second: float  # effective (peak * COMPUTE_EFFICIENCY)
     overhead_seconds: float
+    allreduce_seconds_per_token: float = 0.0  # tensor-parallel traffic, serial with the matmuls
 
     @classmethod
     def build(
@@ -106,6 +129,7 @@ class StepTimeModel:
             bandwidth_bytes_per_second=gpu.memory_bandwidth_bytes_per_second * MEMORY_EFFICIENCY,
             flops_per_second=gpu.flops_per_second(weight_dtype) * COMPUTE_EFFICIENCY,
             overhead_seconds=overhead_seconds,
+            allreduce_seconds_per_token=allreduce_seconds_per_token(gpu, model, tensor_parallel_size),
         )
 
     # -- the two sides of the roofline -------------------------------------------------------
@@ -150,7 +174,7 @@ class StepTimeModel:
         flops = self.linear_flops_per_token * tokens + self.attention_flops_per_context_token * attended
         return (
             max(memory / self.bandwidth_bytes_per_second, flops / self.flops_per_second)
-            + self.overhead_seconds
+            + self.overhead_seconds + self.allreduce_seconds_per_token * tokens
         )
 
     def decode_run_seconds(self, num_decodes: int, first_context_tokens: int, steps: int) -> float:
@@ -170,7 +194,7 @@ class StepTimeModel:
         cmp0 /= self.flops_per_second
         cmp_slope = self.attention_flops_per_context_token * n / self.flops_per_second
         total = _sum_of_max_lines(mem0, mem_slope, cmp0, cmp_slope, steps)
-        return total + self.overhead_seconds * steps
+        return total + (self.overhead_seconds + self.allreduce_seconds_per_token * n) * steps
 
 
 def _series(a: float, b: float, first: int, last: int) -> float:

@@ -4,8 +4,11 @@ Sources: real traces (Azure 2023 CSV ``TIMESTAMP,ContextTokens,GeneratedTokens``
 ``timestamp`` in ms, ``input_length``, ``output_length``; any CSV/JSONL with recognisable
 timestamp/input/output columns), total-token CDFs (``[[tokens, F], ...]``, split into input and
 output by a fixed fraction) and synthetic log-normal lengths with Poisson arrivals. A workload
-can be scaled to a target rate (time compression: the arrival pattern's shape is kept) and
-repeated or cut to a request count.
+is brought to a target rate by superposing independently time-shifted copies of it
+(:meth:`Workload.superposed`: what many independent user populations like the trace's would
+send; each second keeps the trace's own burstiness) or, for comparison, by compressing time
+(:meth:`Workload.scaled_to_rate`: a burst of minutes becomes a burst of seconds, far burstier
+than any real fleet's traffic), and repeated or cut to a request count.
 
 The simulator routes on bytes, never on these counts: :func:`synthesize_shapes` turns each
 prompt's true token count into the bytes a client would send, drawing a per-request
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +80,43 @@ class Workload:
         factor = self.rate_per_second / rate_per_second
         return self._with(arrival_seconds=(self.arrival_seconds - self.arrival_seconds[0]) * factor)
 
+    @property
+    def period_seconds(self) -> float:
+        """The trace's span plus one mean gap: the period of its repetition (see ``resized``)."""
+        return self.duration_seconds + self.duration_seconds / max(len(self) - 1, 1)
+
+    def superposed(self, rate_per_second: float, *, seconds: float | None = None, seed: int = 0) -> Workload:
+        """``ceil(rate / own rate)`` copies of the trace, each shifted by an independent uniform
+        offset (circularly over its period), merged, and thinned at random to ``rate_per_second``,
+        over ``seconds`` (default one period). Counts per window add up across independent
+        copies, so the index of dispersion stays the trace's own (thinning by p pulls it to
+        ``1 + p (D - 1)``), unlike time compression which magnifies it."""
+        if rate_per_second <= 0:
+            raise ConfigError("must be > 0", path="rate")
+        period = self.period_seconds
+        if period <= 0:
+            raise ConfigError("a trace needs a time span to be superposed", path="workload")
+        span = seconds if seconds is not None else period
+        own_rate = len(self) / period
+        copies = max(math.ceil(rate_per_second / own_rate - 1e-9), 1)
+        keep = rate_per_second / (copies * own_rate)
+        rng = np.random.default_rng(seed)
+        base = self.arrival_seconds - self.arrival_seconds[0]
+        times, index = [], []
+        for offset in rng.uniform(0.0, period, copies):
+            shifted = (base + offset) % period
+            for lap in range(math.ceil(span / period)):
+                t = shifted + lap * period
+                chosen = (t < span) & (rng.random(len(t)) < keep)
+                times.append(t[chosen])
+                index.append(np.flatnonzero(chosen))
+        t_all = np.concatenate(times)
+        i_all = np.concatenate(index)
+        order = np.argsort(t_all, kind="stable")
+        i_all = i_all[order]
+        return Workload(f"{self.name}-x{copies}", t_all[order], self.prompt_tokens[i_all], self.output_tokens[i_all],
+                        self.category[i_all], self.categories)
+
     def resized(self, count: int) -> Workload:
         """The first ``count`` requests, the trace repeated end to end if it is shorter."""
         if count < 1:
@@ -95,6 +136,20 @@ class Workload:
                       category=self.category, categories=self.categories)
         fields.update(changes)
         return Workload(**fields)  # type: ignore[arg-type]
+
+
+def arrival_dispersion(arrival_seconds: np.ndarray, window_seconds: float = 1.0) -> float:
+    """Index of dispersion (variance / mean) of the number of arrivals per window: 1 for Poisson
+    arrivals, far above 1 when they come in clusters."""
+    if len(arrival_seconds) < 3:
+        return 1.0
+    a = np.sort(np.asarray(arrival_seconds, dtype=np.float64))
+    bins = max(int((a[-1] - a[0]) / window_seconds), 1)
+    if bins < 5:
+        return 1.0
+    counts = np.histogram(a, bins=bins, range=(a[0], a[0] + bins * window_seconds))[0]
+    mean = float(counts.mean())
+    return float(counts.var() / mean) if mean > 0 else 1.0
 
 
 def _build(name: str, times: np.ndarray, prompts: np.ndarray, outputs: np.ndarray, category: str) -> Workload:

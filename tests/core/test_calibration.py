@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from litellm_dualpool.config import CalibrationConfig
 from litellm_dualpool.core.calibration import (
-    OVERFLOW_CATEGORY,
     CalibrationSettings,
     Calibrator,
     CategoryKey,

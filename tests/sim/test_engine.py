@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.sim import roofline
-from litellm_dualpool.sim.catalog import MIB, DType, get_gpu, get_model
+from litellm_dualpool.sim.catalog import (
+    MIB,
+    DType,
+    get_gpu,
+    get_model,
+    vllm_default_scheduler_flags,
+)
 from litellm_dualpool.sim.engine import AdmissionStatus, Engine, EngineConfig, RequestState
 
 
@@ -263,9 +270,41 @@ def test_tensor_parallel_splits_work_and_adds_allreduce_latency() -> None:
     tp1 = EngineConfig("h100", "llama-3.1-8b", tensor_parallel_size=1)
     tp2 = EngineConfig("h100", "llama-3.1-8b", tensor_parallel_size=2)
     busy1 = tp1.step_time.step_seconds(1, 0, []) - tp1.step_time.overhead_seconds
-    busy2 = tp2.step_time.step_seconds(1, 0, []) - tp2.step_time.overhead_seconds
+    busy2 = (tp2.step_time.step_seconds(1, 0, []) - tp2.step_time.overhead_seconds
+             - tp2.step_time.allreduce_seconds_per_token)
     assert busy2 == pytest.approx(busy1 / 2)
     assert tp2.step_time.overhead_seconds == pytest.approx(0.002 + 2 * 32 * 10e-6)
+    assert tp1.step_time.allreduce_seconds_per_token == 0.0
+
+
+@pytest.mark.parametrize(("gpu", "tp", "link_bytes_per_second"), [
+    ("h100", 2, 450e9), ("h100", 8, 450e9), ("l40s", 4, 32e9), ("a100", 4, 300e9)])
+def test_tensor_parallel_allreduce_moves_a_ring_share_of_the_activations(
+        gpu: str, tp: int, link_bytes_per_second: float) -> None:
+    """Llama-3.1-8B: 32 layers x 2 all-reduces of 4096 BF16 values per token; a ring moves
+    2 (TP - 1) / TP of each over the link at ALLREDUCE_EFFICIENCY. By hand for H100 TP 2:
+    64 * 1 * 8192 B / (450e9 * 0.7) = 1.66 us per token."""
+    cfg = EngineConfig(gpu, "llama-3.1-8b", tensor_parallel_size=tp)
+    per_token = 64 * (2 * (tp - 1) / tp) * 4096 * 2 / (link_bytes_per_second * roofline.ALLREDUCE_EFFICIENCY)
+    st = cfg.step_time
+    assert st.allreduce_seconds_per_token == pytest.approx(per_token)
+    # a step of 512 prefill tokens pays it 512 times on top of the roofline and the overhead
+    without = dataclasses.replace(st, allreduce_seconds_per_token=0.0)
+    assert st.step_seconds(0, 0, [(0, 512)]) - without.step_seconds(0, 0, [(0, 512)]) == pytest.approx(512 * per_token)
+    # and a run of decode steps pays it per decode, step after step
+    assert st.decode_run_seconds(8, 1000, 5) - without.decode_run_seconds(8, 1000, 5) == pytest.approx(
+        5 * 8 * per_token)
+
+
+def test_pcie_all_reduce_makes_a_wide_l40s_instance_slower_per_gpu_than_nvlink() -> None:
+    """The same 70B prefill chunk on 4 PCIe L40S spends almost half a step in all-reduces; on 4
+    NVLink A100 a small share: a smaller TP is not free, nor penalised by fiat."""
+    shares = {}
+    for gpu in ("l40s", "a100"):
+        st = EngineConfig(gpu, "llama-3-70b", tensor_parallel_size=4, max_model_len=8192).step_time
+        step = st.step_seconds(0, 0, [(0, 1024)])
+        shares[gpu] = 1024 * st.allreduce_seconds_per_token / step
+    assert shares["a100"] < 0.15 < 0.4 < shares["l40s"]
 
 
 def test_moe_reads_only_touched_experts_and_computes_active_params() -> None:
@@ -323,3 +362,11 @@ def test_saturation_throughput_short_beats_long_on_short_requests() -> None:
     assert fast.output_tokens_per_second == pytest.approx(100 * fast.requests_per_second)
     with pytest.raises(ValueError, match="no request"):
         saturation_throughput(short, np.array([5000]), np.array([10]))
+
+
+@pytest.mark.parametrize(("gpu", "expected"), [
+    ("a100", (256, 2048)), ("h100", (1024, 8192)), ("h200", (1024, 8192)), ("mi300x", (1024, 8192)),
+    ("l40s", (256, 2048)), ("l4", (256, 2048))])
+def test_vllm_default_scheduler_flags_follow_its_engine_arguments(gpu: str, expected: tuple[int, int]) -> None:
+    """>= 70 GiB and not an A100: 1024 / 8192; otherwise 256 / 2048 (vLLM's API-server defaults)."""
+    assert vllm_default_scheduler_flags(get_gpu(gpu)) == expected

@@ -12,7 +12,7 @@ from litellm_dualpool.cli import main
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.sim.engine import EngineConfig
-from litellm_dualpool.sim.fleet import Fate, PoolSpec, simulate
+from litellm_dualpool.sim.fleet import Fate, PoolSpec, SloTargets, simulate
 from litellm_dualpool.sim.routers import (
     OracleRouter,
     PolicyRouter,
@@ -176,3 +176,22 @@ def test_spillover_capacity_below_the_slots_spills_an_overloaded_short_pool_soon
     assert capped.pools[0].ttft_p99_seconds < slots.pools[0].ttft_p99_seconds
     with pytest.raises(ConfigError):
         PoolSpec("short", SHORT, 1, max_in_flight=0)
+
+
+def test_attainment_per_request_class_and_a_ttft_target_that_grows_with_the_prompt() -> None:
+    """Long prompts take long to prefill: with a tight flat TTFT target the long class fails
+    more than the short one, and an allowance per prompt token lifts exactly those requests."""
+    w = workload(n=1500, rate=20.0)
+    flat = simulate(w, dual(), OracleRouter(), seed=1, slo=SloTargets(0.3, 0.2))
+    grown = simulate(w, dual(), OracleRouter(), seed=1, slo=SloTargets(0.3, 0.2, 1.0 / 1024))
+    by_class = flat.slo_attainment_by_class
+    assert set(by_class) == {"short", "long"}
+    assert by_class["long"] < by_class["short"]
+    # the same run (same timings), judged per request against prompt-dependent targets
+    assert np.array_equal(flat.ttft_seconds, grown.ttft_seconds, equal_nan=True)
+    assert grown.slo_attainment_by_class["long"] > by_class["long"]
+    assert grown.fleet.slo_attainment >= flat.fleet.slo_attainment
+    done = flat.request_fate == Fate.COMPLETED
+    ok = done & (flat.ttft_seconds <= 0.3 + w.prompt_tokens / 1024) & (flat.tpot_seconds <= 0.2)
+    assert grown.fleet.slo_attainment == pytest.approx(ok.sum() / len(w))
+    assert flat.to_dict()["slo_attainment_by_class"] == by_class

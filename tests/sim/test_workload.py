@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.planner import LengthMix
 from litellm_dualpool.sim.workload import (
     FRAMING_TOKENS_PER_MESSAGE,
     FRAMING_TOKENS_PER_REQUEST,
+    Workload,
+    arrival_dispersion,
     from_cdf,
     read_trace,
     synthesize_shapes,
@@ -86,3 +89,58 @@ def test_the_shipped_traces_read(name: str) -> None:
         pytest.fail(f"shared trace missing: {path}")
     w = read_trace(path)
     assert len(w) > 10000 and w.duration_seconds > 3000
+
+
+def _modulated(seconds: float = 4000.0, seed: int = 0) -> Workload:
+    """Poisson arrivals whose rate switches between 1/s and 9/s after exponential spells of 20 s
+    on average (mean 5/s): within a second Poisson-like, over minutes a swing, like real traffic."""
+    rng = np.random.default_rng(seed)
+    times, start, high = [], 0.0, False
+    while start < seconds:
+        spell = rng.exponential(20.0)
+        rate = 9.0 if high else 1.0
+        times.append(start + np.sort(rng.uniform(0, spell, rng.poisson(rate * spell))))
+        start, high = start + spell, not high
+    t = np.concatenate(times)
+    n = len(t)
+    return Workload("modulated", t - t[0], rng.integers(100, 9000, n), rng.integers(10, 300, n),
+                    np.zeros(n, dtype=np.int32), ("prose",))
+
+
+def test_superposed_copies_keep_the_traces_burstiness_where_compression_magnifies_it() -> None:
+    """Per 1 s: rate 1 or 9 gives a dispersion of about 1 + 16/5 = 4.2 in the trace. Twenty
+    independent shifted copies (100 req/s) keep it; compressing time 20x puts a whole spell of the
+    swing into each second, and the dispersion grows with the compression (about 34 here)."""
+    trace = _modulated()
+    own = arrival_dispersion(trace.arrival_seconds)
+    assert 3.0 < own < 5.5
+    sup = trace.superposed(100.0, seconds=600.0, seed=1)
+    comp = trace.scaled_to_rate(100.0)
+    assert len(sup) / 600.0 == pytest.approx(100.0, rel=0.05)
+    assert arrival_dispersion(sup.arrival_seconds) == pytest.approx(own, rel=0.3)
+    assert arrival_dispersion(comp.arrival_seconds) > 30.0
+    # lengths are the trace's own, drawn evenly from every part of it
+    assert np.isin(sup.prompt_tokens, trace.prompt_tokens).all()
+    assert sup.prompt_tokens.mean() == pytest.approx(trace.prompt_tokens.mean(), rel=0.05)
+    # the planner's analytic view of the same superposition: the copy's dispersion, thinned
+    mix = LengthMix.from_trace(trace, 100.0)
+    keep = mix.superposed_keep_fraction
+    assert keep is not None and 0.9 < keep <= 1.0  # 100 req/s is just over 20 copies' worth
+    assert mix.arrival_dispersion() == pytest.approx(1 + keep * (own - 1))
+    assert LengthMix.from_trace(trace, 100.0, "compress").arrival_dispersion() > 30.0
+
+
+def test_thinning_pulls_the_dispersion_toward_poisson() -> None:
+    """A rate that needs 1.5 copies' worth: two copies each kept with p = 0.75 -> 1 + 0.75 (D - 1)."""
+    trace = _modulated()
+    own_rate = len(trace) / trace.period_seconds
+    mix = LengthMix.from_trace(trace, 1.5 * own_rate)
+    assert mix.superposed_keep_fraction == pytest.approx(0.75)
+    own = arrival_dispersion(trace.arrival_seconds)
+    assert mix.arrival_dispersion() == pytest.approx(1 + 0.75 * (own - 1))
+    sup = trace.superposed(1.5 * own_rate, seed=2)
+    assert len(sup) == pytest.approx(1.5 * len(trace), rel=0.05)
+    with pytest.raises(ConfigError):
+        trace.superposed(0.0)
+    with pytest.raises(ConfigError):
+        LengthMix.from_trace(trace, 10.0, "stretch")
