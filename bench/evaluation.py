@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from litellm_dualpool.core.policy import PolicySettings
-from litellm_dualpool.planner import (
+from litellm_dualpool.planner.model import (
     Hardware,
     LengthMix,
     Plan,
@@ -274,7 +274,7 @@ def preemptions_at_90(sc: Scenario, hw: Hardware, trace: Workload, work: Workloa
     saturation throughput: preemptions per 1000 requests, homogeneous vs dual."""
     longest = max(65536, 1 << math.ceil(math.log2(int(trace.total_tokens.max()))))
     planner = Planner(LengthMix.from_workload(trace), sc.rate, hw, slo=sc.slo, long_max_model_len=longest)
-    from litellm_dualpool.planner import PoolFlags
+    from litellm_dualpool.planner.model import PoolFlags
     short, long_ = PoolFlags(8192, 128, 16384), PoolFlags(longest, 16, 8192)
     rate = sc.rate / k
     alpha = planner.mix.share_within(0, 8192)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from litellm_dualpool.core.policy import PolicySettings
-from litellm_dualpool.planner import Hardware, LengthMix, PoolFlags
+from litellm_dualpool.planner.model import Hardware, LengthMix, PoolFlags
 from litellm_dualpool.sim.capacity import saturation_throughput
 from litellm_dualpool.sim.compare import RatioInterval, paired_ratio_interval
 from litellm_dualpool.sim.engine import EngineConfig

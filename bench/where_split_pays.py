@@ -34,7 +34,7 @@ import numpy as np
 
 import litellm_dualpool.planner as planner_module
 from litellm_dualpool.core.policy import PolicySettings
-from litellm_dualpool.planner import (
+from litellm_dualpool.planner.model import (
     FleetPlan,
     Hardware,
     LengthMix,

@@ -57,7 +57,7 @@ COMMANDS: dict[str, Command] = {
                             "validate a LiteLLM YAML as the plugin sees it"),
     "estimate": Command("litellm_dualpool.commands.estimate",
                         "estimate the token budget and pool of a request body"),
-    "plan": Command("litellm_dualpool.planner_command", "size short/long pools for a workload",
+    "plan": Command("litellm_dualpool.planner.command", "size short/long pools for a workload",
                     TOOLS_COMMON),
     "simulate": Command("litellm_dualpool.sim.command", "simulate a fleet on a trace",
                         TOOLS_COMMON),

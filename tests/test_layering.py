@@ -14,7 +14,7 @@ FORBIDDEN = {
              "litellm_dualpool.proxy", "litellm_dualpool.sim", "litellm_dualpool.emulator",
              "litellm_dualpool.metrics"},
     "sim": {"litellm", "litellm_dualpool.proxy", "litellm_dualpool.emulator"},
-    "planner.py": {"litellm", "litellm_dualpool.proxy"},
+    "planner": {"litellm", "litellm_dualpool.proxy"},
 }
 
 

@@ -107,7 +107,14 @@ def planned_saving(specs: Sequence[RequestSpec], short_limit_tokens: int, *,
     import numpy as np
 
     from litellm_dualpool.demo.workload import Kind
-    from litellm_dualpool.planner import Hardware, LengthMix, Planner, SearchSpace, Slo, make_plan
+    from litellm_dualpool.planner.model import (
+        Hardware,
+        LengthMix,
+        Planner,
+        SearchSpace,
+        Slo,
+        make_plan,
+    )
 
     traffic = [s for s in specs if s.kind is Kind.TYPICAL] or [
         s for s in specs if s.kind is not Kind.OVERSIZE]

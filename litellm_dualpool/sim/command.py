@@ -233,7 +233,7 @@ def warn_if_overloaded(result: FleetResult) -> None:
 def _slo_targets(args: argparse.Namespace) -> SloTargets:
     if not getattr(args, "ttft_slo", None):
         return SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot)
-    from litellm_dualpool.planner import parse_ttft_slo
+    from litellm_dualpool.planner.model import parse_ttft_slo
 
     base, per_token = parse_ttft_slo(args.ttft_slo)
     return SloTargets(ttft_seconds=base, tpot_seconds=args.slo_tpot, ttft_seconds_per_prompt_token=per_token)
@@ -267,8 +267,8 @@ def homogeneous_pools(pools: Sequence[PoolSpec]) -> list[PoolSpec]:
 def write_plots(result: FleetResult, baselines: Sequence[FleetResult], workload: Workload,
                 pools: Sequence[PoolSpec], args: argparse.Namespace) -> list[object]:
     """The four figures; the savings curve comes from the planner on the same workload."""
-    from litellm_dualpool import plots
-    from litellm_dualpool.planner import (
+    from litellm_dualpool.planner import plots
+    from litellm_dualpool.planner.model import (
         DEFAULT_THRESHOLDS,
         Hardware,
         LengthMix,

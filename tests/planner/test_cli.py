@@ -15,7 +15,7 @@ import yaml
 
 from litellm_dualpool.cli import main
 from litellm_dualpool.config import load_plugin_config_file
-from litellm_dualpool.plots import FILES
+from litellm_dualpool.planner.plots import FILES
 
 REPO = Path(__file__).resolve().parents[2]
 TRACES = REPO.parent / "shared" / "data" / "traces"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from litellm_dualpool.errors import ConfigError
-from litellm_dualpool.planner import (
+from litellm_dualpool.planner.model import (
     TPOT_STEP_MARGIN,
     Hardware,
     LengthMix,
@@ -22,7 +22,7 @@ from litellm_dualpool.planner import (
     predict_load,
     predict_saving,
 )
-from litellm_dualpool.queueing import erlang_c, mgc_wait
+from litellm_dualpool.planner.queueing import erlang_c, mgc_wait
 
 
 @pytest.mark.parametrize(("alpha", "rho", "expected"), [

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from litellm_dualpool.errors import ConfigError
-from litellm_dualpool.planner import (
+from litellm_dualpool.planner.model import (
     Hardware,
     LengthMix,
     Planner,

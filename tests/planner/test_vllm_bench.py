@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from litellm_dualpool.errors import ConfigError
-from litellm_dualpool.planner import Hardware, LengthMix, Planner
-from litellm_dualpool.vllm_bench import (
+from litellm_dualpool.planner.model import Hardware, LengthMix, Planner
+from litellm_dualpool.planner.vllm_bench import (
     LENGTH_TOLERANCE,
     SATURATION_SHARE,
     VllmBench,

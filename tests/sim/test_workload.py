@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from litellm_dualpool.errors import ConfigError
-from litellm_dualpool.planner import LengthMix
+from litellm_dualpool.planner.model import LengthMix
 from litellm_dualpool.sim.workload import (
     FRAMING_TOKENS_PER_MESSAGE,
     FRAMING_TOKENS_PER_REQUEST,

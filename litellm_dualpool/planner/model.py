@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from litellm_dualpool.errors import ConfigError
-from litellm_dualpool.queueing import WaitDistribution, mgc_wait
+from litellm_dualpool.planner.queueing import WaitDistribution, mgc_wait
+from litellm_dualpool.planner.vllm_bench import LengthCheck, VllmBench, check_lengths
 from litellm_dualpool.sim.capacity import saturation_throughput
 from litellm_dualpool.sim.catalog import (
     GpuSpec,
@@ -56,7 +57,6 @@ from litellm_dualpool.sim.catalog import (
 from litellm_dualpool.sim.engine import EngineConfig
 from litellm_dualpool.sim.kv_headroom import KvDemand, KvHeadroom, kv_demand
 from litellm_dualpool.sim.workload import Workload, arrival_dispersion
-from litellm_dualpool.vllm_bench import LengthCheck, VllmBench, check_lengths
 
 HOURS_PER_YEAR = 8760.0
 #: Short-pool max_model_len candidates the threshold sweep tries.

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from litellm_dualpool.config import load_plugin_config
-from litellm_dualpool.planner import Hardware, Plan, PoolPlan
+from litellm_dualpool.planner.model import Hardware, Plan, PoolPlan
 
 #: Checkpoints a catalogue model is served from (BF16, and FP8 where one is published).
 HF_MODEL_IDS = {

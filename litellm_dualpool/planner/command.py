@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from litellm_dualpool.errors import ConfigError
-from litellm_dualpool.planner import (
+from litellm_dualpool.planner.model import (
     DEFAULT_LONG_MAX_MODEL_LEN,
     DEFAULT_LONG_MAX_NUM_SEQS,
     DEFAULT_THRESHOLDS,
@@ -39,6 +39,7 @@ from litellm_dualpool.planner import (
     make_plan,
     parse_ttft_slo,
 )
+from litellm_dualpool.planner.vllm_bench import read_vllm_bench
 from litellm_dualpool.sim.catalog import (
     GIB,
     PCIE4_X16_BYTES_PER_SECOND,
@@ -48,7 +49,6 @@ from litellm_dualpool.sim.catalog import (
     get_model,
 )
 from litellm_dualpool.sim.workload import read_trace
-from litellm_dualpool.vllm_bench import read_vllm_bench
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -354,7 +354,7 @@ def _kv_cell(pool: PoolPlan) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from litellm_dualpool.emit import emit
+    from litellm_dualpool.planner.emit import emit
 
     try:
         planner = build_planner(args)
