@@ -1,7 +1,7 @@
 """`litellm-dualpool demo` (what `make run` runs): the gateway on emulated pools, a workload, a report.
 
-It starts emulated vLLM instances (2 short at max_model_len 8192, 1 long at 65536; Llama-3-70B
-on 4x A100 each, sped up), the real ``litellm`` proxy with the packaged ``demo.yaml`` (the same
+It starts the emulated vLLM instances its YAML declares (2 short at max_model_len 8192, 1 long
+at 65536 in the packaged one; Llama-3-70B on 4x A100 each, sped up), the real ``litellm`` proxy with the packaged ``demo.yaml`` (the same
 file as ``proxy_config/demo.yaml``; a test keeps them identical) on
 127.0.0.1, replays the built-in Azure-like workload (or ``--trace FILE``) through it with the
 openai client, prints a report and, as its last line, one JSON object. Exit status: 0 when no
@@ -33,7 +33,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from litellm_dualpool.commands.common import add_json_flag
 from litellm_dualpool.demo import report as rpt
-from litellm_dualpool.demo.orchestrator import DEMO_POOLS, EngineFlags, Stack
+from litellm_dualpool.demo.orchestrator import (
+    EmulatedPool,
+    EngineFlags,
+    Stack,
+    StackError,
+    pools_of_config,
+)
 from litellm_dualpool.demo.replay import Outcome, Replayer, Status
 from litellm_dualpool.demo.workload import (
     RequestSpec,
@@ -85,17 +91,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "to stderr (without --json the JSON is stdout's last line)")
 
 
-def _workload(args: argparse.Namespace) -> list[RequestSpec]:
+def _workload(args: argparse.Namespace, pools: tuple[EmulatedPool, ...]) -> list[RequestSpec]:
     requests = args.requests
     if args.duration is not None:
         requests = max(1, round(args.duration * args.rate))
-    largest = max(p.max_model_len for p in DEMO_POOLS)
+    largest = max(p.max_model_len for p in pools)
     if args.trace is not None:
         return load_trace(args.trace, limit=requests, rate_per_s=args.rate, seed=args.seed,
                           largest_limit_tokens=largest)
     return builtin_workload(WorkloadSettings(
         requests=requests, rate_per_s=args.rate, seed=args.seed,
-        short_limit_tokens=min(p.max_model_len for p in DEMO_POOLS), largest_limit_tokens=largest))
+        short_limit_tokens=min(p.max_model_len for p in pools), largest_limit_tokens=largest))
 
 
 class _Stop(BaseException):
@@ -124,9 +130,14 @@ def _run_with_config(args: argparse.Namespace) -> int:
     if args.rate <= 0 or args.concurrency < 1 or args.speedup <= 0:
         errors.print("litellm-dualpool demo: --rate, --concurrency and --speedup must be positive")
         return 2
+    try:
+        pools = pools_of_config(args.config)
+    except (StackError, OSError, ValueError, KeyError, TypeError) as exc:
+        errors.print(f"litellm-dualpool demo: cannot read the pools of {args.config}: {exc}")
+        return 2
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="dualpool-demo-"))
-    stack = Stack(config_path=args.config, log_dir=log_dir,
+    stack = Stack(config_path=args.config, log_dir=log_dir, pools=pools,
                   engine=EngineFlags(speedup=args.speedup, seed=args.seed))
     clean = False
     try:
@@ -151,7 +162,7 @@ def _run_with_config(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stack: Stack, console: Console, errors: Console) -> int:
     started = time.monotonic()
-    specs = _workload(args)
+    specs = _workload(args, stack.pools)
     console.print(f"[bold]litellm-dualpool demo[/bold]: {len(specs)} requests at "
                   f"{args.rate}/s, concurrency {args.concurrency}, emulated Llama-3-70B on "
                   f"A100 x{stack.engine.tensor_parallel_size} at {args.speedup}x speed")

@@ -18,6 +18,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from litellm_dualpool.emulator.testing import emulator_command
 from litellm_dualpool.processes import (
@@ -43,27 +46,45 @@ class StackError(ProcessStartError):
 
 
 @dataclass(frozen=True, slots=True)
-class PoolSpec:
-    """One pool of emulated vLLM instances (vLLM serve flags)."""
+class EmulatedPool:
+    """One pool of emulated vLLM instances, as the demo's YAML declares it: its vLLM serve flags
+    and, per instance, the environment variable its ``api_base: os.environ/...`` names."""
 
     name: str
-    instances: int
     max_model_len: int
     max_num_seqs: int
     max_num_batched_tokens: int
+    api_base_env: tuple[str, ...]
 
-    def env_name(self, instance: int) -> str:
-        return f"DUALPOOL_DEMO_{self.name.upper()}_{instance}_API_BASE"
+    @property
+    def instances(self) -> int:
+        return len(self.api_base_env)
 
 
-#: The paper's Llama-3-70B/A100 configuration: short 8K / 128 seqs / 16K batched tokens,
-#: long 64K / 16 seqs / 8K batched tokens; proxy_config/demo.yaml declares the same pools.
-DEMO_POOLS = (
-    PoolSpec("short", instances=2, max_model_len=8192, max_num_seqs=128,
-             max_num_batched_tokens=16384),
-    PoolSpec("long", instances=1, max_model_len=65536, max_num_seqs=16,
-             max_num_batched_tokens=8192),
-)
+#: vLLM's --max-num-batched-tokens where a deployment's model_info names none
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+
+
+def pools_of_config(path: Path) -> tuple[EmulatedPool, ...]:
+    """The pools a demo YAML declares (deployments grouped by ``model_info.pool``, smallest
+    window first). StackError for a deployment the demo cannot start a backend for."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for i, entry in enumerate(data.get("model_list") or []):
+        info = entry.get("model_info") or {}
+        api_base = str((entry.get("litellm_params") or {}).get("api_base", ""))
+        if not api_base.startswith("os.environ/") or not isinstance(info.get("pool"), str):
+            raise StackError(f"{path}: model_list[{i}] needs model_info.pool and an api_base "
+                             "of the form os.environ/NAME (the demo starts that backend)")
+        found.setdefault(info["pool"], []).append((api_base.removeprefix("os.environ/"), info))
+    pools = []
+    for name, members in found.items():
+        first = members[0][1]
+        pools.append(EmulatedPool(
+            name, int(first["max_model_len"]), int(first.get("max_num_seqs", 256)),
+            int(first.get("max_num_batched_tokens", DEFAULT_MAX_NUM_BATCHED_TOKENS)),
+            tuple(env for env, _ in members)))
+    return tuple(sorted(pools, key=lambda p: p.max_model_len))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +120,7 @@ class Stack:
 
     config_path: Path
     log_dir: Path
-    pools: tuple[PoolSpec, ...] = DEMO_POOLS
+    pools: tuple[EmulatedPool, ...] = ()
     engine: EngineFlags = field(default_factory=EngineFlags)
     master_key: str = field(default_factory=default_master_key)
     processes: list[ManagedProcess] = field(default_factory=list)
@@ -120,7 +141,9 @@ class Stack:
     # -- emulated vLLM ----------------------------------------------------------------------
 
     def start_emulators(self) -> None:
-        pending: list[tuple[PoolSpec, ManagedProcess, Path]] = []
+        if not self.pools:
+            self.pools = pools_of_config(self.config_path)
+        pending: list[tuple[EmulatedPool, ManagedProcess, Path]] = []
         for pool in self.pools:
             for i in range(pool.instances):
                 ready = self.log_dir / f"{pool.name}-{i}.ready.json"
@@ -146,9 +169,9 @@ class Stack:
             self.backends.setdefault(pool.name, []).append(base + "/v1")
 
     def backend_env(self) -> dict[str, str]:
-        """The variables demo.yaml's ``api_base: os.environ/...`` entries read."""
+        """The variables the YAML's ``api_base: os.environ/...`` entries read."""
         pools = {pool.name: pool for pool in self.pools}
-        return {pools[name].env_name(i): url
+        return {pools[name].api_base_env[i]: url
                 for name, urls in self.backends.items() for i, url in enumerate(urls)}
 
     def pool_of_api_base(self) -> dict[str, str]:

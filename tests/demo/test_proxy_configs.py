@@ -196,3 +196,13 @@ async def test_a_scrape_key_may_read_metrics_only(tenants_file: Path) -> None:
     for path in ("/v1/chat/completions", "/v1/models", "/metricsx", "/health"):
         with pytest.raises(HTTPException, match="metrics_only key may read /metrics only"):
             await auth.user_api_key_auth(on(path), "sk-example-metrics-scraper-change-me")
+
+
+def test_the_demo_starts_the_pools_its_yaml_declares() -> None:
+    from litellm_dualpool.demo.orchestrator import pools_of_config
+
+    pools = pools_of_config(CONFIG_DIR / "demo.yaml")
+    assert [(p.name, p.instances, p.max_model_len, p.max_num_seqs, p.max_num_batched_tokens)
+            for p in pools] == [("short", 2, 8192, 128, 16384), ("long", 1, 65536, 16, 8192)]
+    assert pools[0].api_base_env == ("DUALPOOL_DEMO_SHORT_0_API_BASE",
+                                     "DUALPOOL_DEMO_SHORT_1_API_BASE")
