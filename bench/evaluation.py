@@ -36,7 +36,7 @@ from litellm_dualpool.planner.model import (
     ThresholdOption,
     make_plan,
 )
-from litellm_dualpool.sim.fleet import FleetResult, PoolReport, PoolSpec, SloTargets, simulate
+from litellm_dualpool.sim.fleet import FleetResult, PoolReport, SimPool, SloTargets, simulate
 from litellm_dualpool.sim.routers import (
     OracleRouter,
     PolicyRouter,
@@ -123,15 +123,15 @@ def sliced(workload: Workload, rate: float, k: int, seconds: float) -> Workload:
 
 
 def specs(hw: Hardware, pools: Sequence[PoolPlan], counts: Sequence[int],
-          flags: Sequence[tuple[int, int, int]] | None = None) -> list[PoolSpec]:
+          flags: Sequence[tuple[int, int, int]] | None = None) -> list[SimPool]:
     out = []
     for i, (pool, n) in enumerate(zip(pools, counts, strict=True)):
         f = flags[i] if flags else (pool.flags.max_model_len, pool.flags.max_num_seqs, pool.flags.max_num_batched_tokens)
-        out.append(PoolSpec(pool.name, hw.engine(*f), max(int(n), 1)))
+        out.append(SimPool(pool.name, hw.engine(*f), max(int(n), 1)))
     return out
 
 
-def router_for(kind: str, pools: Sequence[PoolSpec], spillover: float | None = None) -> Router:
+def router_for(kind: str, pools: Sequence[SimPool], spillover: float | None = None) -> Router:
     settings = PolicySettings(spillover_load_fraction=spillover)
     if len(pools) == 1:
         return SinglePoolRouter(pools[0].name)
@@ -198,7 +198,7 @@ def evaluate(sc: Scenario, quick: bool, log: Callable[[str], None]) -> dict[str,
     log(f"{sc.key}: plan {plan.homogeneous.gpus} -> {plan.dual_pool.gpus} GPUs at {plan.threshold}; "
         f"slice 1/{k}: {len(work)} requests")
 
-    def sim(pools: list[PoolSpec], kind: str = "estimator", spill: float | None = None) -> FleetResult:
+    def sim(pools: list[SimPool], kind: str = "estimator", spill: float | None = None) -> FleetResult:
         return simulate(work, pools, router_for(kind, pools, spill), slo=slo_t)
 
     def slice_count(pool: PoolPlan) -> int:
@@ -284,8 +284,8 @@ def preemptions_at_90(sc: Scenario, hw: Hardware, trace: Workload, work: Workloa
     n_h = max(math.ceil(rate / (0.9 * mu_h)), 1)
     n_s = max(math.ceil(alpha * rate / (0.9 * mu_s)), 1)
     n_l = max(math.ceil((1 - alpha) * rate / (0.9 * mu_l)), 1)
-    homog = sim([PoolSpec("homogeneous", hw.engine(longest, 16, 8192), n_h)])
-    dual = sim([PoolSpec("short", hw.engine(8192, 128, 16384), n_s), PoolSpec("long", hw.engine(longest, 16, 8192), n_l)])
+    homog = sim([SimPool("homogeneous", hw.engine(longest, 16, 8192), n_h)])
+    dual = sim([SimPool("short", hw.engine(8192, 128, 16384), n_s), SimPool("long", hw.engine(longest, 16, 8192), n_l)])
     return {"homogeneous": homog, "dual": dual, "instances": (n_h, n_s, n_l)}
 
 

@@ -27,7 +27,7 @@ from litellm_dualpool.planner.model import Hardware, LengthMix, PoolFlags
 from litellm_dualpool.sim.capacity import saturation_throughput
 from litellm_dualpool.sim.compare import RatioInterval, paired_ratio_interval
 from litellm_dualpool.sim.engine import EngineConfig
-from litellm_dualpool.sim.fleet import FleetResult, PoolSpec, simulate
+from litellm_dualpool.sim.fleet import FleetResult, SimPool, simulate
 from litellm_dualpool.sim.kv_headroom import kv_headroom
 from litellm_dualpool.sim.routers import PolicyRouter, SinglePoolRouter
 from litellm_dualpool.sim.workload import Workload, read_trace
@@ -135,10 +135,10 @@ def run_case(case: Case, trace: Workload | None = None) -> dict[str, object]:
     work = trace.resized(max(len(trace), int(rate * case.seconds))).scaled_to_rate(rate).resized(
         int(rate * case.seconds))
     router = PolicyRouter(PolicySettings())
-    h_res = simulate(work, [PoolSpec("homogeneous", engine(homog), n_h)], SinglePoolRouter("homogeneous"))
+    h_res = simulate(work, [SimPool("homogeneous", engine(homog), n_h)], SinglePoolRouter("homogeneous"))
 
     def dual(ns: int, nl: int) -> FleetResult:
-        return simulate(work, [PoolSpec("short", engine(short), ns), PoolSpec("long", engine(long_), nl)], router)
+        return simulate(work, [SimPool("short", engine(short), ns), SimPool("long", engine(long_), nl)], router)
 
     d_res, e_res = dual(n_s, n_l), dual(e_s, n_h - e_s)
     kv = {name: kv_headroom(engine(f), sub.prompt_tokens, sub.output_tokens).to_dict()

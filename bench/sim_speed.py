@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from litellm_dualpool.sim.engine import EngineConfig
-from litellm_dualpool.sim.fleet import PoolSpec, simulate
+from litellm_dualpool.sim.fleet import SimPool, simulate
 from litellm_dualpool.sim.routers import PolicyRouter, SinglePoolRouter
 from litellm_dualpool.sim.workload import read_trace, synthesize_shapes
 
@@ -44,12 +44,12 @@ def main() -> int:
     long = EngineConfig("a100", "llama-3-70b", tensor_parallel_size=4, max_model_len=65536,
                         max_num_seqs=16, max_num_batched_tokens=8192)
     if args.router == "homogeneous":
-        pools = [PoolSpec("long", long, 360)]
+        pools = [SimPool("long", long, 360)]
         router = SinglePoolRouter("long")
     else:
         short = EngineConfig("a100", "llama-3-70b", tensor_parallel_size=4, max_model_len=8192,
                              max_num_seqs=128, max_num_batched_tokens=16384)
-        pools = [PoolSpec("short", short, 300), PoolSpec("long", long, 60)]
+        pools = [SimPool("short", short, 300), SimPool("long", long, 60)]
         router = PolicyRouter()
     t1 = time.perf_counter()
     result = simulate(workload, pools, router, shapes=shapes)

@@ -47,7 +47,7 @@ from litellm_dualpool.planner.model import (
     parse_ttft_slo,
 )
 from litellm_dualpool.sim.catalog import get_gpu, get_model
-from litellm_dualpool.sim.fleet import FleetResult, PoolSpec, SloTargets, simulate
+from litellm_dualpool.sim.fleet import FleetResult, SimPool, SloTargets, simulate
 from litellm_dualpool.sim.routers import OracleRouter, SinglePoolRouter
 from litellm_dualpool.sim.workload import (
     Workload,
@@ -219,11 +219,11 @@ def simulate_fleet(sc: Scenario, plan: Plan, fleet: FleetPlan, work: Workload,
     allowance = slo.ttft_allowance_seconds(work.prompt_tokens)
     idle = [p.share < 1e-3 for p in pools]
 
-    def specs(counts: list[int]) -> list[PoolSpec]:
+    def specs(counts: list[int]) -> list[SimPool]:
         out = []
         for p, n in zip(pools, counts, strict=True):
             hw = p.hardware or plan.hardware
-            out.append(PoolSpec(p.name, hw.engine(p.flags.max_model_len, p.flags.max_num_seqs,
+            out.append(SimPool(p.name, hw.engine(p.flags.max_model_len, p.flags.max_num_seqs,
                                                   p.flags.max_num_batched_tokens), max(n, 1), hw.usd_per_gpu_hour))
         return out
 

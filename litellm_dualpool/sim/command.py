@@ -33,7 +33,7 @@ from litellm_dualpool.commands.common import (
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.sim.engine import EngineConfig
-from litellm_dualpool.sim.fleet import Balancer, FleetResult, PoolSpec, SloTargets, simulate
+from litellm_dualpool.sim.fleet import Balancer, FleetResult, SimPool, SloTargets, simulate
 from litellm_dualpool.sim.routers import (
     OracleRouter,
     PolicyRouter,
@@ -114,7 +114,7 @@ def pool_fields(text: str, index: int) -> dict[str, str]:
         raise ConfigError(str(exc), path=f"pool[{index}]") from None
 
 
-def build_pools(args: argparse.Namespace, rate: float) -> list[PoolSpec]:
+def build_pools(args: argparse.Namespace, rate: float) -> list[SimPool]:
     texts = args.pool or list(_DEFAULT_POOLS)
     pools = []
     for i, text in enumerate(texts):
@@ -129,7 +129,7 @@ def build_pools(args: argparse.Namespace, rate: float) -> list[PoolSpec]:
         # without an explicit count: the paper's per-instance rates (11.2 short, 2.8 long) at
         # 95% / 5% of the traffic; a starting point, not a plan (see `litellm-dualpool plan`)
         default = math.ceil(rate * (0.95 / 11.2 if i == 0 else 0.05 / 2.8)) if len(texts) > 1 else math.ceil(rate / 2.8)
-        pools.append(PoolSpec(f["name"], cfg, int(f.get("instances", max(default, 1))), args.price))
+        pools.append(SimPool(f["name"], cfg, int(f.get("instances", max(default, 1))), args.price))
     return pools
 
 
@@ -147,7 +147,7 @@ def load_workload(args: argparse.Namespace) -> Workload:
     return workload
 
 
-def make_router(name: str, pools: Sequence[PoolSpec], spillover: float, model_group: str) -> Router:
+def make_router(name: str, pools: Sequence[SimPool], spillover: float, model_group: str) -> Router:
     settings = PolicySettings(spillover_load_fraction=spillover if spillover > 0 else None)
     if name == "homogeneous":
         return SinglePoolRouter(max(pools, key=lambda p: p.engine.max_model_len).name)
@@ -239,7 +239,7 @@ def _slo_targets(args: argparse.Namespace) -> SloTargets:
     return SloTargets(ttft_seconds=base, tpot_seconds=args.slo_tpot, ttft_seconds_per_prompt_token=per_token)
 
 
-def simulate_with_progress(workload: Workload, pools: Sequence[PoolSpec], router: Router,
+def simulate_with_progress(workload: Workload, pools: Sequence[SimPool], router: Router,
                            args: argparse.Namespace, slo: SloTargets, *, label: str) -> FleetResult:
     """``simulate`` with a rich progress bar on stderr (unless --no-progress)."""
     kwargs = dict(balancer=args.balancer, max_tokens=args.max_tokens, recovery=not args.no_recovery,
@@ -256,16 +256,16 @@ def simulate_with_progress(workload: Workload, pools: Sequence[PoolSpec], router
                         **kwargs)  # type: ignore[arg-type]
 
 
-def homogeneous_pools(pools: Sequence[PoolSpec]) -> list[PoolSpec]:
+def homogeneous_pools(pools: Sequence[SimPool]) -> list[SimPool]:
     """The largest pool's configuration with as many instances as the split fleet's GPUs allow."""
     largest = max(pools, key=lambda p: p.engine.max_model_len)
     gpus = sum(p.instances * p.engine.num_gpus for p in pools)
-    return [PoolSpec("homogeneous", largest.engine, max(gpus // largest.engine.num_gpus, 1),
+    return [SimPool("homogeneous", largest.engine, max(gpus // largest.engine.num_gpus, 1),
                      largest.usd_per_gpu_hour)]
 
 
 def write_plots(result: FleetResult, baselines: Sequence[FleetResult], workload: Workload,
-                pools: Sequence[PoolSpec], args: argparse.Namespace) -> list[object]:
+                pools: Sequence[SimPool], args: argparse.Namespace) -> list[object]:
     """The four figures; the savings curve comes from the planner on the same workload."""
     from litellm_dualpool.planner import plots
     from litellm_dualpool.planner.model import (

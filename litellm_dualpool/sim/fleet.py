@@ -49,7 +49,7 @@ class Fate(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class PoolSpec:
+class SimPool:
     """``instances`` copies of one vLLM configuration. ``usd_per_gpu_hour`` overrides the GPU's."""
 
     name: str
@@ -153,7 +153,7 @@ class FleetSimulator:
 
     def __init__(
         self,
-        pools: Sequence[PoolSpec],
+        pools: Sequence[SimPool],
         router: Router,
         *,
         balancer: Balancer | str = Balancer.LEAST_LOADED,
@@ -454,7 +454,7 @@ def _replace(report: PoolReport, **changes: object) -> PoolReport:
 
 def simulate(
     workload: Workload,
-    pools: Sequence[PoolSpec],
+    pools: Sequence[SimPool],
     router: Router,
     *,
     shapes: Sequence[RequestShape] | None = None,

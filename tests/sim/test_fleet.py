@@ -12,7 +12,7 @@ from litellm_dualpool.cli import main
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.sim.engine import EngineConfig
-from litellm_dualpool.sim.fleet import Fate, PoolSpec, SloTargets, simulate
+from litellm_dualpool.sim.fleet import Fate, SimPool, SloTargets, simulate
 from litellm_dualpool.sim.routers import (
     OracleRouter,
     PolicyRouter,
@@ -32,8 +32,8 @@ def workload(n: int = 3000, rate: float = 40.0, seed: int = 3) -> Workload:
                      max_total_tokens=80000, seed=seed)
 
 
-def dual() -> list[PoolSpec]:
-    return [PoolSpec("short", SHORT, 3), PoolSpec("long", LONG, 2)]
+def dual() -> list[SimPool]:
+    return [SimPool("short", SHORT, 3), SimPool("long", LONG, 2)]
 
 
 def test_every_request_is_completed_or_refused_and_counted() -> None:
@@ -63,7 +63,7 @@ def test_decode_runs_change_nothing_but_speed(router: str) -> None:
     """The fast path (k identical decode steps per event, cut at arrivals) equals stepping
     every instance one engine step at a time."""
     w = workload(1500, rate=60.0)
-    pools = dual() if router == "policy" else [PoolSpec("long", LONG, 4)]
+    pools = dual() if router == "policy" else [SimPool("long", LONG, 4)]
 
     def run(decode_runs: bool):  # type: ignore[no-untyped-def]
         r = PolicyRouter() if router == "policy" else SinglePoolRouter("long")
@@ -79,7 +79,7 @@ def test_decode_runs_change_nothing_but_speed(router: str) -> None:
 
 def test_homogeneous_fleet_refuses_over_length_at_the_backend() -> None:
     w = workload(800)
-    result = simulate(w, [PoolSpec("long", LONG, 5)], SinglePoolRouter("long"), balancer="round_robin")
+    result = simulate(w, [SimPool("long", LONG, 5)], SinglePoolRouter("long"), balancer="round_robin")
     prompt_too_long = int((w.prompt_tokens > 32768).sum())
     assert result.refused_backend == prompt_too_long > 0
     assert result.refused_gateway == 0
@@ -129,7 +129,7 @@ def test_preemptions_show_up_when_long_requests_crowd_a_small_cache() -> None:
                            max_num_batched_tokens=8192, num_gpu_blocks_override=6000)
     w = synthetic(1500, 30.0, prompt_median_tokens=6000, prompt_sigma=0.6, output_median_tokens=400,
                   max_total_tokens=60000, seed=5)
-    result = simulate(w, [PoolSpec("long", crowded, 2)], SinglePoolRouter("long"))
+    result = simulate(w, [SimPool("long", crowded, 2)], SinglePoolRouter("long"))
     assert result.fleet.preemptions > 0
     assert result.fleet.preemptions_per_1000 == pytest.approx(
         1000 * result.fleet.preemptions / result.fleet.completed)
@@ -168,14 +168,14 @@ def test_spillover_capacity_below_the_slots_spills_an_overloaded_short_pool_soon
     planner derives from the TTFT target) it starts sooner, and the short pool's TTFT holds."""
     w = workload(n=1500, rate=60.0)
     settings = PolicySettings(spillover_load_fraction=0.9)
-    slots = simulate(w, [PoolSpec("short", SHORT, 1), PoolSpec("long", LONG, 3)], OracleRouter(settings))
-    capped = simulate(w, [PoolSpec("short", SHORT, 1, max_in_flight=8), PoolSpec("long", LONG, 3)],
+    slots = simulate(w, [SimPool("short", SHORT, 1), SimPool("long", LONG, 3)], OracleRouter(settings))
+    capped = simulate(w, [SimPool("short", SHORT, 1, max_in_flight=8), SimPool("long", LONG, 3)],
                       OracleRouter(settings))
     assert capped.reasons.get("spillover", 0) > slots.reasons.get("spillover", 0)
     assert capped.pools[0].requests < slots.pools[0].requests
     assert capped.pools[0].ttft_p99_seconds < slots.pools[0].ttft_p99_seconds
     with pytest.raises(ConfigError):
-        PoolSpec("short", SHORT, 1, max_in_flight=0)
+        SimPool("short", SHORT, 1, max_in_flight=0)
 
 
 def test_attainment_per_request_class_and_a_ttft_target_that_grows_with_the_prompt() -> None:
