@@ -29,6 +29,7 @@ run: $(VENV)/.stamp
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check litellm_dualpool tests bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_layering.py
 
 unit: $(VENV)/.stamp

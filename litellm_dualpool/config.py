@@ -305,7 +305,8 @@ def _build_group(name: str, declared: list[tuple[int, _PoolInfo]],
             f"{only}); a dual-pool group needs at least two different max_model_len values "
             "(a short and a long pool), or drop max_model_len to leave the group untouched",
             path=f"model_list[{declared[0][0]}].model_info.max_model_len")
-    pools, used_labels = [], {}
+    pools: list[PoolSpec] = []
+    used_labels: dict[str, int] = {}
     lengths = sorted(by_len)
     default_capacity = settings.spillover.default_max_in_flight_per_deployment
     for rank, length in enumerate(lengths):

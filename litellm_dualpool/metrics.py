@@ -30,23 +30,23 @@ class _CachedLabels:
 
     def labels(self, *values: Any, **named: Any) -> Any:
         if named:
-            return super().labels(*values, **named)  # type: ignore[misc]
+            return super().labels(*values, **named)  # type: ignore[misc]  # prometheus_client's labels() is untyped
         try:
             return self._dualpool_children[values]
         except AttributeError:
             self._dualpool_children = {}
         except KeyError:
             pass
-        child = self._dualpool_children[values] = super().labels(*values)  # type: ignore[misc]
+        child = self._dualpool_children[values] = super().labels(*values)  # type: ignore[misc]  # prometheus_client's labels() is untyped
         return child
 
     def remove(self, *values: Any) -> None:
         self._dualpool_children = {}
-        super().remove(*values)  # type: ignore[misc]
+        super().remove(*values)  # type: ignore[misc]  # untyped in prometheus_client
 
     def clear(self) -> None:
         self._dualpool_children = {}
-        super().clear()  # type: ignore[misc]
+        super().clear()  # type: ignore[misc]  # untyped in prometheus_client
 
 
 class Counter(_CachedLabels, _Counter):

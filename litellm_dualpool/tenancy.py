@@ -21,7 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from litellm_dualpool.core.tenant import ANONYMOUS_TENANT, ObservationTrust
+from litellm_dualpool.core.tenant import ANONYMOUS_TENANT as ANONYMOUS_TENANT
+from litellm_dualpool.core.tenant import ObservationTrust as ObservationTrust
 from litellm_dualpool.errors import ConfigError
 
 #: Metadata entry (on a key or a team) holding a tenant's policy.
@@ -126,7 +127,7 @@ class _EntryFreePolicies:
     MAX_TENANTS = 4096
 
     def __init__(self) -> None:
-        self._by_config: dict[int, tuple[TenancyConfig, dict[tuple[str, bool, bool],
+        self._by_config: dict[int, tuple[TenancyConfig, dict[tuple[str, bool, bool, bool],
                                                                TenantPolicy]]] = {}
 
     def get(self, tenancy: TenancyConfig, key: tuple[str, bool, bool, bool],
@@ -212,7 +213,7 @@ PROXY_ADMIN_ROLE = "proxy_admin"
 def is_proxy_admin(user_api_key_dict: Any) -> bool:
     """Whether the caller holds LiteLLM's proxy_admin role (the master key, or an admin key)."""
     role = _field(user_api_key_dict, "user_role")
-    return getattr(role, "value", role) == PROXY_ADMIN_ROLE
+    return bool(getattr(role, "value", role) == PROXY_ADMIN_ROLE)
 
 
 def resolve_tenant_policy(user_api_key_dict: Any, tenancy: TenancyConfig, *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from litellm_dualpool.config import PluginConfig, load_plugin_config_file
 from litellm_dualpool.errors import ConfigError
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{args.file}: OK")
-    for name, group in result["groups"].items():  # type: ignore[union-attr]
+    groups: dict[str, Any] = result["groups"]  # type: ignore[assignment]  # view()'s JSON: a dict
+    for name, group in groups.items():
         print(f"model group {name!r}:")
         for pool in group["pools"]:
             hardware = f", hardware {pool['hardware']}" if pool["hardware"] else ""

@@ -97,7 +97,7 @@ def _number(value: object, path: str, limit: float = math.inf) -> float:
     if type(value) not in (int, float):
         raise ConfigError(f"must be a finite number, got {_short(value)}", path=path)
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]  # checked just above to be a real number
     except OverflowError:
         raise ConfigError("must be a finite number, got an integer too large for a float",
                           path=path) from None

@@ -100,9 +100,9 @@ def _paragraphs(text: str) -> Iterator[str]:
 
 def _distribution_texts() -> Iterator[str]:
     dists = sorted(importlib.metadata.distributions(),
-                   key=lambda d: (d.metadata.get("Name") or "").lower())
+                   key=lambda d: (d.metadata["Name"] or "").lower())
     for dist in dists:
-        description = dist.metadata.get_payload() or dist.metadata.get("Description") or ""  # type: ignore[attr-defined]
+        description = dist.metadata.get_payload() or dist.metadata.get("Description") or ""  # type: ignore[attr-defined]  # an email.Message at run time
         if description:
             yield str(description)
         for file in dist.files or ():
@@ -224,7 +224,8 @@ class TextPool:
         return len(self._decode(self._tokens).encode("utf-8")) / max(1, self.total_tokens)
 
     def _decode(self, ids: np.ndarray) -> str:
-        return self._tokenizer.decode_bytes(ids.tolist()).decode("utf-8", errors="ignore")
+        text: str = self._tokenizer.decode_bytes(ids.tolist()).decode("utf-8", errors="ignore")
+        return text
 
     def count(self, text: str) -> int:
         return len(self._tokenizer.encode_ordinary(text))

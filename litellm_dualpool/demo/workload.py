@@ -160,8 +160,8 @@ def _special_request(kind: Kind, settings: WorkloadSettings, rng: random.Random,
     # it, where an estimate with the prose ratio routes short and the backend refuses.
     max_tokens = rng.randint(16, 96)
     category = category or rng.choice((Category.LOG, Category.LOG, Category.CJK, Category.TOOLS))
-    low, high = BORDERLINE_SPAN[category is Category.LOG]
-    total = round(settings.short_limit_tokens * rng.uniform(low, high))
+    span_low, span_high = BORDERLINE_SPAN[category is Category.LOG]
+    total = round(settings.short_limit_tokens * rng.uniform(span_low, span_high))
     return category, max(1, total - max_tokens), max_tokens
 
 

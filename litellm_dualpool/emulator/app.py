@@ -218,7 +218,7 @@ async def _metrics(state: EmulatorState, request: Request) -> Response:
 
 
 async def _models(state: EmulatorState, request: Request) -> Response:
-    cards = [
+    cards: list[dict[str, Any]] = [
         {"id": name, "object": "model", "created": state.created, "owned_by": "vllm",
          "root": state.model, "parent": None, "max_model_len": state.settings.max_model_len,
          "permission": []}
@@ -304,7 +304,8 @@ def _respond(state: EmulatorState, body: dict[str, Any], jobs: list[_Job], promp
     request_id = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
     run = _Run(state, request_id, jobs, prompt_tokens, chat=chat)
     if body.get("stream") is True:
-        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        found = body.get("stream_options")
+        options: dict[str, Any] = found if isinstance(found, dict) else {}
         return _SseStream(run, include_usage=options.get("include_usage") is True,
                           continuous_usage=options.get("continuous_usage_stats") is True)
     return _Complete(run)
@@ -376,7 +377,7 @@ class _Run:
                 self.generated[pos] += inc
                 yield inc
         finally:
-            await gen.aclose()
+            await gen.aclose()  # type: ignore[attr-defined]  # an async generator, typed as its iterator
         end = time.monotonic()
         scale = self.state.backend.time_scale
         self.state.metrics.request_finished(

@@ -85,7 +85,7 @@ def _default_tokenizer(model: str) -> str:
     return "qwen3" if "qwen" in model.lower() else "llama3"
 
 
-def build_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def build_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # returns sim.engine.Engine, imported lazily ([tools] extra)
     """The sim engine for these flags (ConfigError if the hardware cannot hold the model)."""
     from litellm_dualpool.sim.engine import Engine, EngineConfig
 
@@ -95,11 +95,11 @@ def build_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                   gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype,
                   kv_cache_dtype=args.kv_cache_dtype)
     if args.tensor_parallel_size is not None:
-        return Engine(EngineConfig(tensor_parallel_size=args.tensor_parallel_size, **common))  # type: ignore[arg-type]
+        return Engine(EngineConfig(tensor_parallel_size=args.tensor_parallel_size, **common))
     last: ConfigError | None = None
     for tp in TENSOR_PARALLEL_CHOICES:
         try:
-            return Engine(EngineConfig(tensor_parallel_size=tp, **common))  # type: ignore[arg-type]
+            return Engine(EngineConfig(tensor_parallel_size=tp, **common))
         except ConfigError as exc:
             last = exc
     raise last or ConfigError("no tensor parallel size fits", path="tensor_parallel_size")

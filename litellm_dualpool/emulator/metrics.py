@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -70,7 +71,7 @@ class EmulatorMetrics:
         self.tpot = histogram("vllm:request_time_per_output_token_seconds",
                               "Histogram of time_per_output_token_seconds per request.", TPOT_BUCKETS)
 
-    def _l(self, metric):  # type: ignore[no-untyped-def]
+    def _l(self, metric: Any) -> Any:
         return metric.labels(**self._label_values)
 
     def request_finished(self, *, prompt_tokens: int, generation_tokens: int, finished_reason: str,

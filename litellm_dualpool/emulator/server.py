@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -84,7 +85,8 @@ class RefusalController:
         if server is None or address is None:
             return
         config = server.config
-        factory = functools.partial(config.http_protocol_class, config=config,
+        protocol: Any = config.http_protocol_class  # uvicorn types it as a bare Protocol
+        factory = functools.partial(protocol, config=config,
                                     server_state=server.server_state, app_state=server.lifespan.state)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,7 +105,7 @@ def serve(app_factory: object, *, host: str, port: int, controller: RefusalContr
     ``announce_json`` (``emulate --json``) prints ``{host, port, pid, url}`` as one JSON line on
     stdout once listening: with ``--port 0`` that is how a script learns the port.
     """
-    config = uvicorn.Config(app_factory, host=host, port=port, log_level=log_level, access_log=False,  # type: ignore[arg-type]
+    config = uvicorn.Config(app_factory, host=host, port=port, log_level=log_level, access_log=False,  # type: ignore[arg-type]  # uvicorn types the app factory narrowly
                             timeout_graceful_shutdown=2, lifespan="on")
     server = uvicorn.Server(config)
     controller.attach(server)

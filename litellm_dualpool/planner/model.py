@@ -115,7 +115,8 @@ class LengthMix:
 
     @property
     def total_tokens(self) -> np.ndarray:
-        return self.prompt_tokens + self.output_tokens
+        total: np.ndarray = self.prompt_tokens + self.output_tokens
+        return total
 
     @property
     def arrival_model(self) -> str:

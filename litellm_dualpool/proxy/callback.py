@@ -36,6 +36,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm_dualpool.config import PluginConfig, load_plugin_config_file
 from litellm_dualpool.core.calibration import Calibrator
 from litellm_dualpool.core.plan import RecoveryFailure
+from litellm_dualpool.core.tenant import ObservationTrust
 from litellm_dualpool.errors import ConfigError, InvalidRequestError, NoPoolFitsError
 from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.discovery import proxy_config_path, proxy_router
@@ -52,7 +53,6 @@ from litellm_dualpool.proxy.record import STASH_KEY, PlanRecord, record_in
 from litellm_dualpool.proxy.rejections import parse_context_rejection
 from litellm_dualpool.proxy.vllm_load import VllmLoadPoller
 from litellm_dualpool.state import StateStore, build_store
-from litellm_dualpool.tenancy import ObservationTrust
 
 logger = logging.getLogger("litellm_dualpool")
 
@@ -75,8 +75,9 @@ def _metadata(container: dict[str, Any] | None, *, create: bool) -> dict[str, An
     if isinstance(found, dict):
         return found
     if create:
-        container[key] = {}
-        return container[key]
+        created: dict[str, Any] = {}
+        container[key] = created
+        return created
     return None
 
 
@@ -101,8 +102,9 @@ def backend_prompt_tokens(kwargs: Mapping[str, Any], response: Any) -> int | Non
     """A non-streaming response's prompt tokens, if the backend's own body carried usage."""
     tokens = _prompt_tokens(getattr(response, "usage", None))
     raw = kwargs.get("original_response")
-    if isinstance(raw, str | bytes) and (b"prompt_tokens" if isinstance(raw, bytes)
-                                         else "prompt_tokens") not in raw:
+    if isinstance(raw, bytes) and b"prompt_tokens" not in raw:
+        return None
+    if isinstance(raw, str) and "prompt_tokens" not in raw:
         return None
     if isinstance(raw, Mapping) and "usage" not in raw:
         return None
@@ -159,8 +161,9 @@ def _permission_denied(message: str, model: str) -> Exception:
     import litellm
 
     response = httpx.Response(403, request=httpx.Request("POST", "http://litellm-dualpool"))
-    return litellm.PermissionDeniedError(message=message, llm_provider="litellm_dualpool",
-                                         model=model, response=response)
+    error: Exception = litellm.PermissionDeniedError(
+        message=message, llm_provider="litellm_dualpool", model=model, response=response)
+    return error
 
 
 def check_user_parts(data: Mapping[str, Any], call_type: Any = "acompletion") -> None:
@@ -187,7 +190,7 @@ def check_user_parts(data: Mapping[str, Any], call_type: Any = "acompletion") ->
                                           "not supported", field=f"messages[{i}].content[{j}].type")
 
 
-class DualPoolCallback(CustomLogger):  # type: ignore[misc]
+class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not followed by mypy (Any base)
     """The plugin as LiteLLM sees it. Build it with a PluginConfig; the proxy's YAML names the
     module-level instance built by `from_proxy_environment`."""
 
@@ -298,7 +301,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         try:
             self.ensure_prepared()
             self.check_model_name(data.get("model"))
-            group = self.engine.groups.get(data.get("model"))  # type: ignore[arg-type]
+            group = self.engine.groups.get(data.get("model"))  # type: ignore[arg-type]  # a client's model: any JSON value
             metadata = _metadata(data, create=group is not None)
             if metadata is not None:
                 metadata.pop(STASH_KEY, None)  # never trust a client-sent plan
@@ -488,7 +491,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]
         status = getattr(error, "status_code", None)
         status = status if isinstance(status, int) and 400 <= status <= 599 else 500
         progress = record.progress if record is not None else None
-        if progress is not None and progress.recovered_from and (
+        if record is not None and progress is not None and progress.recovered_from and (
                 progress.recovery_failure is RecoveryFailure.ERROR
                 or (progress.recovery_failure is None and status >= 500)):
             return HTTPException(status_code=503, detail={"error": (

@@ -281,7 +281,9 @@ class DualPoolEngine:
         """The request is over: close every attempt still open."""
         self.inflight.close_all(record.plan.id)
         group = self.groups.get(record.plan.group)
-        for p in group.pools if group is not None else ():
+        if group is None:
+            return
+        for p in group.pools:
             self._set_in_flight_gauge(group.model_group, p.name)
 
     def _set_in_flight_gauge(self, group: str, pool: str) -> None:

@@ -99,6 +99,6 @@ def map_context_rejections() -> bool:
         return bool(litellm_check(error_str)) or (
             isinstance(error_str, str) and parse_rejection_text(error_str) is not None)
 
-    check._dualpool = True  # type: ignore[attr-defined]
+    check._dualpool = True  # type: ignore[attr-defined]  # a marker on the wrapper (idempotent install)
     checkers.is_error_str_context_window_exceeded = staticmethod(check)
     return True

@@ -18,7 +18,7 @@ from litellm_dualpool.proxy.record import record_in
 from litellm_dualpool.proxy.router_api import healthy_deployments
 
 
-class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]
+class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]  # LiteLLM is not followed by mypy (Any base)
     def __init__(self, router: Any, callback: Any, *, rng: random.Random | None = None) -> None:
         self.router = router
         self.callback = callback
@@ -51,7 +51,8 @@ class DualPoolRoutingStrategy(CustomRoutingStrategyBase):  # type: ignore[misc]
         inflight = self.engine.inflight
 
         def load(deployment: dict[str, Any]) -> int:
-            return inflight.deployment(str((deployment.get("model_info") or {}).get("id")))
+            count: int = inflight.deployment(str((deployment.get("model_info") or {}).get("id")))
+            return count
 
         lowest = min(load(d) for d in healthy)
         chosen = self._rng.choice([d for d in healthy if load(d) == lowest])

@@ -74,10 +74,11 @@ class VllmLoadPoller:
         for pool in group.pools:
             self._targets[(group.model_group, pool.name)] = []
         for deployment in deployments:
-            pool = pool_of(group, deployment)
+            found = pool_of(group, deployment)
             api_base = (deployment.get("litellm_params") or {}).get("api_base")
-            if pool is None or not isinstance(api_base, str):
+            if found is None or not isinstance(api_base, str):
                 continue
+            pool = found
             capacity = deployment_capacity(deployment.get("model_info"), self._default_capacity)
             self._targets[(group.model_group, pool.name)].append(
                 _Target(metrics_url(api_base), capacity))

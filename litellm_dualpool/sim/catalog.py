@@ -142,7 +142,7 @@ _ALIASES = {
 }
 
 
-def _lookup(table: dict, name: str, what: str):  # type: ignore[type-arg, no-untyped-def]
+def _lookup(table: dict, name: str, what: str):  # type: ignore[type-arg, no-untyped-def]  # one lookup for the GPU and the model tables (values of either type)
     key = name.strip().lower().split("/")[-1]
     key = _ALIASES.get(key, key)
     if key not in table:

@@ -212,8 +212,9 @@ def run(args: argparse.Namespace) -> int:
     if baselines:
         payload["baselines"] = [b.to_dict() for b in baselines]
     if getattr(args, "plots", None):
-        payload["plots"] = [str(p) for p in write_plots(result, baselines, workload, pools, args)]
-        for path in payload["plots"]:  # type: ignore[union-attr]
+        written = [str(p) for p in write_plots(result, baselines, workload, pools, args)]
+        payload["plots"] = written
+        for path in written:
             print(f"wrote {path}", file=text)
     if args.json:
         print(json.dumps(payload, separators=(",", ":")))
@@ -245,7 +246,7 @@ def simulate_with_progress(workload: Workload, pools: Sequence[SimPool], router:
     kwargs = dict(balancer=args.balancer, max_tokens=args.max_tokens, recovery=not args.no_recovery,
                   seed=args.seed, slo=slo)
     if getattr(args, "no_progress", True):
-        return simulate(workload, pools, router, **kwargs)  # type: ignore[arg-type]
+        return simulate(workload, pools, router, **kwargs)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -253,7 +254,7 @@ def simulate_with_progress(workload: Workload, pools: Sequence[SimPool], router:
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"simulating {label}", total=len(workload))
         return simulate(workload, pools, router, progress=lambda done, _n: bar.update(task, completed=done),
-                        **kwargs)  # type: ignore[arg-type]
+                        **kwargs)
 
 
 def homogeneous_pools(pools: Sequence[SimPool]) -> list[SimPool]:

@@ -172,7 +172,7 @@ class EngineConfig:
         """A copy with some vLLM flags changed (derived fields recomputed)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         fields.update(changes)
-        return EngineConfig(**fields)  # type: ignore[arg-type]
+        return EngineConfig(**fields)
 
 
 class AdmissionStatus(StrEnum):

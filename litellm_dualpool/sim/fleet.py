@@ -389,8 +389,9 @@ class FleetSimulator:
                                              mask, preemptions, kv, horizon, pool.engine.max_model_len))
         everyone = np.ones(self._n, dtype=bool)
         total_gpu_price = [(p.instances * p.engine.num_gpus, p.price) for p in self.pools]
-        usd = None if any(price is None for _, price in total_gpu_price) else sum(
-            g * price * HOURS_PER_YEAR for g, price in total_gpu_price)  # type: ignore[operator]
+        prices = [(g, price) for g, price in total_gpu_price if price is not None]
+        usd = (sum(g * price * HOURS_PER_YEAR for g, price in prices)
+               if len(prices) == len(total_gpu_price) else None)
         gpus = sum(g for g, _ in total_gpu_price)
         blocks_time = sum(p.engine.num_gpu_blocks * p.instances for p in self.pools) * horizon
         fleet = self._pool_report("fleet", sum(p.instances for p in self.pools), 0, None, everyone,
@@ -413,7 +414,9 @@ class FleetSimulator:
         """Per request: completed within its TTFT target and the TPOT target."""
         done = self._fate == Fate.COMPLETED
         with np.errstate(invalid="ignore"):
-            return done & (self._ttft <= self._ttft_target) & (self._tpot <= self.slo.tpot_seconds)
+            met: np.ndarray = done & (self._ttft <= self._ttft_target) & (
+                self._tpot <= self.slo.tpot_seconds)
+        return met
 
     def _attainment(self, mask: np.ndarray) -> float:
         return float(self._met()[mask].mean()) if mask.any() else 1.0
@@ -449,7 +452,7 @@ def _pct(values: np.ndarray, q: float) -> float:
 def _replace(report: PoolReport, **changes: object) -> PoolReport:
     data = asdict(report)
     data.update(changes)
-    return PoolReport(**data)  # type: ignore[arg-type]
+    return PoolReport(**data)
 
 
 def simulate(

@@ -71,7 +71,8 @@ class Workload:
 
     @property
     def total_tokens(self) -> np.ndarray:
-        return self.prompt_tokens + self.output_tokens
+        total: np.ndarray = self.prompt_tokens + self.output_tokens
+        return total
 
     def scaled_to_rate(self, rate_per_second: float) -> Workload:
         """Compress or stretch time so the mean rate is ``rate_per_second``."""
@@ -135,7 +136,7 @@ class Workload:
                       prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens,
                       category=self.category, categories=self.categories)
         fields.update(changes)
-        return Workload(**fields)  # type: ignore[arg-type]
+        return Workload(**fields)  # type: ignore[arg-type]  # fields: the dataclass's own, by name
 
 
 def arrival_dispersion(arrival_seconds: np.ndarray, window_seconds: float = 1.0) -> float:
@@ -176,7 +177,8 @@ def _times(values: list[str | float | int], unit: str | None) -> np.ndarray:
             numbers = np.array([float(v) for v in values])
         except ValueError:
             stamps = np.array([str(v).strip().replace(" ", "T") for v in values], dtype="datetime64[ns]")
-            return (stamps - stamps.min()).astype(np.int64) / 1e9
+            seconds: np.ndarray = (stamps - stamps.min()).astype(np.int64) / 1e9
+            return seconds
     else:
         numbers = np.array(values, dtype=np.float64)
     return numbers / 1000.0 if unit == "ms" else numbers
@@ -206,9 +208,9 @@ def read_trace(path: str | Path, *, category: str | None = None, timestamp_unit:
     unit = timestamp_unit
     if unit is None and path.suffix == ".jsonl" and tcol == "timestamp" and isinstance(raw_times[0], int):
         unit = "ms"
-    times = _times(raw_times, unit)  # type: ignore[arg-type]
-    prompts = np.array([int(float(r[icol])) for r in rows])  # type: ignore[arg-type]
-    outputs = np.array([int(float(r[ocol])) for r in rows])  # type: ignore[arg-type]
+    times = _times(raw_times, unit)  # type: ignore[arg-type]  # csv/json rows: str or numbers
+    prompts = np.array([int(float(r[icol])) for r in rows])  # type: ignore[arg-type]  # csv/json rows: str or numbers
+    outputs = np.array([int(float(r[ocol])) for r in rows])  # type: ignore[arg-type]  # csv/json rows: str or numbers
     cat = category or ("code" if "code" in path.stem.lower() else "prose")
     return _build(path.stem, times, prompts, outputs, cat)
 

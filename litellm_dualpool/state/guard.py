@@ -31,8 +31,8 @@ from typing import Any, TypeGuard
 
 from litellm_dualpool.core.calibration import CategoryKey
 from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
+from litellm_dualpool.core.tenant import ObservationTrust
 from litellm_dualpool.errors import ConfigError
-from litellm_dualpool.tenancy import ObservationTrust
 
 #: Tenant bucket used once a key's window holds max_tenants_per_key distinct tenants.
 CROWD_TENANT = "_crowd"

@@ -24,10 +24,10 @@ from typing import Any
 
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
+from litellm_dualpool.core.tenant import ObservationTrust
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.state.guard import Admission, InfluenceGuard
 from litellm_dualpool.state.observation import Observation
-from litellm_dualpool.tenancy import ObservationTrust
 
 SNAPSHOT_KIND = "litellm_dualpool.state"
 SNAPSHOT_VERSION = 1

@@ -17,7 +17,7 @@ from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, CategoryKey
 from litellm_dualpool.core.calibration_snapshot import MAX_COUNT
 from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.shape import ContentClass, RequestShape
-from litellm_dualpool.tenancy import ObservationTrust
+from litellm_dualpool.core.tenant import ObservationTrust
 
 WIRE_VERSION = 1
 #: Longest string field accepted from the wire (model groups, categories, ids).

@@ -247,7 +247,7 @@ class RedisStore(StateStore):
                                      f"{self.stream_key}", error)
 
     def _apply_entry(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
-        obs = decode(fields.get(FIELD) or fields.get("o") or b"")  # type: ignore[call-overload]
+        obs = decode(fields.get(FIELD) or fields.get("o") or b"")  # type: ignore[call-overload]  # redis-py: str or bytes keys
         if obs.origin == self.worker_id and obs.seq in self._local_only:
             self._local_only.discard(obs.seq)  # learned already, while Redis was out
             return
@@ -466,7 +466,8 @@ class RedisStore(StateStore):
             if isinstance(failure.error, redis_errors.ResponseError):
                 return  # no stream (e.g. a Redis restarted empty): nothing was missed
             raise
-        deleted = info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id")
+        raw: Any = info  # redis-py answers str or bytes keys, as decode_responses says
+        deleted = raw.get("max-deleted-entry-id") or raw.get(b"max-deleted-entry-id")
         if deleted and stream_id(deleted) > stream_id(self._last_id):
             logger.warning("litellm-dualpool: the shared stream was trimmed past this worker's "
                            "position %s during the outage; resynchronising", self._last_id)

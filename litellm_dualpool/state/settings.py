@@ -162,7 +162,7 @@ def redis_settings(state: StateConfig, router_settings: Mapping[str, Any] | None
     url, host, port, password = (pick("url", "REDIS_URL"), pick("host", "REDIS_HOST"),
                                  pick("port", "REDIS_PORT"), pick("password", "REDIS_PASSWORD"))
     try:
-        port_number = int(port) if port is not None else 6379  # type: ignore[call-overload]
+        port_number = int(port) if port is not None else 6379  # type: ignore[call-overload]  # LiteLLM's setting: str or int
     except (TypeError, ValueError):
         raise ConfigError(f"redis port must be an integer, got {port!r}",
                           path=f"{base}.port") from None

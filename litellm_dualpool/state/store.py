@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from litellm_dualpool.core.calibration import CategoryKey
 from litellm_dualpool.core.shape import RequestShape
+from litellm_dualpool.core.tenant import ANONYMOUS_TENANT, ObservationTrust
 from litellm_dualpool.state.learner import Learner, Outcome
 from litellm_dualpool.state.observation import Observation
-from litellm_dualpool.tenancy import ANONYMOUS_TENANT, ObservationTrust
 
 if TYPE_CHECKING:
     from litellm_dualpool.metrics import DualPoolMetrics
