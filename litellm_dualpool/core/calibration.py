@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from litellm_dualpool.core.calibration_snapshot import KeyRecord, parse_snapshot, snapshot_object
@@ -689,12 +689,3 @@ class Calibrator:
     def _within_bounds(self, theta: list[float], densities: list[float]) -> list[float]:
         """`_bounded`, then the marginal ratio at `densities` within [min, max] bytes/token."""
         return self._ratio_bounded(self._bounded(theta), densities)
-
-
-def settings_from_mapping(values: Mapping[str, Any]) -> CalibrationSettings:
-    """Build settings from a plain mapping (unknown names raise ConfigError)."""
-    known = {f.name for f in fields(CalibrationSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown calibration settings {unknown}", path=unknown[0])
-    return CalibrationSettings(**dict(values))

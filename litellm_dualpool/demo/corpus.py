@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import quicktok
@@ -254,12 +253,3 @@ class TextPool:
             keep -= excess
             text = self._decode(ids[:keep])
         return text
-
-
-def corpus_stats(pools: dict[str, TextPool]) -> dict[str, Any]:
-    """Size and measured bytes/token of each pool (shown by the demo's report)."""
-    return {
-        name: {"pieces": pool.piece_count, "tokens": pool.total_tokens,
-               "bytes_per_token": round(pool.bytes_per_token, 3)}
-        for name, pool in pools.items()
-    }

@@ -97,7 +97,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_reporting(parser: argparse.ArgumentParser) -> None:
-    """Progress bar, baseline runs and figures (added with the planner, issue 5)."""
+    """Progress bar, baseline runs and figures."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--baseline", action="store_true",
                         help="also simulate a homogeneous fleet of the largest pool's configuration "

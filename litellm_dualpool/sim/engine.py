@@ -51,7 +51,7 @@ Scheduling (one step), after vLLM V1's scheduler with chunked prefill:
    sequence so far (prompt, plus the tokens already generated for a preempted one), not only
    its first chunk; the blocks are still allocated chunk by chunk. Off: the first chunk only.
 Difference from vLLM V1: decodes go before continuing prefills (V1 walks the running list in
-order), which is what V0's chunked-prefill scheduler did and what the issue asks for.
+order), as V0's chunked-prefill scheduler did: a long prefill delays no running decode.
 
 Fast decode bookkeeping: a request in decode has ``computed = key + D`` where D counts decode
 steps of this engine, so k decode steps move every request at once by ``D += k``; blocks needed

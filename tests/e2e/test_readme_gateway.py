@@ -107,7 +107,7 @@ def test_readme_steps_parse_into_a_two_pool_gateway() -> None:
     assert steps.body["model"] in groups
     served = {_flag(e, "--served-model-name") for e in steps.emulators}
     models = {d["litellm_params"]["model"] for d in steps.config["model_list"]}  # type: ignore[index, union-attr]
-    # the 404 of issue 17: hosted_vllm/<name> must be a name the backends serve
+    # a 404 otherwise: hosted_vllm/<name> must be a name the backends serve
     assert {m.removeprefix("hosted_vllm/") for m in models} == served
     settings = steps.config["litellm_settings"]
     assert settings["disable_aiohttp_transport"] is True  # type: ignore[index]
