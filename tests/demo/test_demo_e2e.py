@@ -115,6 +115,9 @@ def test_demo_short_run_reports_zero_lost_and_stops_everything(tmp_path: Path) -
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             raise
+        finally:
+            if process.stdout is not None:
+                process.stdout.close()
     assert code == 0
     urls = [gateway + "/health/liveliness"] + [
         url for urls in report["gateway"]["backends"].values() for url in urls]
