@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,13 @@ from typing import Any
 import httpx
 import yaml
 
+from litellm_dualpool import processes
+from litellm_dualpool.processes import ManagedProcess, free_port, spawn
+
 BACKEND_SCRIPT = Path(__file__).with_name("backend.py")
 #: The proxy needs 8-16 s here; allow for a loaded CI machine.
 PROXY_START_SECONDS = 90.0
 BACKEND_START_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def offline_env(**extra: str) -> dict[str, str]:
@@ -42,29 +38,9 @@ def offline_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not healthy after {seconds} s:\n{log.read_text()[-4000:]}")
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, grace_seconds: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after `grace_seconds`; a no-op for None or an exited process."""
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+def wait_healthy(url: str, child: ManagedProcess, seconds: float) -> None:
+    """Block until `url` answers 200; RuntimeError (ProcessStartError) with the log otherwise."""
+    processes.wait_healthy(child, url, seconds)
 
 
 def eventually(condition: Callable[[], bool], seconds: float = 30.0) -> None:
@@ -97,18 +73,14 @@ def start_backend(name: str, max_model_len: int, log_dir: Path, *, usage: bool =
                   error_style: str = "current") -> Iterator[Backend]:
     """A stand-in vLLM (backend.py); `error_style` picks whose over-length 400 it answers."""
     port = free_port()
-    log = log_dir / f"backend-{name}.log"
     args = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--name", name,
             "--max-model-len", str(max_model_len), "--error-style", error_style] + (
                 [] if usage else ["--no-usage"])
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
-    try:
+    with spawn(f"backend-{name}", args, log_dir / f"backend-{name}.log",
+               env=offline_env()) as child:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url + "/health", process, log, BACKEND_START_SECONDS)
+        wait_healthy(url + "/health", child, BACKEND_START_SECONDS)
         yield Backend(name, max_model_len, url)
-    finally:
-        stop_process(process)
 
 
 @dataclass
@@ -143,16 +115,11 @@ def start_proxy(config: dict[str, Any], log_dir: Path) -> Iterator[Proxy]:
     port = free_port()
     key = "sk-" + secrets.token_hex(16)
     log = log_dir / "proxy.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*litellm_command(), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=offline_env(LITELLM_MASTER_KEY=key))
-    try:
+    argv = [*litellm_command(), "--config", str(path), "--host", "127.0.0.1", "--port", str(port)]
+    with spawn("litellm-proxy", argv, log, env=offline_env(LITELLM_MASTER_KEY=key)) as child:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url + "/health/liveliness", process, log, PROXY_START_SECONDS)
+        wait_healthy(url + "/health/liveliness", child, PROXY_START_SECONDS)
         yield Proxy(url, key, log)
-    finally:
-        stop_process(process)
 
 
 def run_proxy_until_exit(config: dict[str, Any], log_dir: Path, timeout: float = PROXY_START_SECONDS
@@ -169,7 +136,7 @@ def run_proxy_until_exit(config: dict[str, Any], log_dir: Path, timeout: float =
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output.decode(errors="replace")
     except subprocess.TimeoutExpired:
-        stop_process(process)
+        ManagedProcess("litellm-proxy", process, path).stop()
         return None, ""
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,9 +26,10 @@ from plugin_stack import (
     PROXY_START_SECONDS,
     free_port,
     litellm_command,
-    stop_process,
     wait_healthy,
 )
+
+from litellm_dualpool.processes import spawn
 
 pytestmark = [pytest.mark.e2e]
 
@@ -92,13 +92,9 @@ def _with_flag(argv: list[str], name: str, value: str) -> list[str]:
 @contextmanager
 def _started(argv: list[str], env: dict[str, str], log: Path, health_url: str,
              seconds: float) -> Iterator[None]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_healthy(health_url, process, log, seconds)
+    with spawn(log.stem, argv, log, env=env) as child:
+        wait_healthy(health_url, child, seconds)
         yield
-    finally:
-        stop_process(process)
 
 
 def test_readme_steps_parse_into_a_two_pool_gateway() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +14,9 @@ from typing import Any
 
 import httpx
 import yaml
-from redis_helpers import free_port
 
-from tests.e2e.plugin_stack import offline_env, stop_process, wait_healthy
+from litellm_dualpool.processes import ManagedProcess, free_port, spawn
+from tests.e2e.plugin_stack import offline_env, wait_healthy
 from tests.prometheus_text import sample_value
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -27,7 +26,6 @@ START_SECONDS = 120.0
 MASTER_KEY = "sk-master-" + "0" * 24
 
 
-stop = stop_process
 
 
 @dataclass
@@ -35,7 +33,7 @@ class Backend:
     name: str
     max_model_len: int
     url: str
-    process: subprocess.Popen[bytes]
+    child: ManagedProcess
 
     @property
     def api_base(self) -> str:
@@ -47,20 +45,18 @@ def backends(log_dir: Path, *limits: tuple[str, int]) -> Iterator[list[Backend]]
     started: list[Backend] = []
     try:
         for name, limit in limits:
-            port, log = free_port(), log_dir / f"backend-{name}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--name", name,
-                     "--max-model-len", str(limit)], stdout=out, stderr=subprocess.STDOUT,
-                    env=offline_env())
-            started.append(Backend(name, limit, f"http://127.0.0.1:{port}", process))
+            port = free_port()
+            argv = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--name", name,
+                    "--max-model-len", str(limit)]
+            child = spawn(f"backend-{name}", argv, log_dir / f"backend-{name}.log",
+                          env=offline_env())
+            started.append(Backend(name, limit, f"http://127.0.0.1:{port}", child))
         for backend in started:
-            wait_healthy(backend.url + "/health", backend.process,
-                         log_dir / f"backend-{backend.name}.log", 30)
+            wait_healthy(backend.url + "/health", backend.child, 30)
         yield started
     finally:
         for backend in started:
-            stop(backend.process)
+            backend.child.stop()
 
 
 def proxy_config(group: str, pools: list[Backend], dualpool_settings: dict[str, Any]
@@ -90,7 +86,7 @@ class Proxy:
     #: the custom_auth module copied beside the YAML (the config names `tenant_auth`)
     auth_module: Path = AUTH_MODULE
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    child: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -110,18 +106,18 @@ class Proxy:
         if self.workers > 1:  # uvicorn kills workers that are not up within 5 s by default
             command += ["--num_workers", str(self.workers),
                         "--timeout_worker_healthcheck", str(int(START_SECONDS))]
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, cwd=self.directory,
-                env=offline_env(LITELLM_MASTER_KEY=MASTER_KEY, **self.env))
+        self.child = spawn(f"litellm-{self.name}", command, self.log, cwd=self.directory,
+                           env=offline_env(LITELLM_MASTER_KEY=MASTER_KEY, **self.env),
+                           append=True)
 
     def wait(self) -> None:
-        assert self.process is not None
-        wait_healthy(self.url + "/health/liveliness", self.process, self.log, START_SECONDS)
+        assert self.child is not None
+        wait_healthy(self.url + "/health/liveliness", self.child, START_SECONDS)
 
     def stop(self) -> None:
-        stop(self.process)
-        self.process = None
+        if self.child is not None:
+            self.child.stop()
+        self.child = None
 
     def restart(self) -> None:
         self.stop()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,14 +12,10 @@ from pathlib import Path
 
 import redis
 
+from litellm_dualpool.processes import ManagedProcess, free_port, spawn, wait_until
+
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 6379
 START_SECONDS = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def unique_prefix(label: str) -> str:
@@ -53,7 +46,7 @@ class PrivateRedis:
 
     port: int
     log: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    child: ManagedProcess | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -66,30 +59,20 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no"],
-                stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.RedisError):
-                if self.client().ping():
-                    return
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer in time")
+        self.child = spawn("redis-server", [binary, "--port", str(self.port), "--bind",
+                                            "127.0.0.1", "--save", "", "--appendonly", "no",
+                                            "--daemonize", "no"], self.log, append=True)
+        wait_until(self._answers, self.child, "a PING reply", START_SECONDS)
+
+    def _answers(self) -> bool:
+        with contextlib.suppress(redis.RedisError):
+            return bool(self.client().ping())
+        return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.process = None
+        if self.child is not None:
+            self.child.stop()
+        self.child = None
 
 
 @contextlib.contextmanager

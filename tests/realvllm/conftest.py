@@ -14,14 +14,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.plugin_stack import Backend, free_port, offline_env
+from litellm_dualpool.processes import ManagedProcess, free_port, spawn, wait_healthy
+from tests.e2e.plugin_stack import Backend, offline_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDER = Path(__file__).with_name("build_tiny_llama.py")
@@ -62,13 +63,15 @@ def build_model(out: Path = MODEL_CACHE) -> Path:
         raise RuntimeError(f"building the tiny model failed:\n{result.stderr[-4000:]}")
     return out
 
+#: vLLM's shutdown takes a while on 2 cores
+STOP_GRACE_SECONDS = 20.0
+
 
 @dataclass
 class VllmServer(Backend):
     """A running real vLLM server (a Backend for tests.e2e.plugin_stack.deployment)."""
 
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
+    child: ManagedProcess | None = None
 
     def metrics_text(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=10).text
@@ -103,33 +106,6 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL what is left after a grace period."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-
-
-def _wait_healthy(server: VllmServer, deadline: float) -> None:
-    assert server.process is not None and server.log is not None
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"vLLM {server.name} exited with {server.process.returncode}:\n"
-                               f"{server.log.read_text(errors='replace')[-6000:]}")
-        try:
-            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"vLLM {server.name} not healthy after {VLLM_START_SECONDS} s:\n"
-                       f"{server.log.read_text(errors='replace')[-6000:]}")
-
-
 @contextmanager
 def start_vllm_servers(model_dir: Path, pools: dict[str, int], log_dir: Path
                        ) -> Iterator[dict[str, VllmServer]]:
@@ -139,22 +115,22 @@ def start_vllm_servers(model_dir: Path, pools: dict[str, int], log_dir: Path
     try:
         for name, max_model_len in pools.items():
             port = free_port()
-            log = log_dir / f"vllm-{name}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    _vllm_command(model_dir, port, max_model_len), stdout=out,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_server_env(),
-                    start_new_session=True, preexec_fn=_die_with_parent)
+            # its own session: a stop signals vLLM's engine process too
+            child = spawn(f"vllm-{name}", _vllm_command(model_dir, port, max_model_len),
+                          log_dir / f"vllm-{name}.log", env=_server_env(), new_session=True,
+                          preexec_fn=_die_with_parent)
             servers[name] = VllmServer(name, max_model_len, f"http://127.0.0.1:{port}",
-                                       process=process, log=log)
+                                       child=child)
         deadline = time.monotonic() + VLLM_START_SECONDS
         for server in servers.values():
-            _wait_healthy(server, deadline)
+            assert server.child is not None
+            wait_healthy(server.child, server.url + "/health",
+                         max(deadline - time.monotonic(), 0.0))
         yield servers
     finally:
         for server in servers.values():
-            if server.process is not None:
-                _stop_group(server.process)
+            if server.child is not None:
+                server.child.stop(STOP_GRACE_SECONDS)
 
 
 @pytest.fixture(scope="session")
