@@ -441,3 +441,25 @@ async def test_backend_metrics_drive_spillover(make_env) -> None:
     await env.settle()
     assert record(data).progress.pool == "short"
     assert env.pool_hits == ["long", "short"]
+
+
+async def test_the_strategys_synchronous_path_narrows_and_refuses_like_the_filter(env) -> None:
+    """LiteLLM's synchronous routing path goes through the callback's public `narrow`: the
+    planned pool, failed deployments avoided, and the plugin's refusal as LiteLLM's 400."""
+    from litellm_dualpool.proxy import DualPoolRoutingStrategy
+
+    strategy = DualPoolRoutingStrategy(env.router, env.plugin)
+    short = strategy.get_available_deployment(
+        "llama", messages=[{"role": "user", "content": "hi"}],
+        request_kwargs={"metadata": {}, "max_tokens": 8})
+    assert short is not None and short["model_info"]["max_model_len"] == SHORT_LEN
+    failed = short["model_info"]["id"]
+    retried = strategy.get_available_deployment(
+        "llama", messages=[{"role": "user", "content": "hi"}],
+        request_kwargs={"metadata": {"previous_models": [{"deployment_id": failed}]},
+                        "max_tokens": 8})
+    assert retried is not None and retried["model_info"]["id"] != failed  # the long pool
+    with pytest.raises(litellm.BadRequestError, match="largest pool"):
+        strategy.get_available_deployment(
+            "llama", messages=[{"role": "user", "content": "hi"}],
+            request_kwargs={"metadata": {}, "max_tokens": LONG_LEN + 100})
