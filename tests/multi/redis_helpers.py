@@ -3,10 +3,11 @@ up afterwards), and private redis-server processes that a test may stop and rest
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,3 +84,12 @@ def private_redis(log_dir: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Poll `condition` every 20 ms in the running event loop; AssertionError after `seconds`."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
-from redis_helpers import SHARED_HOST, SHARED_PORT, PrivateRedis
+from redis_helpers import SHARED_HOST, SHARED_PORT, PrivateRedis, wait_for
 
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.shape import ContentClass, RequestShape
@@ -128,14 +126,6 @@ async def test_unreadable_entries_are_skipped_and_counted(prefix: str) -> None:
     assert sample(metrics, "dualpool_state_sync_errors_total", operation="decode") == 2
     await store.stop()
     client.close()
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_redis_down_then_back_learns_locally_then_shares(own_redis: PrivateRedis) -> None:

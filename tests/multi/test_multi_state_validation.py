@@ -4,7 +4,6 @@ from the stream or cold, out-of-range values are clamped, and a later valid snap
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
-from redis_helpers import SHARED_HOST, SHARED_PORT
+from redis_helpers import SHARED_HOST, SHARED_PORT, wait_for
 
 from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, Calibrator, CategoryKey
 from litellm_dualpool.core.shape import ContentClass, RequestShape
@@ -71,14 +70,6 @@ async def seed(prefix: str, count: int = HONEST) -> RedisStore:
     await writer.sync_once()
     assert await writer.checkpoint()
     return writer
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def start(store: RedisStore, how: str) -> None:
