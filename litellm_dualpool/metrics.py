@@ -109,7 +109,11 @@ class DualPoolMetrics:
             "dualpool_spillovers", "Requests sent to a larger pool because theirs was saturated.",
             ["model_group", "from_pool", "to_pool"], registry=registry)
         self.refusals = Counter(
-            "dualpool_refusals", "Requests refused before any backend call (400).",
+            "dualpool_refusals",
+            "Requests answered with the plugin's context-length 400: no pool (that the caller "
+            "may use) fits the estimate, before any backend call (fits_nowhere, not_allowed); "
+            "or the largest pool rejected the request and no larger one exists (fits_nowhere, "
+            "after that backend call).",
             ["model_group", "reason"], registry=registry)
         self.callback_errors = Counter(
             "dualpool_callback_errors", "Exceptions caught at the plugin's hook boundaries.",

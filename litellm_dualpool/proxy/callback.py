@@ -4,7 +4,8 @@ learn in the success event and in the streaming iterator, count misroutes in the
 
 Hooks used (same on LiteLLM 1.106 and 1.110):
 - ``async_pre_call_hook`` (proxy, once per request): estimate + decide, keep the plan in the
-  request metadata, refuse with a 400 what fits no pool.
+  request metadata, refuse what fits no pool with OpenAI's context-length 400
+  (``code: context_length_exceeded``, proxy/client_errors.py).
 - ``async_filter_deployments`` (every attempt, fallback hops included): keep the planned pool;
   on the hidden recovery group, the next larger pool.
 - ``async_log_success_event`` / ``async_log_failure_event`` (every attempt): close in-flight
@@ -314,10 +315,13 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
                                       embedding="embed" in str(call_type),
                                       stream=bool(data.get("stream")))
             metadata[STASH_KEY] = record
-        except NoPoolFitsError as error:
-            from fastapi import HTTPException
+        except NoPoolFitsError as error:  # OpenAI's context-length 400 (client_errors.py)
+            from litellm_dualpool.proxy.client_errors import refusal_error
 
-            raise HTTPException(status_code=400, detail={"error": str(error)}) from None
+            headers = ({HEADER_BUDGET: str(error.budget_tokens)}
+                       if self.settings.response_headers and self._exposes_budget(user_api_key_dict)
+                       else None)
+            raise refusal_error(error, headers=headers) from None
         except InvalidRequestError as error:
             # A body the plugin cannot shape breaks the OpenAI schema (LiteLLM would pass it on
             # and answer some of these with a 500): refuse it here, naming the field.
@@ -483,10 +487,14 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
 
     def _client_error(self, record: PlanRecord | None, error: BaseException) -> Any:
         """What the client is told instead of LiteLLM's error, or None to keep it: a recovery
-        hop whose larger pool failed is a 503 saying so (not a context-length 400), and no
-        message names a hidden recovery group."""
+        that ends for the request's length (no larger pool, or it rejected the request too) is
+        OpenAI's context-length 400; a recovery hop whose larger pool failed otherwise is a 503
+        saying so; no message names a hidden recovery group."""
         from fastapi import HTTPException
 
+        length_error = self._recovery_length_error(record)
+        if length_error is not None:
+            return length_error
         text = str(error)
         status = getattr(error, "status_code", None)
         status = status if isinstance(status, int) and 400 <= status <= 599 else 500
@@ -500,6 +508,28 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
                 f"larger pool {progress.pool!r} failed: {self._public_text(text)}")})
         if any(name in text for name in self.engine.recovery_groups):
             return HTTPException(status_code=status, detail={"error": self._public_text(text)})
+        return None
+
+    def _recovery_length_error(self, record: PlanRecord | None) -> Any:
+        """OpenAI's context-length 400 when misroute recovery ended for the request's length
+        (headers: LiteLLM adds the response-header hook's to it), else None."""
+        from litellm_dualpool.proxy.client_errors import no_larger_pool_error
+
+        if record is None:
+            return None
+        plan, progress = record.plan, record.progress
+        group = self.engine.groups.get(plan.group)
+        if record.refusal is not None:
+            return no_larger_pool_error(
+                model_group=plan.group, pool=progress.recovered_from or progress.pool,
+                limit_tokens=record.refusal.largest_limit_tokens, budget_tokens=plan.total_tokens)
+        if (progress.recovered_from and progress.recovery_failure is RecoveryFailure.CONTEXT
+                and group is not None):
+            larger = group.pool(progress.pool)
+            return no_larger_pool_error(
+                model_group=plan.group, pool=progress.recovered_from, larger_pool=progress.pool,
+                limit_tokens=larger.max_model_len if larger else group.largest.max_model_len,
+                budget_tokens=plan.total_tokens)
         return None
 
     def _public_name(self, model: str) -> str:

@@ -185,13 +185,16 @@ class DualPoolEngine:
         failed = progress.recovered_from or progress.pool
         if decision.pool is None:
             self.metrics.refusals.labels(group.model_group, decision.reason.value).inc()
-            raise NoPoolFitsError(
+            failed_spec = group.pool(failed)
+            record.refusal = NoPoolFitsError(
                 model_group=group.model_group, budget_tokens=plan.total_tokens,
-                largest_limit_tokens=decision.limit_tokens,
+                largest_limit_tokens=(failed_spec.max_model_len if failed_spec is not None
+                                      else decision.limit_tokens),
                 message=f"litellm-dualpool: pool {failed!r} of model group {group.model_group!r} "
                         "rejected the request for its context length (see the backend's error) "
                         "and no larger pool exists (that this caller may use). Shorten the prompt or "
                         "lower max_tokens.")
+            raise record.refusal
         progress.pool, progress.reason, progress.recovered_from = (
             decision.pool, Reason.RECOVERY, failed)
 

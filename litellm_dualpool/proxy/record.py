@@ -12,20 +12,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from litellm_dualpool.core.plan import Plan, Progress
+from litellm_dualpool.errors import NoPoolFitsError
 
 #: The metadata key of the plan (a client-sent value there is dropped by the pre-call hook).
 STASH_KEY = "_dualpool"
 
 
 class PlanRecord(dict[str, Any]):
-    """`plan.to_metadata()` as a dict, with the plan and its progress attached."""
+    """`plan.to_metadata()` as a dict, with the plan and its progress attached.
 
-    __slots__ = ("plan", "progress")
+    `refusal`: the recovery hop's "no larger pool" refusal, kept for the post-call failure hook,
+    which tells the client in OpenAI's context-length shape (LiteLLM's own error for the failed
+    fallback hop wraps it in other text)."""
+
+    __slots__ = ("plan", "progress", "refusal")
 
     def __init__(self, plan: Plan, progress: Progress) -> None:
         super().__init__(plan.to_metadata())
         self.plan = plan
         self.progress = progress
+        self.refusal: NoPoolFitsError | None = None
 
     @property
     def id(self) -> str:

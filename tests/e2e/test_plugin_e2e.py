@@ -177,9 +177,17 @@ def test_a_request_larger_than_every_pool_gets_a_clear_400(stack: dict[str, Any]
                      reason="fits_nowhere")
     response = proxy.chat("llama", "Say hi.", max_tokens=LONG_LEN + 100)
     assert response.status_code == 400
-    message = response.json()["error"]["message"]
-    assert f"{LONG_LEN}" in message and "estimated" in message
-    assert re.search(r"needs an estimated (\d+) tokens", message)
+    error = response.json()["error"]
+    # OpenAI's context-length error, which client code already handles
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", "context_length_exceeded", None)
+    message = error["message"]
+    assert message.startswith(f"This model's maximum context length is {LONG_LEN} tokens.")
+    budget = re.search(r"needs an estimated (\d+) tokens", message)
+    assert budget and int(budget.group(1)) > LONG_LEN
+    # no pool was involved; the master key's policy exposes the budget
+    assert response.headers["x-dualpool-budget-tokens"] == budget.group(1)
+    assert "x-dualpool-pool" not in response.headers
     assert stack["short"].stats()["requests"] + stack["long"].stats()["requests"] == requests_before
     assert metric(proxy.metrics(), "dualpool_refusals_total", model_group="llama",
                   reason="fits_nowhere") == refused + 1
@@ -217,9 +225,14 @@ def test_a_max_tokens_that_overflows_only_with_the_prompt_is_left_to_the_backend
     long_before = long.stats()["requests"]
     response = proxy.chat("llama", prose(4_000, offset=31), max_tokens=LONG_LEN - 10)
     assert response.status_code == 400, response.text
-    message = response.json()["error"]["message"]
-    assert "maximum context length is" in message  # the backend's own words
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "context_length_exceeded")
+    message = error["message"]
+    assert message.startswith(f"This model's maximum context length is {LONG_LEN} tokens.")
     assert "rejected the request for its context length" in message and "no larger pool" in message
+    assert "dualpool-recovery" not in response.text
+    assert response.headers["x-dualpool-pool"] == "long"
+    assert int(response.headers["x-dualpool-budget-tokens"]) > LONG_LEN
     assert long.stats()["requests"] == long_before + 1
     metrics = proxy.metrics()
     assert metric(metrics, "dualpool_requests_total", model_group="llama", pool="long",

@@ -7,16 +7,17 @@ in production except the proxy-only streaming iterator, which tests call on the 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
 import litellm
 import pytest
-from fastapi import HTTPException
 from litellm.proxy._types import UserAPIKeyAuth
 from plugin_env import LONG_LEN, SHORT_LEN, completion_body, tokens_of
 
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
+from litellm_dualpool.proxy.client_errors import ContextLengthExceededError
 from litellm_dualpool.proxy.record import PlanRecord, record_in
 
 # One event loop for the module: LiteLLM's logging worker lives on the loop it first ran on.
@@ -77,11 +78,17 @@ async def test_default_output_budget_applies_without_max_tokens(make_env) -> Non
 
 
 async def test_over_everything_is_refused_before_any_backend_call(env) -> None:
-    with pytest.raises(HTTPException) as caught:
-        await env.call("hello", max_tokens=LONG_LEN + 1)
-    assert caught.value.status_code == 400
-    message = caught.value.detail["error"]
-    assert str(LONG_LEN) in message and "estimated" in message
+    admin = UserAPIKeyAuth(user_role="proxy_admin")
+    with pytest.raises(ContextLengthExceededError) as caught:
+        await env.call("hello", max_tokens=LONG_LEN + 1, user=admin)
+    body = caught.value.to_dict()
+    assert (caught.value.code, body["code"], body["type"]) == (
+        "400", "context_length_exceeded", "invalid_request_error")
+    message = body["message"]
+    assert message.startswith(f"This model's maximum context length is {LONG_LEN} tokens.")
+    budget = int(re.search(r"needs an estimated (\d+) tokens", message).group(1))
+    assert budget > LONG_LEN
+    assert caught.value.headers == {"x-dualpool-budget-tokens": str(budget)}  # the admin's
     assert env.pool_hits == []
     assert env.metric("dualpool_refusals_total", model_group="llama", reason="fits_nowhere") == 1
 
@@ -406,10 +413,15 @@ async def test_a_tenant_without_long_pool_rights_gets_a_clear_400(env) -> None:
     short_only = UserAPIKeyAuth(metadata={"dualpool_policy": {"allowed_pools": ["short"]}})
     _, data = await env.call("hi", max_tokens=8, user=short_only)
     assert record(data).progress.pool == "short"
-    with pytest.raises(HTTPException) as caught:
+    with pytest.raises(ContextLengthExceededError) as caught:
         await env.call("hi", max_tokens=SHORT_LEN + 10, user=short_only)
     await env.settle()
-    assert caught.value.status_code == 400
+    body = caught.value.to_dict()
+    assert (caught.value.code, body["code"]) == ("400", "context_length_exceeded")
+    # the policy's own wording stays, after the window this key may use
+    assert f"this API key may use on model group 'llama' is {SHORT_LEN} tokens" in body["message"]
+    assert "does not allow" in body["message"]
+    assert "x-dualpool-budget-tokens" not in caught.value.headers  # a tenant key: not exposed
     assert env.pool_hits == ["short"]
     assert env.metric("dualpool_refusals_total", model_group="llama", reason="not_allowed") == 1
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import HTTPException
 from plugin_env import completion_body
 
 from litellm_dualpool.core.calibration import CategoryKey
+from litellm_dualpool.proxy.client_errors import ContextLengthExceededError
 
 pytestmark = [pytest.mark.litellm_compat, pytest.mark.asyncio(loop_scope="module")]
 
@@ -67,11 +67,11 @@ async def test_a_9mb_tools_request_is_refused_after_the_spread_widened(env) -> N
     refused_before = env.metric("dualpool_refusals_total", model_group="llama",
                                 reason="fits_nowhere")
     served_before = len(hits)
-    with pytest.raises(HTTPException) as refused:
+    with pytest.raises(ContextLengthExceededError) as refused:
         await env.call("Which tool fits?", max_tokens=16, tools=tools(NINE_MB),
                        metadata={**DRAG})
-    assert refused.value.status_code == 400
-    assert "llama" in json.dumps(refused.value.detail)
+    assert refused.value.code == "400"
+    assert "llama" in json.dumps(refused.value.to_dict())
     assert len(hits) == served_before  # no backend saw it
     assert env.metric("dualpool_refusals_total", model_group="llama",
                       reason="fits_nowhere") == refused_before + 1
