@@ -67,10 +67,6 @@ class Plan:
     def total_tokens(self) -> int:
         return self.budget.total_tokens
 
-    @property
-    def refused(self) -> bool:
-        return self.decision.pool is None
-
     def refusal(self) -> NoPoolFitsError | None:
         """The error a refused plan answers with (a 400 at the edge), else None."""
         if self.decision.pool is not None:
@@ -146,6 +142,13 @@ class Progress:
     recovery_failure: RecoveryFailure | None = None
     stream: bool = False
 
+    @property
+    def rejected_by(self) -> str:
+        """The pool a context-length rejection came from: the current placement at the first
+        rejection; after a recovery, the pool recovered from (a retry of the recovery hop, whose
+        pool failed otherwise, stays in the pool the first hop chose)."""
+        return self.recovered_from or self.pool
+
     @classmethod
     def start(cls, plan: Plan, *, stream: bool = False) -> Progress:
         if plan.decision.pool is None:
@@ -175,12 +178,9 @@ def plan_request(estimate: Estimate, pools: Sequence[PoolState], settings: Polic
 
 def plan_recovery(plan: Plan, progress: Progress, pools: Sequence[PoolState]) -> Decision:
     """The pool a context-length rejection sends the request on to: the smallest allowed pool
-    larger than the one that rejected it. The rejecting pool is the plan's placement at the
-    first rejection; a retry of the recovery hop (its pool failed otherwise) stays in the pool
-    the first hop chose."""
-    failed = progress.recovered_from or progress.pool
-    return decide_recovery(plan.total_tokens, pools, failed, allowed_pools=plan.allowed_pools,
-                           category=plan.category)
+    larger than the one that rejected it (`Progress.rejected_by`)."""
+    return decide_recovery(plan.total_tokens, pools, progress.rejected_by,
+                           allowed_pools=plan.allowed_pools, category=plan.category)
 
 
 def shape_to_list(shape: RequestShape) -> list[Any]:

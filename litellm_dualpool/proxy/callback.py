@@ -570,7 +570,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             if record is None or not self.settings.response_headers:
                 return None
             headers = {HEADER_POOL: record.progress.pool}
-            if self._exposes_budget(user_api_key_dict):
+            if record.expose_budget:
                 headers[HEADER_BUDGET] = str(record.plan.total_tokens)
             return headers
         except Exception as error:

@@ -143,7 +143,8 @@ class DualPoolEngine:
         if refusal is not None:
             self.metrics.refusals.labels(group.model_group, plan.decision.reason.value).inc()
             raise refusal
-        return PlanRecord(plan, Progress.start(plan, stream=stream))
+        return PlanRecord(plan, Progress.start(plan, stream=stream),
+                          expose_budget=policy.expose_budget_header)
 
     # -- filtering -------------------------------------------------------------------------
     def choose(self, model: str, healthy: Sequence[dict[str, Any]], record: PlanRecord,
@@ -182,7 +183,7 @@ class DualPoolEngine:
         if progress.recovered_from is None:  # the first hop: was it a real rejection?
             self.check_recoverable(group, record, last_failure)
         decision = plan_recovery(plan, progress, self.pool_states(group))
-        failed = progress.recovered_from or progress.pool
+        failed = progress.rejected_by
         if decision.pool is None:
             self.metrics.refusals.labels(group.model_group, decision.reason.value).inc()
             failed_spec = group.pool(failed)

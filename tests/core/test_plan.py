@@ -47,7 +47,7 @@ def test_metadata_that_is_not_a_plan_is_an_error(field: str, bad: object) -> Non
 
 def test_a_refused_plan_names_its_error() -> None:
     refused = plan_request(estimate("hi", max_tokens=20_000), POOLS, PolicySettings())
-    assert refused.refused and isinstance(refused.refusal(), NoPoolFitsError)
+    assert refused.decision.pool is None and isinstance(refused.refusal(), NoPoolFitsError)
     barred = plan_request(estimate("hi", max_tokens=8_000), POOLS, PolicySettings(),
                           allowed_pools=frozenset({"short"}))
     assert isinstance(barred.refusal(), PoolNotAllowedError)

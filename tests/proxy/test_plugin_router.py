@@ -48,11 +48,14 @@ async def test_short_request_goes_to_the_short_pool(env) -> None:
                       reason="fits") == 1
     assert env.metric("dualpool_decision_seconds_count") == 1
     # the budget header is the admin's; a tenant key and an unauthenticated caller
-    # see the pool only
+    # see the pool only (each caller's own request: the plan keeps what its policy shows)
     admin = UserAPIKeyAuth(api_key="sk-master-key-0001", user_role="proxy_admin")
+    response, data = await env.call("hello there", max_tokens=64, user=admin)
     headers = await env.plugin.async_post_call_response_headers_hook(data, admin, response)
-    assert headers == {"x-dualpool-pool": "short", "x-dualpool-budget-tokens": str(stash.plan.total_tokens)}
+    assert headers == {"x-dualpool-pool": "short",
+                       "x-dualpool-budget-tokens": str(record(data).plan.total_tokens)}
     for caller in (UserAPIKeyAuth(api_key="sk-tenant-key-0001", team_id="t"), None):
+        response, data = await env.call("hello there", max_tokens=64, user=caller)
         headers = await env.plugin.async_post_call_response_headers_hook(data, caller, response)
         assert headers == {"x-dualpool-pool": "short"}
 
