@@ -4,8 +4,10 @@ LiteLLM YAML's own ``model_list``.
 Settings live beside LiteLLM's sections under a top-level ``dualpool_settings:`` key (the proxy
 ignores top-level keys it does not know, on 1.106 and 1.110). Pools are declared on the
 deployments users already list: ``model_info.max_model_len`` (the backend's vLLM
-``--max-model-len``); deployments of one model group with the same limit form one pool, the
-smallest is the short pool. Groups whose deployments carry no ``max_model_len`` are not ours.
+``--max-model-len``), or, where it is absent, the limit the backend reports on ``/v1/models``
+(limits.py; ``dualpool_settings.discovery``); deployments of one model group with the same
+limit form one pool, the smallest is the short pool. A group is ours when one of its
+deployments carries ``model_info.max_model_len`` or ``model_info.pool``; others are left alone.
 Every error is a :class:`~litellm_dualpool.errors.ConfigError` naming the offending path.
 """
 
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from litellm_dualpool.core.calibration import CalibrationSettings
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.errors import ConfigError
+from litellm_dualpool.limits import MAX_MODEL_LEN_BOUND, deployment_key
 from litellm_dualpool.state.settings import StateConfig
 from litellm_dualpool.tenancy import TenancyConfig
 
@@ -103,6 +106,24 @@ class SpilloverConfig(_Model):
     vllm_metrics: VllmMetricsConfig = Field(default_factory=VllmMetricsConfig)
 
 
+class DiscoveryConfig(_Model):
+    """Pool limits read from each deployment's ``GET /v1/models`` (vLLM's ``max_model_len``)."""
+
+    enabled: bool = Field(
+        True, description="Read max_model_len from the backend where model_info has none, and "
+                          "cross-check it where model_info has one.")
+    timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Timeout of one backend's answer (all are asked at once).")
+    on_mismatch: Literal["warn", "error"] = Field(
+        "warn", description="A configured max_model_len the backend contradicts: a start-up "
+                            "warning (the configured value is used), or error: the proxy does "
+                            "not start.")
+    retry_seconds: float = Field(
+        30.0, ge=1, le=3600,
+        description="Period of the background retries for deployments whose limit could not be "
+                    "read at start (they take no traffic until it is read).")
+
+
 class RecoveryConfig(_Model):
     """Misroute recovery: a context-length rejection is retried once on the next larger pool."""
 
@@ -145,6 +166,7 @@ class DualPoolSettings(_Model):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     spillover: SpilloverConfig = Field(default_factory=SpilloverConfig)
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     overrides: OverridesConfig = Field(default_factory=OverridesConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
@@ -159,7 +181,7 @@ class _PoolInfo(_Model):
     """The plugin's keys inside one deployment's ``model_info`` (other keys are LiteLLM's)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    max_model_len: int = Field(gt=0, le=100_000_000)
+    max_model_len: int = Field(gt=0, le=MAX_MODEL_LEN_BOUND)
     pool: str | None = Field(None, pattern=_LABEL_PATTERN)
     hardware: str | None = Field(None, max_length=128)
     max_num_seqs: int | None = Field(None, ge=1, le=1_000_000)
@@ -201,6 +223,30 @@ class GroupSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingDeployment:
+    """A deployment of a dual-pool group whose limit is still to be read from its backend: it
+    takes no traffic until then."""
+
+    index: int                    # position in model_list
+    model_group: str
+    key: tuple[str, str]          # limits.deployment_key: (litellm_params.model, api_base)
+
+    @property
+    def path(self) -> str:
+        return f"model_list[{self.index}]"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLayout:
+    """The pools `parse_pools` could form, and what waits for a backend's limit."""
+
+    groups: dict[str, GroupSpec]
+    pending: tuple[PendingDeployment, ...] = ()
+    #: groups without two known pools yet (their pending deployments decide)
+    waiting_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PluginConfig:
     """What the plugin runs with: validated settings and the dual-pool groups."""
 
@@ -209,6 +255,13 @@ class PluginConfig:
     source: str | None = None
     #: LiteLLM's ``router_settings`` (the Redis state backend inherits its redis_* keys).
     router_settings: Mapping[str, Any] = field(default_factory=dict)
+    #: Deployments whose limit is to be read from their backend (none when all are configured).
+    pending: tuple[PendingDeployment, ...] = ()
+    #: Dual-pool groups that cannot be formed until some pending limits are read.
+    waiting_groups: tuple[str, ...] = ()
+    #: Limits read from backends, by `limits.deployment_key` (how the router's deployments
+    #: without ``model_info.max_model_len`` find their pool).
+    discovered_limits: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _format_validation(error: ValidationError, prefix: str) -> ConfigError:
@@ -241,63 +294,106 @@ def _default_pool_name(index: int, count: int, max_model_len: int) -> str:
     return f"ctx{max_model_len}"
 
 
-def parse_pools(model_list: object, settings: DualPoolSettings | None = None) -> dict[str, GroupSpec]:
+def parse_pools(model_list: object, settings: DualPoolSettings | None = None,
+                discovered: Mapping[int, int] | None = None) -> dict[str, GroupSpec]:
     """Group ``model_list`` deployments by model group, then by ``model_info.max_model_len``."""
+    return layout_pools(model_list, settings, discovered).groups
+
+
+def _declares(info: Mapping[str, Any]) -> bool:
+    """A deployment that makes its group a dual-pool group."""
+    return info.get("max_model_len") is not None or info.get("pool") is not None
+
+
+def layout_pools(model_list: object, settings: DualPoolSettings | None = None,
+                 discovered: Mapping[int, int] | None = None) -> PoolLayout:
+    """The pools of every dual-pool group. A deployment without ``model_info.max_model_len``
+    takes its limit from `discovered` (model_list index -> the backend's max_model_len); one
+    without either is pending (discovery on) or an error (discovery off). A group whose known
+    limits do not yet form two pools waits for its pending deployments."""
     settings = settings or DualPoolSettings()
+    discovered = discovered or {}
     if model_list is None:
-        return {}
+        return PoolLayout({})
     if not isinstance(model_list, Sequence) or isinstance(model_list, str | bytes):
         raise ConfigError("must be a list of deployments", path="model_list")
-    seen: dict[str, list[tuple[int, _PoolInfo | None]]] = {}
+    seen: dict[str, list[tuple[int, _PoolInfo | None, Mapping[str, Any]]]] = {}
+    ours: set[str] = set()
     for i, entry in enumerate(model_list):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("model_name"), str):
             raise ConfigError("each deployment needs a model_name", path=f"model_list[{i}]")
         info = entry.get("model_info") or {}
         if not isinstance(info, Mapping):
             raise ConfigError("must be a mapping", path=f"model_list[{i}].model_info")
-        parsed = None
-        if info.get("max_model_len") is not None:
-            try:
-                parsed = _PoolInfo.model_validate(dict(info))
-            except ValidationError as error:
-                raise _format_validation(error, f"model_list[{i}].model_info") from None
-        seen.setdefault(entry["model_name"], []).append((i, parsed))
+        if _declares(info):
+            ours.add(entry["model_name"])
+        known = info.get("max_model_len") if info.get("max_model_len") is not None else discovered.get(i)
+        try:
+            # without a limit yet, the other keys are still checked now (1 stands in for it)
+            checked = _PoolInfo.model_validate(dict(info, max_model_len=1 if known is None else known))
+        except ValidationError as error:
+            raise _format_validation(error, f"model_list[{i}].model_info") from None
+        parsed = checked if known is not None else None
+        seen.setdefault(entry["model_name"], []).append((i, parsed, entry))
     groups: dict[str, GroupSpec] = {}
+    pending: list[PendingDeployment] = []
+    waiting: list[str] = []
     for name, members in seen.items():
-        declared = [(i, p) for i, p in members if p is not None]
-        if not declared:
+        if name not in ours:
             continue
-        missing = [i for i, p in members if p is None]
-        if missing:
-            raise ConfigError(
-                f"model group {name!r} declares pools (model_info.max_model_len) on other "
-                "deployments but not on this one; every deployment of a dual-pool group needs it",
-                path=f"model_list[{missing[0]}].model_info.max_model_len")
+        declared = [(i, p, _capacity_params(e)) for i, p, e in members if p is not None]
+        missing = [(i, e) for i, p, e in members if p is None]
+        for i, entry in missing:
+            key = deployment_key(entry.get("litellm_params"))
+            if not settings.discovery.enabled or key is None:
+                how = ("or an api_base to read it from (litellm_params.api_base)"
+                       if settings.discovery.enabled else
+                       "(dualpool_settings.discovery is off, so it is not read from the backend)")
+                raise ConfigError(
+                    f"model group {name!r} declares pools (model_info.max_model_len or pool) on "
+                    f"other deployments but not on this one; every deployment of a dual-pool "
+                    f"group needs it {how}", path=f"model_list[{i}].model_info.max_model_len")
+            pending.append(PendingDeployment(index=i, model_group=name, key=key))
+        if missing and len({p.max_model_len for _, p, _ in declared}) < 2:
+            waiting.append(name)
+            continue
         groups[name] = _build_group(name, declared, settings)
-    return groups
+    return PoolLayout(groups, tuple(pending), tuple(waiting))
 
 
-def deployment_capacity(model_info: _PoolInfo | Mapping[str, Any] | None, default: int) -> int:
+def _capacity_params(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    params = entry.get("litellm_params")
+    return params if isinstance(params, Mapping) else {}
+
+
+def deployment_capacity(model_info: _PoolInfo | Mapping[str, Any] | None, default: int,
+                        litellm_params: Mapping[str, Any] | None = None) -> int:
     """In-flight requests at which spillover counts a deployment as full: ``model_info.
-    max_in_flight`` (what ``plan`` derives from the TTFT target), else ``max_num_seqs``, else
+    max_in_flight`` (what ``plan`` derives from the TTFT target), else the smaller of LiteLLM's
+    own ``litellm_params.max_parallel_requests`` and ``model_info.max_num_seqs``, else
     ``default``. The slots alone are too late for a prefill-bound pool: its TTFT is lost long
-    before 90% of 256 sequences are in flight."""
+    before 90% of 256 sequences are in flight. ``max_parallel_requests`` is the most LiteLLM
+    itself sends the deployment at once (its semaphore), so more can never be running there;
+    ``rpm``/``tpm`` are not used: they are rates, which LiteLLM turns into that semaphore only
+    as a last resort."""
     if isinstance(model_info, _PoolInfo):
-        values: tuple[object, ...] = (model_info.max_in_flight, model_info.max_num_seqs)
+        explicit: object = model_info.max_in_flight
+        seqs: object = model_info.max_num_seqs
     else:
         info = model_info or {}
-        values = (info.get("max_in_flight"), info.get("max_num_seqs"))
-    for value in values:
-        if type(value) is int and value > 0:
-            return value
-    return default
+        explicit, seqs = info.get("max_in_flight"), info.get("max_num_seqs")
+    if type(explicit) is int and explicit > 0:
+        return explicit
+    parallel = (litellm_params or {}).get("max_parallel_requests")
+    caps = [v for v in (parallel, seqs) if type(v) is int and v > 0]
+    return min(caps) if caps else default
 
 
-def _build_group(name: str, declared: list[tuple[int, _PoolInfo]],
+def _build_group(name: str, declared: list[tuple[int, _PoolInfo, Mapping[str, Any]]],
                  settings: DualPoolSettings) -> GroupSpec:
-    by_len: dict[int, list[tuple[int, _PoolInfo]]] = {}
-    for i, info in declared:
-        by_len.setdefault(info.max_model_len, []).append((i, info))
+    by_len: dict[int, list[tuple[int, _PoolInfo, Mapping[str, Any]]]] = {}
+    for i, info, params in declared:
+        by_len.setdefault(info.max_model_len, []).append((i, info, params))
     if len(by_len) < 2:
         only = next(iter(by_len))
         raise ConfigError(
@@ -311,7 +407,7 @@ def _build_group(name: str, declared: list[tuple[int, _PoolInfo]],
     default_capacity = settings.spillover.default_max_in_flight_per_deployment
     for rank, length in enumerate(lengths):
         members = by_len[length]
-        labels = {info.pool for _, info in members if info.pool is not None}
+        labels = {info.pool for _, info, _ in members if info.pool is not None}
         if len(labels) > 1:
             raise ConfigError(f"deployments of one pool (max_model_len {length}) carry different "
                               f"pool labels {sorted(labels)}",
@@ -322,21 +418,27 @@ def _build_group(name: str, declared: list[tuple[int, _PoolInfo]],
                               f"(max_model_len {used_labels[label]} and {length})",
                               path=f"model_list[{members[0][0]}].model_info.pool")
         used_labels[label] = length
-        hardware = {info.hardware for _, info in members if info.hardware}
+        hardware = {info.hardware for _, info, _ in members if info.hardware}
         pools.append(PoolSpec(
             name=label, max_model_len=length, deployment_count=len(members),
-            max_in_flight=sum(deployment_capacity(info, default_capacity) for _, info in members),
+            max_in_flight=sum(deployment_capacity(info, default_capacity, params)
+                              for _, info, params in members),
             hardware=", ".join(sorted(hardware)) or None))
     return GroupSpec(model_group=name, pools=tuple(pools))
 
 
-def load_plugin_config(config: Mapping[str, Any], *, source: str | None = None) -> PluginConfig:
-    """Validate a whole LiteLLM config mapping as the plugin sees it."""
+def load_plugin_config(config: Mapping[str, Any], *, source: str | None = None,
+                       discovered: Mapping[int, int] | None = None) -> PluginConfig:
+    """Validate a whole LiteLLM config mapping as the plugin sees it. `discovered`: limits read
+    from the backends, by model_list index (deployments without one and without
+    ``model_info.max_model_len`` are then `PluginConfig.pending`)."""
     if not isinstance(config, Mapping):
         raise ConfigError("the LiteLLM config must be a mapping", path=source)
     settings = parse_settings(config.get(SETTINGS_KEY))
-    groups = parse_pools(config.get("model_list"), settings)
+    layout = layout_pools(config.get("model_list"), settings, discovered)
+    groups = layout.groups
     recovery_names = {g + settings.recovery.group_suffix for g in groups}
+    recovery_names |= {g + settings.recovery.group_suffix for g in layout.waiting_groups}
     clash = sorted(recovery_names & {str(e.get("model_name")) for e in config.get("model_list") or []
                                      if isinstance(e, Mapping)})
     if settings.recovery.enabled and clash:
@@ -344,8 +446,16 @@ def load_plugin_config(config: Mapping[str, Any], *, source: str | None = None) 
                           "group; change recovery.group_suffix",
                           path=f"{SETTINGS_KEY}.recovery.group_suffix")
     router = config.get("router_settings")
+    model_list = config.get("model_list") or []
+    limits: dict[tuple[str, str], int] = {}
+    for index, length in (discovered or {}).items():
+        key = deployment_key(model_list[index].get("litellm_params"))
+        if key is not None:
+            limits[key] = length
     return PluginConfig(settings=settings, groups=groups, source=source,
-                        router_settings=dict(router) if isinstance(router, Mapping) else {})
+                        router_settings=dict(router) if isinstance(router, Mapping) else {},
+                        pending=layout.pending, waiting_groups=layout.waiting_groups,
+                        discovered_limits=limits)
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -34,12 +34,13 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_dualpool.config import PluginConfig, load_plugin_config_file
+from litellm_dualpool.config import PluginConfig, load_plugin_config, read_yaml
 from litellm_dualpool.core.calibration import Calibrator
 from litellm_dualpool.core.plan import RecoveryFailure
 from litellm_dualpool.core.tenant import ObservationTrust
 from litellm_dualpool.errors import ConfigError, InvalidRequestError, NoPoolFitsError
 from litellm_dualpool.metrics import DualPoolMetrics
+from litellm_dualpool.proxy.backend_limits import LimitDiscovery
 from litellm_dualpool.proxy.discovery import proxy_config_path, proxy_router
 from litellm_dualpool.proxy.engine import DualPoolEngine, LoadSource
 from litellm_dualpool.proxy.inflight import InFlight
@@ -199,7 +200,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
                  engine: DualPoolEngine | None = None, policy_resolver: PolicyResolver = resolve_policy,
                  router_provider: Callable[[], Any | None] = proxy_router,
                  load_source: LoadSource | None = None, inflight: InFlight | None = None,
-                 store: StateStore | None = None) -> None:
+                 store: StateStore | None = None, discovery: LimitDiscovery | None = None) -> None:
         super().__init__()
         polling = config.settings.spillover.vllm_metrics
         self.poller = VllmLoadPoller(
@@ -217,6 +218,9 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
         self._startup_task: asyncio.Task[None] | None = None
         self._state_started = False
         self._state_task: asyncio.Task[None] | None = None
+        #: limits read from the backends; retried for the deployments still pending
+        self.discovery = discovery
+        self._limits_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_proxy_environment(cls, *, metrics: DualPoolMetrics | None = None) -> DualPoolCallback:
@@ -226,16 +230,22 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
         if path is None:
             raise ConfigError("litellm-dualpool cannot find the proxy's config file: start the "
                               "proxy with --config FILE or set LITELLM_DUALPOOL_CONFIG")
-        config = load_plugin_config_file(path)
+        raw = read_yaml(path)
+        config = load_plugin_config(raw, source=path)
+        discovery = None
+        if config.settings.discovery.enabled:
+            discovery = LimitDiscovery(raw, config)
+            config, _ = discovery.start()  # bounded: one timeout for all backends
         if not config.groups:
-            raise ConfigError("no model group declares pools: set model_info.max_model_len on "
-                              "the deployments of at least one model group", path=path)
+            raise ConfigError("no model group declares pools: set model_info.max_model_len (or "
+                              "model_info.pool, the limit then read from the backend) on the "
+                              "deployments of at least one model group", path=path)
         metrics = metrics or DualPoolMetrics()
         store = build_store(config.settings.state,
                             Calibrator(config.settings.calibration.to_core()), metrics=metrics,
                             router_settings=config.router_settings)
         store.restore_blocking()  # learned state before the first request (bounded wait)
-        plugin = cls(config, metrics=metrics, store=store)
+        plugin = cls(config, metrics=metrics, store=store, discovery=discovery)
         plugin.start_preparing()
         groups = ", ".join(f"{g.model_group}: " + " < ".join(
             f"{p.name}({p.max_model_len})" for p in g.pools) for g in config.groups.values())
@@ -250,6 +260,15 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
         except RuntimeError:
             return
         self._startup_task = loop.create_task(self._prepare_when_ready())
+        if self.discovery is not None and self.discovery.config.pending:
+            self._limits_task = loop.create_task(self.discovery.run_retries(self.limits_updated))
+
+    def limits_updated(self, config: PluginConfig) -> None:
+        """More limits were read from the backends: rebuild the pools and map the router's
+        deployments that can now take traffic."""
+        self.engine.update_config(config)
+        if self._prepared_router is not None:
+            self._map_deployments(self._prepared_router)
 
     async def _prepare_when_ready(self) -> None:
         waited = 0.0
@@ -280,13 +299,23 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
         self._state_started = True
         self._state_task = loop.create_task(self.engine.store.start())
 
-    def prepare(self, router: Any) -> None:
-        install(router, self)
-        self._prepared_router = router
+    def _map_deployments(self, router: Any) -> None:
+        """The router's deployments whose limit was read from their backend, by id (the
+        hidden recovery copies included); the poller's targets follow."""
+        if self.engine.config.discovered_limits:
+            self.engine.learn_deployment_ids(
+                d if isinstance(d, dict) else dict(d) for d in router.model_list or [])
         if self.poller is not None:
             for name, group in self.engine.groups.items():
                 deployments = [dict(d) for d in router.get_model_list(model_name=name) or []]
                 self.poller.set_targets(group, deployments, self.engine.pool_of)
+
+    def prepare(self, router: Any) -> None:
+        self._map_deployments(router)  # the recovery copies take the pools of their originals
+        install(router, self)
+        self._prepared_router = router
+        self._map_deployments(router)  # again, for the copies install() added
+        if self.poller is not None:
             try:
                 self.poller.start()
             except RuntimeError:  # no running loop (a bare Router in synchronous code)

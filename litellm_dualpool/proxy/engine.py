@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
@@ -29,6 +29,7 @@ from litellm_dualpool.core.plan import (
 from litellm_dualpool.core.policy import PoolState, Reason, failover_pool
 from litellm_dualpool.core.shape import prompt_tokens_plausible, prompt_tokens_upper_bound
 from litellm_dualpool.errors import NoPoolFitsError, RecoveryRefusedError
+from litellm_dualpool.limits import deployment_key
 from litellm_dualpool.metrics import DualPoolMetrics
 from litellm_dualpool.proxy.inflight import InFlight
 from litellm_dualpool.proxy.policy import TenantPolicy
@@ -75,6 +76,25 @@ class DualPoolEngine:
         suffix = self.settings.recovery.group_suffix
         self.recovery_groups: dict[str, str] = (
             {g + suffix: g for g in self.groups} if self.settings.recovery.enabled else {})
+        #: max_model_len read from the backend, by LiteLLM's deployment id (model_info.id), for
+        #: deployments without model_info.max_model_len (`learn_deployment_ids`).
+        self._limit_by_id: dict[str, int] = {}
+
+    # -- limits read from the backends -------------------------------------------------------
+    def update_config(self, config: PluginConfig) -> None:
+        """Pools rebuilt after more limits were read from the backends (same groups)."""
+        self.config, self.groups = config, config.groups
+
+    def learn_deployment_ids(self, deployments: Iterable[Mapping[str, Any]]) -> None:
+        """Map the router's deployments (recovery copies included) without a configured
+        max_model_len to the limit their backend reported, by LiteLLM's id; a deployment left
+        unmapped takes no traffic (`pool_of` is None)."""
+        limits = self.config.discovered_limits
+        for deployment in deployments:
+            info = deployment.get("model_info") or {}
+            length = limits.get(deployment_key(deployment.get("litellm_params")) or ("", ""))
+            if isinstance(info.get("id"), str) and length is not None:
+                self._limit_by_id[info["id"]] = length
 
     # -- pools -----------------------------------------------------------------------------
     def group_for(self, model: object) -> GroupSpec | None:
@@ -87,13 +107,20 @@ class DualPoolEngine:
         return group
 
     def pool_of(self, group: GroupSpec, deployment: Mapping[str, Any] | None) -> PoolSpec | None:
+        """The pool of a deployment: its ``model_info.pool`` label, else its max_model_len
+        (configured, else read from its backend); None while its limit is unknown."""
         info = (deployment or {}).get("model_info") or {}
+        length = info.get("max_model_len")
+        if length is None:
+            length = self._limit_by_id.get(info.get("id"))  # type: ignore[arg-type]  # any JSON value; a miss is None
+            if length is None:
+                return None
         label = info.get("pool")
         if isinstance(label, str):
             pool = group.pool(label)
             if pool is not None:
                 return pool
-        return group.pool_for_len(info.get("max_model_len"))
+        return group.pool_for_len(length)
 
     def pool_states(self, group: GroupSpec) -> list[PoolState]:
         states = []

@@ -46,8 +46,8 @@ def add_recovery_groups(router: Any, engine: DualPoolEngine) -> list[str]:
             continue
         for deployment in _deployments(router, name):
             pool = engine.pool_of(group, deployment)
-            if pool is None or pool.name == group.pools[0].name:
-                continue
+            if pool is not None and pool.name == group.pools[0].name:
+                continue  # (a deployment whose limit is not read yet is copied: it may be larger)
             info = {k: v for k, v in (deployment.get("model_info") or {}).items()
                     if k not in _PER_DEPLOYMENT_INFO}
             router.add_deployment(Deployment(model_name=recovery,

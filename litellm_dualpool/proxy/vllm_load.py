@@ -79,7 +79,8 @@ class VllmLoadPoller:
             if found is None or not isinstance(api_base, str):
                 continue
             pool = found
-            capacity = deployment_capacity(deployment.get("model_info"), self._default_capacity)
+            capacity = deployment_capacity(deployment.get("model_info"), self._default_capacity,
+                                           deployment.get("litellm_params"))
             self._targets[(group.model_group, pool.name)].append(
                 _Target(metrics_url(api_base), capacity))
 
