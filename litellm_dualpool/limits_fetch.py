@@ -13,7 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from litellm_dualpool.limits import MAX_RESPONSE_BYTES, LimitError, LimitTarget, Probe, parse_models_body
+from litellm_dualpool.limits import (
+    MAX_RESPONSE_BYTES,
+    LimitError,
+    LimitTarget,
+    Probe,
+    parse_models_body,
+)
 
 #: Backends asked at the same time.
 MAX_PARALLEL = 16

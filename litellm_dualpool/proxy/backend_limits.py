@@ -77,10 +77,10 @@ class LimitDiscovery:
                 "not be read from the backends (start them first, or set max_model_len): "
                 + "; ".join(missing), path=config.source)
         for pending in config.pending:
-            probe = next((p for p in probes if p.target.index == pending.index), None)
+            found = next((p for p in probes if p.target.index == pending.index), None)
             logger.error("litellm-dualpool: %s; this deployment takes no traffic until its limit "
                          "is read (retried every %g s)",
-                         probe.describe() if probe else pending.path, self.settings.retry_seconds)
+                         found.describe() if found else pending.path, self.settings.retry_seconds)
         self.config = config
         return config, probes
 
