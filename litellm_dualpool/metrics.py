@@ -68,7 +68,10 @@ class DualPoolMetrics:
         registry = REGISTRY if registry is None else registry
         self.registry = registry
         self.requests = Counter(
-            "dualpool_requests", "Routing decisions by model group, pool and reason.",
+            "dualpool_requests",
+            "Requests routed, each counted once at its first decision, by model group, pool and "
+            "reason (later hops of a request: dualpool_retries_total, dualpool_failovers_total, "
+            "dualpool_misroutes_recovered_total).",
             ["model_group", "pool", "reason"], registry=registry)
         self.retries = Counter(
             "dualpool_retries",
@@ -107,6 +110,11 @@ class DualPoolMetrics:
             ["model_group", "from_pool", "to_pool"], registry=registry)
         self.spillovers = Counter(
             "dualpool_spillovers", "Requests sent to a larger pool because theirs was saturated.",
+            ["model_group", "from_pool", "to_pool"], registry=registry)
+        self.failovers = Counter(
+            "dualpool_failovers",
+            "Hops of a request to another pool because its pool had no healthy deployment left "
+            "for a retry (counted once in dualpool_requests_total, at its first decision).",
             ["model_group", "from_pool", "to_pool"], registry=registry)
         self.refusals = Counter(
             "dualpool_refusals",

@@ -126,7 +126,8 @@ class Progress:
     """What changes while one planned request is served (one per request, not shared).
 
     pool / reason / preferred: the current placement (a failover or a recovery moves it).
-    placed: the last (pool, reason) counted as a routing decision (retries are not decisions).
+    placed: the last (pool, reason) placed; the first is the request's decision (counted once),
+        later ones are hops (retries, failovers, the recovery hop).
     recovered_from: the pool whose context-length rejection sent the request on, once.
     recovery_failure: how the recovery hop failed, if it did.
     stream: the client asked for a stream (its usage arrives in the last chunk).

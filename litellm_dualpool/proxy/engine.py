@@ -261,20 +261,28 @@ class DualPoolEngine:
         return bound if bound <= pool.max_model_len else None
 
     def _count_placement(self, group: GroupSpec, progress: Progress, *, retry: bool) -> None:
-        """One routing decision per placement: a retry in the pool already chosen (LiteLLM's
-        num_retries after a timeout or a 5xx) is counted as a retry, not as another decision,
-        so `dualpool_requests_total` sums to the requests routed. A new hop (misroute
-        recovery, failover to another pool) is a new decision."""
+        """Count a placement so that ``sum(dualpool_requests_total)`` is the requests routed:
+        a request is counted there once, at its first decision (pool and reason); every later
+        placement is a hop with its own counter. A retry in the pool already chosen (LiteLLM's
+        num_retries after a timeout or a 5xx) is ``dualpool_retries_total``; a move to another
+        pool because the chosen one has no healthy deployment left is
+        ``dualpool_failovers_total``; the misroute-recovery hop is counted by
+        ``dualpool_misroutes_recovered_total`` when it is served."""
         placement = (progress.pool, progress.reason)
         if progress.placed == placement or (retry and progress.placed is None):
             self.metrics.retries.labels(group.model_group, progress.pool).inc()
             return
-        progress.placed = placement
-        self.metrics.requests.labels(group.model_group, progress.pool,
-                                     progress.reason.value).inc()
-        if progress.reason is Reason.SPILLOVER:
-            self.metrics.spillovers.labels(group.model_group, progress.preferred,
-                                           progress.pool).inc()
+        previous, progress.placed = progress.placed, placement
+        if previous is None:
+            self.metrics.requests.labels(group.model_group, progress.pool,
+                                         progress.reason.value).inc()
+            if progress.reason is Reason.SPILLOVER:
+                self.metrics.spillovers.labels(group.model_group, progress.preferred,
+                                               progress.pool).inc()
+        elif progress.reason is not Reason.RECOVERY and previous[0] != progress.pool:
+            self.metrics.failovers.labels(group.model_group, previous[0], progress.pool).inc()
+        elif progress.reason is not Reason.RECOVERY:  # same pool, another reason: still a retry
+            self.metrics.retries.labels(group.model_group, progress.pool).inc()
 
     def _in_pool(self, group: GroupSpec, plan: Plan, progress: Progress,
                  healthy: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -78,7 +78,8 @@ def test_demo_short_run_reports_zero_lost_and_stops_everything(tmp_path: Path) -
         # first borderline request is a pasted log that the prose ratio under-counts
         assert report["misroutes"] >= 1
         assert report["misroutes_recovered"] == report["misroutes"]
-        assert report["reasons"].get("long/misroute_recovery") == report["misroutes_recovered"]
+        # each request is one decision; the recovery hops are counted as recoveries only
+        assert "long/misroute_recovery" not in report["reasons"]
         assert {"prose", "code", "cjk"} <= set(report["learned_bytes_per_token"])
         # the gateway learned from (nearly) every answered request, not from a first few
         assert report["learning_samples"].get("learned", 0) >= 0.7 * report["ok"]

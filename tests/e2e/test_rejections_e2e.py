@@ -133,7 +133,6 @@ def test_a_quoted_rejection_is_the_backends_400_and_changes_nothing(
     for name, labels in [
         ("dualpool_misroutes_total", {"pool": "short"}),
         ("dualpool_misroutes_recovered_total", {"from_pool": "short", "to_pool": "long"}),
-        ("dualpool_requests_total", {"pool": "long", "reason": "misroute_recovery"}),
         ("dualpool_learned_bytes_per_token", {"category": "prose"}),
         ("dualpool_learning_samples_total", {"outcome": "learned"}),
     ]:

@@ -184,6 +184,11 @@ async def test_misroute_is_recovered_on_the_long_pool(make_env, wording: str, st
     assert (stash.progress.pool, stash.progress.recovered_from, stash.progress.reason) == (
         "long", "short", "misroute_recovery")
     assert env.metric("dualpool_misroutes_total", model_group="llama", pool="short") == 1
+    # one request, one decision (short): the recovery hop is counted as a recovery, not again
+    assert env.metric("dualpool_requests_total", model_group="llama", pool="short",
+                      reason="fits") == 1
+    assert env.metric("dualpool_requests_total", model_group="llama", pool="long",
+                      reason="misroute_recovery") == 0
     # Learned once per request: from the rejection's count where it is exact, else ("at least
     # N" is a lower bound) from the recovered call's usage, which a bare Router stream lacks.
     lower_bound = wording.startswith("current")

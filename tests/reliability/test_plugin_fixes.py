@@ -83,15 +83,22 @@ def test_a_retry_in_the_same_pool_is_not_another_routing_decision() -> None:
     eng.choose("g", model_list(), long, frozenset({"l1"}))  # the one long deployment, again
     assert count("dualpool_requests_total", pool="long", reason="fits") == 1
     assert count("dualpool_retries_total", pool="long") == 1
-    # A retry that moves the request to another pool is a new decision (failover spillover).
+    # A retry that moves the request to another pool is a hop, not a new decision: the request
+    # stays counted once (its first decision) and the hop is a failover.
     short = plan(eng, "hello")
     eng.choose("g", model_list(), short)
     eng.choose("g", model_list(), short, frozenset({"s1"}))
     eng.choose("g", model_list(), short, frozenset({"s1", "s2"}))
+    eng.choose("g", model_list(), short, frozenset({"s1", "s2", "l1"}))  # l1 again: a retry
     assert count("dualpool_requests_total", pool="short", reason="fits") == 1
     assert count("dualpool_retries_total", pool="short") == 1
-    assert count("dualpool_requests_total", pool="long", reason="spillover") == 1
-    assert count("dualpool_spillovers_total", from_pool="short", to_pool="long") == 1
+    assert count("dualpool_failovers_total", from_pool="short", to_pool="long") == 1
+    assert count("dualpool_retries_total", pool="long") == 2
+    assert count("dualpool_requests_total", pool="long", reason="spillover") == 0
+    assert count("dualpool_spillovers_total", from_pool="short", to_pool="long") == 0
+    total = sum(s.value for m in registry.collect() if m.name == "dualpool_requests"
+                for s in m.samples if s.name == "dualpool_requests_total")
+    assert total == 2  # two requests, two decisions, whatever their hops
 
 
 def test_a_failed_request_closes_every_open_attempt() -> None:

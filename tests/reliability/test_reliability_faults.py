@@ -292,10 +292,14 @@ async def _load(proxy: Proxy) -> tuple[Counter[str], list[str]]:
                             text = "".join([chunk async for chunk in stream.aiter_text()])
                             ok = stream.status_code == 200 and "[DONE]" in text
                             outcomes["stream_ok" if ok else f"stream_{stream.status_code}"] += 1
+                            if ok:
+                                outcomes["pool_" + stream.headers.get("x-dualpool-pool", "?")] += 1
                         continue
                     response = await client.post(proxy.url + "/v1/chat/completions", json=body)
                     if response.status_code == 200:
-                        outcomes["ok_" + response.headers.get("x-dualpool-pool", "?")] += 1
+                        pool = response.headers.get("x-dualpool-pool", "?")
+                        outcomes["ok_" + pool] += 1
+                        outcomes["pool_" + pool] += 1
                     else:
                         message = response.json()["error"]["message"]  # explicit error
                         outcomes[f"error_{response.status_code}"] += 1
@@ -307,14 +311,34 @@ async def _load(proxy: Proxy) -> tuple[Counter[str], list[str]]:
     return outcomes, unexplained
 
 
+def _load_counts(text: str) -> dict[str, dict[tuple[str, ...], float]]:
+    """The load group's routing counters: first decisions and hops, by their labels."""
+    def by(name: str, *keys: str) -> dict[tuple[str, ...], float]:
+        return {tuple(dict(k)[key] for key in keys): v for k, v in samples(text, name).items()
+                if ("model_group", "load") in k}
+
+    return {"decisions": by("dualpool_requests_total", "pool", "reason"),
+            "failovers": by("dualpool_failovers_total", "from_pool", "to_pool"),
+            "recovered": by("dualpool_misroutes_recovered_total", "from_pool", "to_pool")}
+
+
+def _delta(after: dict[tuple[str, ...], float],
+           before: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
 def test_load_2000_requests_200_connections_all_accounted_for(fleet: Fleet) -> None:
     proxy = fleet.proxy
     pid = listening_pid(int(proxy.url.rsplit(":", 1)[1]))
     before = memory_kib(pid)
+    counted_before = _load_counts(proxy.metrics())
     started = time.monotonic()
     outcomes, unexplained = asyncio.run(_load(proxy))
     elapsed = time.monotonic() - started
     assert unexplained == []
+    served = {name[len("pool_"):]: n for name, n in outcomes.items() if name.startswith("pool_")}
+    for name in [k for k in outcomes if k.startswith("pool_")]:
+        del outcomes[name]
     assert sum(outcomes.values()) == LOAD_REQUESTS
     assert outcomes["ok_short"] + outcomes["ok_long"] + outcomes["stream_ok"] == LOAD_REQUESTS
     # In-flight and load gauges are back to zero (events are asynchronous: allow them to land).
@@ -329,20 +353,33 @@ def test_load_2000_requests_200_connections_all_accounted_for(fleet: Fleet) -> N
         time.sleep(0.5)
     assert in_flight == {"short": 0.0, "long": 0.0}
     assert total(text, "dualpool_callback_errors_total") == 0
-    decisions = {(dict(k)["pool"], dict(k)["reason"]): v
-                 for k, v in samples(text, "dualpool_requests_total").items()
-                 if ("model_group", "load") in k}
-    # Exactly the long requests needed the long pool; short ones beyond the short pool's
-    # capacity (64 in flight per deployment by default) spilled over to it.
-    assert decisions.get(("long", "fits"), 0) + decisions.get(("long", "misroute_recovery"), 0) \
-        == LOAD_REQUESTS // 20
+    after = _load_counts(text)
+    decisions, failovers, recovered = (_delta(after[k], counted_before[k])
+                                       for k in ("decisions", "failovers", "recovered"))
+    # Every request is one decision, whatever its hops: the sum is the requests routed.
     assert sum(decisions.values()) == LOAD_REQUESTS
+    assert not any(reason == "misroute_recovery" for _, reason in decisions)
+    # Flow per pool: the pool that served each request (its x-dualpool-pool header) is its first
+    # decision moved by its hops, each counted once (a failover when its pool had no healthy
+    # deployment left for a retry, the recovery hop after a context-length rejection).
+    for pool in ("short", "long"):
+        first = sum(v for (p, _), v in decisions.items() if p == pool)
+        hops_in = sum(v for (_, to), v in [*failovers.items(), *recovered.items()] if to == pool)
+        hops_out = sum(v for (fr, _), v in [*failovers.items(), *recovered.items()] if fr == pool)
+        assert served.get(pool, 0) == first + hops_in - hops_out, (pool, decisions, failovers,
+                                                                   recovered, served)
+    # Exactly the long requests needed the long pool (decided there, or recovered there); short
+    # ones beyond the short pool's capacity (64 in flight per deployment) spilled over to it.
+    assert decisions.get(("long", "fits"), 0) + decisions.get(("long", "borderline"), 0) + sum(
+        recovered.values()) == LOAD_REQUESTS // 20
     retries = total(text, "dualpool_retries_total", model_group="load")
     after = memory_kib(pid)
     report = {"requests": LOAD_REQUESTS, "connections": LOAD_CONNECTIONS,
               "seconds": round(elapsed, 1), "requests_per_second": round(LOAD_REQUESTS / elapsed),
               "outcomes": dict(outcomes), "decisions": {f"{p}/{r}": v for (p, r), v in decisions.items()},
-              "retries": retries,
+              "failovers": {f"{a}->{b}": v for (a, b), v in failovers.items()},
+              "recovered": {f"{a}->{b}": v for (a, b), v in recovered.items()},
+              "served": served, "retries": retries,
               "rss_before_kib": before["VmRSS"],
               "rss_after_kib": after["VmRSS"], "peak_rss_kib": after["VmHWM"]}
     print("load:", json.dumps(report))
