@@ -73,7 +73,7 @@ class Scenario:
     gpus: tuple[str, ...]
     model: str
     dtype: str
-    ttft: str  # --ttft-slo form
+    ttft: str  # --slo-ttft form
     slice_k: int
     sim_seconds: float
 

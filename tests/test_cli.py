@@ -161,3 +161,44 @@ def test_emulate_json_announces_where_it_listens(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(("module", "extra"), [
+    ("litellm_dualpool.planner.command", ["--trace", "t.csv"]),
+    ("litellm_dualpool.sim.command", ["--synthetic", "10"]),
+    ("litellm_dualpool.emulator.command", []),
+])
+def test_one_tensor_parallel_flag_everywhere_the_old_one_deprecated(
+        module: str, extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).configure(parser)
+    for flags in (["--tensor-parallel-size", "2"], ["-tp", "2"]):
+        assert parser.parse_args([*extra, *flags]).tensor_parallel_size == 2
+        assert capsys.readouterr().err == ""
+    assert parser.parse_args([*extra, "--tp", "4"]).tensor_parallel_size == 4
+    assert ("--tp is deprecated; use --tensor-parallel-size"
+            in capsys.readouterr().err)
+    shown = parser.format_help()
+    assert "--tensor-parallel-size" in shown and "--tp " not in shown
+
+
+@pytest.mark.parametrize(("module", "extra"), [
+    ("litellm_dualpool.planner.command", ["--trace", "t.csv"]),
+    ("litellm_dualpool.sim.command", ["--synthetic", "10"]),
+])
+def test_one_ttft_target_flag_the_old_spelling_deprecated(
+        module: str, extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).configure(parser)
+    assert parser.parse_args(extra).slo_ttft == "2"
+    assert parser.parse_args([*extra, "--slo-ttft", "2s+1s/8k"]).slo_ttft == "2s+1s/8k"
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args([*extra, "--ttft-slo", "500ms"]).slo_ttft == "500ms"
+    assert "--ttft-slo is deprecated; use --slo-ttft" in capsys.readouterr().err
+    assert "--ttft-slo" not in parser.format_help()

@@ -64,11 +64,30 @@ def add_json_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                         help=help_text or "print one JSON object on stdout (and nothing else)")
 
 
+class _DeprecatedAlias(argparse.Action):
+    """Stores like the new flag, and says on stderr which flag to use instead."""
+
+    def __init__(self, *args: object, new: str, **kwargs: object) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]  # argparse's Action signature
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"litellm-dualpool: warning: {option_string} is deprecated; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_hidden_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, *,
-                     dest: str, value_type: type = str) -> None:
-    """An old spelling of a renamed flag: still accepted, not shown in --help."""
+                     dest: str, value_type: type = str, new: str | None = None) -> None:
+    """An old spelling of a renamed flag: still accepted, not shown in --help; with `new`, a
+    deprecation warning on stderr names the flag to use."""
+    if new is None:
+        parser.add_argument(old, dest=dest, type=value_type, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
+        return
     parser.add_argument(old, dest=dest, type=value_type, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
+                        help=argparse.SUPPRESS, action=_DeprecatedAlias, new=new)
 
 
 def parse_pool(text: str, allowed: Mapping[str, str], *, index: int = 0) -> dict[str, str]:

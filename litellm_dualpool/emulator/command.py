@@ -31,7 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--tensor-parallel-size", "-tp", type=int, default=None,
                      help="GPUs per instance (default: the smallest of 1, 2, 4, 8 that holds the "
                           "weights and one max-model-len sequence)")
-    add_hidden_alias(eng, "--tp", dest="tensor_parallel_size", value_type=int)
+    add_hidden_alias(eng, "--tp", dest="tensor_parallel_size", value_type=int,
+                     new="--tensor-parallel-size")
     eng.add_argument("--max-model-len", type=int, default=8192, help="context window (default %(default)s)")
     eng.add_argument("--max-num-seqs", type=int, default=256, help="max running requests (default %(default)s)")
     eng.add_argument("--max-num-batched-tokens", type=int, default=None,

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from litellm_dualpool.commands.common import add_hidden_alias
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.planner.model import (
     DEFAULT_LONG_MAX_MODEL_LEN,
@@ -72,8 +73,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="llama-3-70b", help="catalogue model")
     parser.add_argument("--model-spec", metavar="KEY=VALUE,...",
                         help="custom dense model: layers, hidden, heads, kv_heads, head_dim, params_b[, name]")
-    parser.add_argument("--tp", type=int, help="tensor parallel size of every pool (default: searched per pool; "
-                                               "the baselines use the smallest whose KV cache holds 4 long sequences)")
+    parser.add_argument("--tensor-parallel-size", "-tp", dest="tensor_parallel_size", type=int,
+                        help="tensor parallel size of every pool, as vLLM's flag (default: searched "
+                             "per pool; the baselines use the smallest whose KV cache holds 4 long "
+                             "sequences)")
+    add_hidden_alias(parser, "--tp", dest="tensor_parallel_size", value_type=int,
+                     new="--tensor-parallel-size")
     parser.add_argument("--no-search", action="store_true",
                         help="keep every pool on the first GPU with the derived flags (the paper's method)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
@@ -82,11 +87,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price", metavar="USD|GPU=USD,...",
                         help="USD per GPU-hour: one figure (one GPU) or per GPU, e.g. a100=1.9,l40s=0.9 "
                              "(default: catalogue price)")
-    slo = parser.add_mutually_exclusive_group()
-    slo.add_argument("--ttft-slo", metavar="TARGET",
-                     help="P99 TTFT target, may grow with the prompt: 2s, 500ms, 2s+1s/8k (2 s plus 1 s per "
-                          "8192 prompt tokens); the same rule for both fleets")
-    slo.add_argument("--slo-ttft", type=float, help="P99 TTFT target, seconds (default 2)")
+    parser.add_argument("--slo-ttft", metavar="TARGET", default="2",
+                        help="P99 TTFT target, seconds or a rule that grows with the prompt: 2, 2s, "
+                             "500ms, 2s+1s/8k (2 s plus 1 s per 8192 prompt tokens); the same rule "
+                             "for both fleets (default %(default)s s)")
+    add_hidden_alias(parser, "--ttft-slo", dest="slo_ttft", new="--slo-ttft")
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="P99 TPOT target, seconds")
     parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
                         help="utilisation cap per pool (share of saturation throughput)")
@@ -177,10 +182,8 @@ def _prices(text: str | None, gpus: list[str]) -> dict[str, float]:
 
 
 def _slo(args: argparse.Namespace) -> Slo:
-    if args.ttft_slo:
-        base, per_token = parse_ttft_slo(args.ttft_slo)
-        return Slo(base, args.slo_tpot, per_token)
-    return Slo(args.slo_ttft if args.slo_ttft is not None else 2.0, args.slo_tpot)
+    base, per_token = parse_ttft_slo(str(args.slo_ttft))
+    return Slo(base, args.slo_tpot, per_token)
 
 
 def _gpus(args: argparse.Namespace) -> list[GpuSpec]:
@@ -206,13 +209,13 @@ def build_planner(args: argparse.Namespace) -> Planner:
     gpus = _gpus(args)
     prices = _prices(args.price, [g.name for g in gpus])
     model = _model(args)
-    hardware = Hardware.build(gpus[0], model, tensor_parallel_size=args.tp, dtype=args.dtype,
+    hardware = Hardware.build(gpus[0], model, tensor_parallel_size=args.tensor_parallel_size, dtype=args.dtype,
                               kv_cache_dtype=args.kv_cache_dtype,
                               gpu_memory_utilization=args.gpu_memory_utilization,
                               usd_per_gpu_hour=prices.get(gpus[0].name), min_kv_tokens=4 * args.long_max_model_len)
     options = tuple(Hardware(g, model, 1, args.dtype, args.kv_cache_dtype, args.gpu_memory_utilization,
                              _price(g, prices)) for g in gpus)
-    search = None if args.no_search else SearchSpace(options, (args.tp,) if args.tp else None)
+    search = None if args.no_search else SearchSpace(options, (args.tensor_parallel_size,) if args.tensor_parallel_size else None)
     measured = {k: v for k, v in (("short", args.short_throughput), ("long", args.long_throughput)) if v}
     benches = {role: read_vllm_bench(file, option=f"{role}_bench")
                for role, file in (("short", args.short_bench), ("long", args.long_bench)) if file}

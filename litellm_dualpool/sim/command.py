@@ -71,7 +71,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="llama-3-70b")
     parser.add_argument("--tensor-parallel-size", "-tp", dest="tensor_parallel_size", type=int,
                         default=4, help="GPUs per instance (default %(default)s)")
-    add_hidden_alias(parser, "--tp", dest="tensor_parallel_size", value_type=int)
+    add_hidden_alias(parser, "--tp", dest="tensor_parallel_size", value_type=int,
+                     new="--tensor-parallel-size")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "fp8"])
     parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "bfloat16", "fp8"])
     parser.add_argument("--pool", action="append", metavar="KEY=VALUE,...",
@@ -86,9 +87,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pool load fraction that triggers spillover (<= 0 disables)")
     parser.add_argument("--no-recovery", action="store_true",
                         help="do not retry a context-length 400 on a larger pool")
-    parser.add_argument("--slo-ttft", type=float, default=2.0, help="seconds")
-    parser.add_argument("--ttft-slo", metavar="TARGET",
-                        help="TTFT target that may grow with the prompt, e.g. 2s+1s/8k (overrides --slo-ttft)")
+    parser.add_argument("--slo-ttft", metavar="TARGET", default="2",
+                        help="P99 TTFT target, seconds or a rule that grows with the prompt: 2, 2s, "
+                             "500ms, 2s+1s/8k (default %(default)s s)")
+    add_hidden_alias(parser, "--ttft-slo", dest="slo_ttft", new="--slo-ttft")
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="seconds")
     parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
     parser.add_argument("--seed", type=int, default=0)
@@ -232,11 +234,9 @@ def warn_if_overloaded(result: FleetResult) -> None:
 
 
 def _slo_targets(args: argparse.Namespace) -> SloTargets:
-    if not getattr(args, "ttft_slo", None):
-        return SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot)
     from litellm_dualpool.planner.model import parse_ttft_slo
 
-    base, per_token = parse_ttft_slo(args.ttft_slo)
+    base, per_token = parse_ttft_slo(str(args.slo_ttft))
     return SloTargets(ttft_seconds=base, tpot_seconds=args.slo_tpot, ttft_seconds_per_prompt_token=per_token)
 
 
@@ -283,7 +283,7 @@ def write_plots(result: FleetResult, baselines: Sequence[FleetResult], workload:
                               dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                               usd_per_gpu_hour=pools[0].price or 1.0)
     planner = Planner(LengthMix.from_workload(workload), workload.rate_per_second, hardware,
-                      slo=Slo(args.slo_ttft, args.slo_tpot),
+                      slo=Slo(_slo_targets(args).ttft_seconds, args.slo_tpot),
                       long_max_model_len=max(p.engine.max_model_len for p in pools))
     plan = make_plan(planner, DEFAULT_THRESHOLDS, max_pools=2)
     savings = [(o.threshold, o.saving_fraction, o.closed_form_saving_fraction) for o in plan.sweep]

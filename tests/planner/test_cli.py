@@ -122,7 +122,7 @@ def test_bench_file_and_throughput_exclude_each_other(capsys: pytest.CaptureFixt
 def test_emit_config_is_accepted_by_the_plugin(tmp_path: Path) -> None:
     code = main(["plan", "--prompt-percentiles", "50=1000,90=2700,99=4100,100=14000",
                  "--output-percentiles", "50=130,90=420,100=1000", "--rate", "50", "--gpu", "h100",
-                 "--model", "llama-3.1-8b", "--tp", "1", "--thresholds", "4096,8192",
+                 "--model", "llama-3.1-8b", "--tensor-parallel-size", "1", "--thresholds", "4096,8192",
                  "--emit-config", str(tmp_path), "--model-group", "chat"])
     assert code == 0
     config = load_plugin_config_file(tmp_path / "litellm_config.yaml")
@@ -155,7 +155,7 @@ def test_plan_refuses_bad_input_with_a_path(capsys: pytest.CaptureFixture[str]) 
 
 def test_simulate_writes_plots_and_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["simulate", "--synthetic", "1500", "--rate", "40", "--gpu", "h100", "--model", "llama-3.1-8b",
-                 "--tp", "1", "--no-progress", "--baseline", "--plots", str(tmp_path), "--json",
+                 "--tensor-parallel-size", "1", "--no-progress", "--baseline", "--plots", str(tmp_path), "--json",
                  "--pool", "name=short,max_model_len=8192,max_num_seqs=64,max_num_batched_tokens=1024,instances=2",
                  "--pool", "name=long,max_model_len=65536,max_num_seqs=16,max_num_batched_tokens=1024,instances=1"])
     assert code == 0
@@ -174,7 +174,7 @@ def test_emit_config_deploys_each_pool_on_its_own_gpu_type(tmp_path: Path,
     serve scripts carry each pool's own hardware and flags."""
     code = main(["plan", "--prompt-percentiles", "50=1000,90=2700,99=4100,100=14000",
                  "--output-percentiles", "50=130,90=420,100=1000", "--rate", "50", "--gpu", "h100,l40s",
-                 "--price", "h100=4.02,l40s=1.9", "--tp", "1", "--model", "llama-3.1-8b", "--thresholds", "4096",
+                 "--price", "h100=4.02,l40s=1.9", "--tensor-parallel-size", "1", "--model", "llama-3.1-8b", "--thresholds", "4096",
                  "--max-pools", "2", "--emit-config", str(tmp_path), "--json"])
     assert code == 0
     plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
