@@ -72,6 +72,15 @@ def test_simulate_plots_checks_matplotlib_before_simulating(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
+def test_plan_plots_checks_matplotlib_before_planning(tmp_path: Path) -> None:
+    result = _cli_without(["matplotlib"], "plan", "--prompt-percentiles", "50=1000,100=4000",
+                          "--rate", "10", "--plots", str(tmp_path))
+    assert result.returncode == 2
+    assert "plan --plots needs the [tools] extra (missing: matplotlib)" in result.stderr
+    assert result.stdout == ""  # no table: it stopped before the planning
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_simulate_json_is_alone_on_stdout_and_an_overloaded_fleet_warns(
         capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["simulate", "--synthetic", "400", "--rate", "200", "--gpu", "h100", "--model",

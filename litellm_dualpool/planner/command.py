@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from litellm_dualpool.commands.common import add_hidden_alias
+from litellm_dualpool.commands.common import EXIT_UNAVAILABLE, add_hidden_alias, require_modules
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.planner.model import (
     DEFAULT_LONG_MAX_MODEL_LEN,
@@ -112,6 +112,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                    "the plan compares its mean lengths with the pool's")
     parser.add_argument("--no-slo-check", action="store_true", help="size by the utilisation cap only")
     parser.add_argument("--emit-config", metavar="DIR", help="write litellm_config.yaml and vLLM commands")
+    parser.add_argument("--plots", metavar="DIR",
+                        help="write PNG figures: cost against the threshold (the sweep) and GPUs "
+                             "per pool (needs matplotlib, the [tools] extra)")
     parser.add_argument("--model-group", help="model_name of the emitted deployments (default: the model)")
     parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
 
@@ -356,9 +359,15 @@ def _kv_cell(pool: PoolPlan) -> str:
     return f"{kv.safe_max_num_seqs} ({kv.worst_case_max_num_seqs})" + (" !" if kv.can_preempt else "")
 
 
+#: what --plots imports (matplotlib, from the [tools] extra): checked before planning
+PLOT_MODULES = ("matplotlib",)
+
+
 def run(args: argparse.Namespace) -> int:
     from litellm_dualpool.planner.emit import emit
 
+    if getattr(args, "plots", None) and not require_modules("plan", PLOT_MODULES, purpose="--plots"):
+        return EXIT_UNAVAILABLE
     try:
         planner = build_planner(args)
         thresholds = _thresholds(args.thresholds)
@@ -374,8 +383,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     console = Console(file=sys.stderr if args.json else sys.stdout, width=160)
     render(plan, console)
-    for path in written:
+    figures: list[str] = []
+    if getattr(args, "plots", None):
+        from litellm_dualpool.planner import plots
+
+        figures = [str(p) for p in plots.write_plan(plan, args.plots)]
+    for path in [*written, *figures]:
         console.print(f"wrote {path}")
     if args.json:
-        print(json.dumps(plan.to_dict(), separators=(",", ":")))
+        payload = plan.to_dict()
+        if figures:
+            payload["plots"] = figures
+        print(json.dumps(payload, separators=(",", ":")))
     return 0

@@ -15,7 +15,7 @@ import yaml
 
 from litellm_dualpool.cli import main
 from litellm_dualpool.config import load_plugin_config_file
-from litellm_dualpool.planner.plots import FILES
+from litellm_dualpool.planner.plots import FILES, PLAN_FILES
 
 REPO = Path(__file__).resolve().parents[2]
 TRACES = REPO.parent / "shared" / "data" / "traces"
@@ -199,3 +199,32 @@ def test_emit_config_deploys_each_pool_on_its_own_gpu_type(tmp_path: Path,
         assert f"--tensor-parallel-size {p['tp']}" in block
         assert f"--max-num-seqs {p['max_num_seqs']}" in block
         assert f"--max-num-batched-tokens {p['max_num_batched_tokens']}" in block
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's signature and IHDR chunk; AssertionError if it is none."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plan_plots_draw_the_sweep_and_gpus_per_pool(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import matplotlib.image
+
+    out = tmp_path / "figures"
+    code = main(["plan", "--prompt-percentiles", "50=1000,90=2700,99=4100,100=14000",
+                 "--output-percentiles", "50=130,90=420,100=1000", "--rate", "50", "--gpu", "h100",
+                 "--model", "llama-3.1-8b", "--tensor-parallel-size", "1",
+                 "--thresholds", "2048,4096,8192", "--plots", str(out), "--json"])
+    assert code == 0
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out.strip().splitlines()[-1])
+    assert payload["plots"] == [str(out / name) for name in PLAN_FILES]
+    assert sorted(p.name for p in out.iterdir()) == sorted(PLAN_FILES)
+    for name in PLAN_FILES:
+        width, height = _png_size((out / name).read_bytes())
+        assert width > 300 and height > 200
+        pixels = matplotlib.image.imread(out / name)  # decodes: a whole, valid image
+        assert pixels.shape[:2] == (height, width)
+        assert pixels.std() > 0.01  # something is drawn, not a blank canvas
+    assert f"wrote {out / PLAN_FILES[0]}" in captured.err
