@@ -123,6 +123,13 @@ class DualPoolMetrics:
             "or the largest pool rejected the request and no larger one exists (fits_nowhere, "
             "after that backend call).",
             ["model_group", "reason"], registry=registry)
+        self.deployments_without_limit = Gauge(
+            "dualpool_deployments_without_limit",
+            "Deployments of a dual-pool group left out of routing because their max_model_len "
+            "is neither configured nor read from their backend yet (retried every "
+            "discovery.retry_seconds); alert above 0.",
+            ["model_group"], registry=registry,
+            multiprocess_mode="livemax")  # each worker reads the backends itself
         self.callback_errors = Counter(
             "dualpool_callback_errors", "Exceptions caught at the plugin's hook boundaries.",
             ["hook"], registry=registry)

@@ -246,6 +246,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
                             router_settings=config.router_settings)
         store.restore_blocking()  # learned state before the first request (bounded wait)
         plugin = cls(config, metrics=metrics, store=store, discovery=discovery)
+        plugin.count_pending(config)
         plugin.start_preparing()
         groups = ", ".join(f"{g.model_group}: " + " < ".join(
             f"{p.name}({p.max_model_len})" for p in g.pools) for g in config.groups.values())
@@ -269,6 +270,13 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
         self.engine.update_config(config)
         if self._prepared_router is not None:
             self._map_deployments(self._prepared_router)
+        self.count_pending(config)
+
+    def count_pending(self, config: PluginConfig) -> None:
+        """``dualpool_deployments_without_limit`` per dual-pool group."""
+        for name in config.groups:
+            self.metrics.deployments_without_limit.labels(name).set(
+                sum(p.model_group == name for p in config.pending))
 
     async def _prepare_when_ready(self) -> None:
         waited = 0.0

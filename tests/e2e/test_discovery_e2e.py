@@ -2,7 +2,8 @@
 (`litellm-dualpool emulate`) report ``max_model_len`` on ``/v1/models``; the YAML has none.
 
 One proxy routes a group declared only by ``model_info.pool`` labels, with a third deployment
-whose backend is down at start (it must take no traffic). A second proxy has a configured limit
+whose backend is down at start: it takes no traffic until its backend comes up, then joins its
+pool (retried every second here). A second proxy has a configured limit
 its backend contradicts (a start-up warning); a third, the same with ``on_mismatch: error``,
 must not start.
 """
@@ -16,10 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from plugin_stack import Proxy, run_proxy_until_exit, start_proxy
+from plugin_stack import Proxy, eventually, run_proxy_until_exit, start_proxy
 
-from litellm_dualpool.emulator.testing import RunningEmulator, start_emulators
+from litellm_dualpool.emulator.testing import RunningEmulator, start_emulator, start_emulators
 from litellm_dualpool.processes import free_port
+from tests.prometheus_text import sample_value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.litellm_compat]
 
@@ -48,12 +50,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with ExitStack() as stack:
         short, long = stack.enter_context(start_emulators(dict(flags, max_model_len=SHORT_LEN),
                                                           dict(flags, max_model_len=LONG_LEN)))
-        dead = f"http://127.0.0.1:{free_port()}/v1"
+        late_port = free_port()
+        dead = f"http://127.0.0.1:{late_port}/v1"
         (logs / "routed").mkdir()
         routed = stack.enter_context(start_proxy(config([
             dep(short.openai_base_url, pool="short"), dep(long.openai_base_url, pool="long"),
-            dep(dead, pool="short")]), logs / "routed"))
-        yield {"proxy": routed, "short": short, "long": long, "dead": dead, "logs": logs}
+            dep(dead, pool="short")], retry_seconds=1), logs / "routed"))
+        yield {"proxy": routed, "short": short, "long": long, "dead": dead, "logs": logs,
+               "late_port": late_port, "flags": flags}
 
 
 def served_by(response: httpx.Response) -> str:
@@ -92,6 +96,25 @@ def test_a_backend_down_at_start_is_named_and_left_out(stack: dict[str, Any]) ->
     assert "routing llama: short(2048) < long(16384)" in log
 
 
+def test_a_backend_that_comes_up_later_joins_its_pool(stack: dict[str, Any]) -> None:
+    proxy: Proxy = stack["proxy"]
+    assert sample_value(proxy.metrics(), "dualpool_deployments_without_limit",
+                        model_group="llama") == 1
+    with start_emulator(**stack["flags"], max_model_len=SHORT_LEN, port=stack["late_port"]):
+        eventually(lambda: sample_value(proxy.metrics(), "dualpool_deployments_without_limit",
+                                        model_group="llama") == 0)
+
+        def served_late() -> bool:
+            response = proxy.chat("llama", "hello there", max_tokens=16)
+            assert response.status_code == 200, response.text
+            assert response.headers["x-dualpool-pool"] == "short"
+            return served_by(response) == stack["dead"]
+
+        eventually(served_late, seconds=60)
+    log = (stack["logs"] / "routed" / "proxy.log").read_text(errors="replace")
+    assert "model_list[2]" in log and "the deployment now takes traffic" in log
+
+
 def test_a_configured_limit_the_backend_contradicts_warns_at_start(
         stack: dict[str, Any], tmp_path: Path) -> None:
     short, long = stack["short"].openai_base_url, stack["long"].openai_base_url
@@ -103,6 +126,8 @@ def test_a_configured_limit_the_backend_contradicts_warns_at_start(
                 "(the configured value is used)") in log
         response = proxy.chat("llama", "hello there", max_tokens=16)
         assert response.status_code == 200 and response.headers["x-dualpool-pool"] == "short"
+        assert sample_value(proxy.metrics(), "dualpool_deployments_without_limit",
+                            model_group="llama") == 0
 
 
 def test_with_on_mismatch_error_the_proxy_does_not_start(stack: dict[str, Any], tmp_path: Path) -> None:

@@ -280,7 +280,13 @@ def test_metrics_and_model_list(stack: dict[str, Any]) -> None:
     assert {"llama", "blind"} <= names and not any("recovery" in n for n in names)
 
 
-def test_an_invalid_config_stops_the_proxy_at_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("discovery", "words"), [
+    ({"enabled": False}, ["model_list[1].model_info.max_model_len", "discovery is off"]),
+    # the limit would be read from the backend, which is down: no two pools, no start
+    ({}, ["cannot form two pools", "model_list[1] ('g', 'm' at http://127.0.0.1:9/v1/models)"]),
+], ids=["discovery-off", "backend-down"])
+def test_an_invalid_config_stops_the_proxy_at_start(tmp_path: Path, discovery: dict[str, Any],
+                                                    words: list[str]) -> None:
     config = {
         "model_list": [{"model_name": "g", "litellm_params": {"model": "hosted_vllm/m",
                                                               "api_base": "http://127.0.0.1:9/v1"},
@@ -289,7 +295,9 @@ def test_an_invalid_config_stops_the_proxy_at_start(tmp_path: Path) -> None:
                                                               "api_base": "http://127.0.0.1:9/v1"}}],
         "litellm_settings": {"callbacks": ["litellm_dualpool.proxy_handler_instance"]},
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+        "dualpool_settings": {"discovery": discovery},
     }
     code, output = run_proxy_until_exit(config, tmp_path)
     assert code not in (None, 0)
-    assert "model_list[1].model_info.max_model_len" in output
+    for text in words:
+        assert text in output
