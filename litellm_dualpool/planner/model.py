@@ -243,14 +243,14 @@ def parse_ttft_slo(text: str) -> tuple[float, float]:
         return base, 0.0
     amount, slash, tokens_text = extra.partition("/")
     if not slash:
-        raise ConfigError(f"expected BASE+SECONDS/TOKENS (e.g. 2s+1s/8k), got {text!r}", path="ttft_slo")
+        raise ConfigError(f"expected BASE+SECONDS/TOKENS (e.g. 2s+1s/8k), got {text!r}", path="slo_ttft")
     scale = 1024 if tokens_text.endswith("k") else 1
     try:
         tokens = float(tokens_text.removesuffix("k")) * scale
     except ValueError:
-        raise ConfigError(f"bad token count {tokens_text!r} in {text!r}", path="ttft_slo") from None
+        raise ConfigError(f"bad token count {tokens_text!r} in {text!r}", path="slo_ttft") from None
     if tokens <= 0:
-        raise ConfigError(f"token count must be > 0 in {text!r}", path="ttft_slo")
+        raise ConfigError(f"token count must be > 0 in {text!r}", path="slo_ttft")
     return base, _seconds(amount, text, allow_zero=True) / tokens
 
 
@@ -260,9 +260,9 @@ def _seconds(part: str, text: str, *, allow_zero: bool = False) -> float:
     try:
         value = float(number) * unit
     except ValueError:
-        raise ConfigError(f"bad duration {part!r} in {text!r} (e.g. 2s, 500ms)", path="ttft_slo") from None
+        raise ConfigError(f"bad duration {part!r} in {text!r} (e.g. 2s, 500ms)", path="slo_ttft") from None
     if value < 0 or (value == 0 and not allow_zero) or not math.isfinite(value):
-        raise ConfigError(f"duration must be > 0 in {text!r}", path="ttft_slo")
+        raise ConfigError(f"duration must be > 0 in {text!r}", path="slo_ttft")
     return value
 
 

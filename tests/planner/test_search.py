@@ -129,7 +129,7 @@ def test_ttft_slo_parser(text: str, expected: tuple[float, float]) -> None:
 def test_ttft_slo_parser_refuses_nonsense_with_its_path(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_ttft_slo(text)
-    assert info.value.path == "ttft_slo"
+    assert info.value.path == "slo_ttft"
 
 
 def test_prompt_dependent_ttft_target_is_met_per_request() -> None:
