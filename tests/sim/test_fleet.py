@@ -143,7 +143,7 @@ def test_simulate_command_prints_json_on_the_last_line(tmp_path: Path, capsys: p
                                                         for i in range(400)]
     trace.write_text("\n".join(rows) + "\n")
     code = main(["simulate", "--trace", str(trace), "--rate", "20", "--gpu", "h100", "--model",
-                 "llama-3.1-8b", "--tp", "1",
+                 "llama-3.1-8b", "--tensor-parallel-size", "1",
                  "--pool", "name=short,max_model_len=2048,max_num_seqs=64,max_num_batched_tokens=2048,instances=2",
                  "--pool", "name=long,max_model_len=8192,max_num_seqs=16,instances=1", "--json"])
     assert code == 0
