@@ -317,7 +317,7 @@ def layout_pools(model_list: object, settings: DualPoolSettings | None = None,
         return PoolLayout({})
     if not isinstance(model_list, Sequence) or isinstance(model_list, str | bytes):
         raise ConfigError("must be a list of deployments", path="model_list")
-    seen: dict[str, list[tuple[int, _PoolInfo | None, Mapping[str, Any]]]] = {}
+    seen: dict[str, list[tuple[int, Mapping[str, Any], Mapping[str, Any]]]] = {}
     ours: set[str] = set()
     for i, entry in enumerate(model_list):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("model_name"), str):
@@ -327,20 +327,15 @@ def layout_pools(model_list: object, settings: DualPoolSettings | None = None,
             raise ConfigError("must be a mapping", path=f"model_list[{i}].model_info")
         if _declares(info):
             ours.add(entry["model_name"])
-        known = info.get("max_model_len") if info.get("max_model_len") is not None else discovered.get(i)
-        try:
-            # without a limit yet, the other keys are still checked now (1 stands in for it)
-            checked = _PoolInfo.model_validate(dict(info, max_model_len=1 if known is None else known))
-        except ValidationError as error:
-            raise _format_validation(error, f"model_list[{i}].model_info") from None
-        parsed = checked if known is not None else None
-        seen.setdefault(entry["model_name"], []).append((i, parsed, entry))
+        seen.setdefault(entry["model_name"], []).append((i, info, entry))
     groups: dict[str, GroupSpec] = {}
     pending: list[PendingDeployment] = []
     waiting: list[str] = []
-    for name, members in seen.items():
+    for name, raw_members in seen.items():
         if name not in ours:
             continue
+        members = [(i, _pool_info(i, info, discovered.get(i)), entry)
+                   for i, info, entry in raw_members]
         declared = [(i, p, _capacity_params(e)) for i, p, e in members if p is not None]
         missing = [(i, e) for i, p, e in members if p is None]
         for i, entry in missing:
@@ -359,6 +354,17 @@ def layout_pools(model_list: object, settings: DualPoolSettings | None = None,
             continue
         groups[name] = _build_group(name, declared, settings)
     return PoolLayout(groups, tuple(pending), tuple(waiting))
+
+
+def _pool_info(index: int, info: Mapping[str, Any], discovered: int | None) -> _PoolInfo | None:
+    """The plugin's keys of one deployment of a dual-pool group, validated; None while its
+    limit is neither configured nor `discovered` (its other keys are checked all the same)."""
+    known = info.get("max_model_len") if info.get("max_model_len") is not None else discovered
+    try:
+        checked = _PoolInfo.model_validate(dict(info, max_model_len=1 if known is None else known))
+    except ValidationError as error:
+        raise _format_validation(error, f"model_list[{index}].model_info") from None
+    return checked if known is not None else None
 
 
 def _capacity_params(entry: Mapping[str, Any]) -> Mapping[str, Any]:

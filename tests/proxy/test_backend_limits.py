@@ -132,6 +132,13 @@ def test_a_group_with_two_known_pools_is_formed_without_its_pending_deployment()
     assert [p.index for p in layout.pending] == [2] and layout.waiting_groups == ()
 
 
+def test_a_group_that_declares_no_pools_is_left_alone() -> None:
+    # neither max_model_len nor pool: not a dual-pool group, its model_info is LiteLLM's business
+    layout = layout_pools([entry("other", 1, hardware="x" * 300, max_num_seqs="many"),
+                           entry("other", 2)])
+    assert (layout.groups, layout.pending, layout.waiting_groups) == ({}, (), ())
+
+
 def test_without_discovery_every_deployment_needs_its_limit() -> None:
     model_list = [entry("g", 1, max_model_len=4096), entry("g", 2)]
     config = {"model_list": model_list, "dualpool_settings": {"discovery": {"enabled": False}}}
