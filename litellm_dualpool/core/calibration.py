@@ -46,7 +46,7 @@ from typing import Any
 
 from litellm_dualpool.core.calibration_snapshot import KeyRecord, parse_snapshot, snapshot_object
 from litellm_dualpool.core.linalg import solve, solve_spd
-from litellm_dualpool.core.shape import RequestShape
+from litellm_dualpool.core.shape import RequestShape, prompt_tokens_upper_bound
 from litellm_dualpool.errors import ConfigError
 
 #: Most prompt tokens one observation may report. Above every context window served today
@@ -87,6 +87,12 @@ _REFIT_EVERY = 4
 #: After a regime change the next `_REFIT_EVERY_AFTER` observations refit every time again.
 _REFIT_RARELY_AFTER = 256
 _REFIT_RARELY = 16
+#: Least relative margin of the far tier (`Calibrator.estimate_far`). Bytes alone, at a key's
+#: usual character mix, miss a prompt's count by up to ~15-20% on real text (English prose
+#: against code-heavy prose, Qwen3 CJK with Latin terms: bench/estimator_accuracy.py); 0.3
+#: covers that with room, and a class read from a small sample that should have been its
+#: neighbour (prose/code) is covered by taking both keys' ranges (`core.estimator`).
+FAR_MARGIN_FRACTION = 0.3
 #: Key name of the shared key used once max_keys is reached.
 OVERFLOW_CATEGORY = "_overflow"
 #: Relative slack of the restore bounds (floating-point noise is not a value out of range).
@@ -204,7 +210,7 @@ class _KeyState:
     halves `observe` on a warm key (36 -> 18 us). `stats()` gives the decayed values.
     """
 
-    __slots__ = ("a", "b", "densities", "dev_sum", "dev_weight", "eager_refits",
+    __slots__ = ("a", "b", "densities", "dev_sum", "dev_weight", "eager_refits", "far",
                  "rejected_streak", "samples", "scale", "theta", "version")
 
     def __init__(self, settings: CalibrationSettings) -> None:
@@ -219,6 +225,8 @@ class _KeyState:
         self.rejected_streak = 0
         self.eager_refits = 0  # observations left that refit every time (after a regime change)
         self.version = 0  # bumped per refit; a slower concurrent refit never overwrites a newer
+        #: (theta, samples, far-tier coefficients): valid while theta and samples are those
+        self.far: tuple[list[float], int, tuple[float, ...]] | None = None
 
     def sigma(self, settings: CalibrationSettings) -> float:
         return max(self.dev_sum / self.dev_weight, settings.min_sigma)
@@ -341,6 +349,7 @@ class Calibrator:
         self._lock = threading.Lock()
         self._prior = _prior_theta(self.settings)
         self._precision = _prior_precision(self.settings)
+        self._prior_far: tuple[float, ...] | None = None
 
     # -- reading ---------------------------------------------------------------------------
     def _lookup(self, key: CategoryKey, shape: RequestShape | None) -> _KeyState | None:
@@ -380,6 +389,74 @@ class Calibrator:
             densities = state.densities if state else DEFAULT_DENSITIES
             sigma = state.sigma(self.settings) if state else self._cold_sigma()
             return self._combine(theta, densities, sigma, shape)
+
+    def estimate_far(self, key: CategoryKey, shape: RequestShape,
+                     neighbour: CategoryKey | None = None) -> tuple[int, int, int, int, int]:
+        """(low, optimistic, point, conservative, high) of a shape without character counts:
+        the usual range from the key's ratio at its usual character mix, and a wide one,
+        `point * (1 -/+ far margin)` within the hard bounds (`min_text_tokens`,
+        `prompt_tokens_upper_bound`), that the far tier decides from (see `far_margin`).
+        `neighbour`: a second key whose wide range is included (a class the first may be).
+
+        Straight arithmetic on the key's coefficients (the bytes-only features are the bytes,
+        the messages, the tools and the constants): ~1 us, against ~6 us through `features`."""
+        fixed = self._media_tokens(shape) + (shape.exact_prompt_tokens or 0)
+        with self._lock:
+            optimistic, point, conservative, sigma = self._far_point(key, shape)
+            low_text = high_text = point
+            margin = self.far_margin(sigma)
+            if neighbour is not None:
+                other, other_sigma = self._far_point(neighbour, shape)[2:]
+                other_margin = self.far_margin(other_sigma)
+                if other * (1.0 - other_margin) < point * (1.0 - margin):
+                    low_text = other
+                if other * (1.0 + other_margin) > point * (1.0 + margin):
+                    high_text = other
+        low = max(math.floor(low_text * max(1.0 - margin, 0.0)), self.min_text_tokens(shape))
+        high = math.ceil(high_text * (1.0 + margin))
+        upper = prompt_tokens_upper_bound(shape)
+        if upper is not None:
+            high = min(high, upper)
+        return (fixed + min(low, optimistic), fixed + optimistic, fixed + math.ceil(point),
+                fixed + conservative, fixed + max(high, conservative))
+
+    def _far_point(self, key: CategoryKey, shape: RequestShape) -> tuple[int, float, int, float]:
+        """(optimistic, unrounded point, conservative, sigma) of a shape's text at the key's
+        usual character mix; under the lock."""
+        state = self._lookup(key, shape)
+        coeffs = self._far_coefficients(state)
+        per_kb, per_message, per_tool, fixed, toolset, sigma = coeffs
+        text = (per_kb * shape.total_bytes / 1000.0 + fixed
+                + (per_message * shape.message_count if shape.chat_template else 0.0))
+        if shape.tool_count or shape.has_tools:
+            text += per_tool * shape.tool_count + (toolset if shape.has_tools else 0.0)
+        text = max(text, 0.0)
+        margin = self.settings.gamma * sigma
+        low = max(math.floor(text * max(1.0 - margin, 0.0)), self.min_text_tokens(shape))
+        return low, text, math.ceil(text * (1.0 + margin)), sigma
+
+    def _far_coefficients(self, state: _KeyState | None) -> tuple[float, ...]:
+        """(tokens per KB at the usual mix, per message, per tool, fixed, tool preamble, sigma)
+        of a key, cached until its fit or its observations change; under the lock."""
+        if state is None:
+            if self._prior_far is None:
+                t = self._prior
+                self._prior_far = (_tokens_per_kb(t, DEFAULT_DENSITIES), t[_F_MSG], t[_F_TOOL],
+                                   t[_F_FIXED], t[_F_TOOLSET], self._cold_sigma())
+            return self._prior_far
+        cached = state.far
+        if cached is None or cached[0] is not state.theta or cached[1] != state.samples:
+            t = state.theta
+            cached = state.far = (t, state.samples, (
+                _tokens_per_kb(t, state.densities), t[_F_MSG], t[_F_TOOL], t[_F_FIXED],
+                t[_F_TOOLSET], state.sigma(self.settings)))
+        return cached[2]
+
+    def far_margin(self, sigma: float) -> float:
+        """Relative margin of the far tier around a bytes-only point estimate: at least
+        `FAR_MARGIN_FRACTION`, and never narrower than twice the routing margin
+        (`2 * gamma * sigma`), so that a far decision is one the near tier would make too."""
+        return max(FAR_MARGIN_FRACTION, 2.0 * self.settings.gamma * sigma)
 
     def min_text_tokens(self, shape: RequestShape) -> int:
         """The fewest tokens the text of `shape` can take: its bytes at `max_bytes_per_token`.

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from litellm_dualpool.core.content import ZERO_COUNTS, CharCounts, classify, measure_strings
+from litellm_dualpool.core.content import (
+    CJK_CHAR_FRACTION,
+    STRUCTURED_BYTE_FRACTION,
+    ZERO_COUNTS,
+    CharCounts,
+    classify,
+    measure_strings,
+)
 from litellm_dualpool.errors import InvalidRequestError
 
 
@@ -224,6 +231,19 @@ class _Walker:
                                          self.syntax_punct, 0, 0)
         return counts, classify(text_stats, self.text, self.structured,
                                 self.has_tools or self.tools > 0)
+
+    def content_class_only(self) -> str:
+        """The content class read from sizes alone (no character is looked at): structured by
+        its bytes or tools as `classify` does; CJK when the text's multi-byte extra bytes reach
+        what `CJK_CHAR_FRACTION` of 3-byte characters would add; else prose, which the far
+        tier widens to code's ratio too (`core.estimator`)."""
+        total = self.text + self.structured
+        if self.has_tools or self.tools > 0 or (
+                total and self.structured >= STRUCTURED_BYTE_FRACTION * total):
+            return ContentClass.STRUCTURED.value
+        if self.text - self.text_chars >= 2 * CJK_CHAR_FRACTION * self.text_chars > 0:
+            return ContentClass.CJK.value
+        return ContentClass.PROSE.value
 
     # -- chat ---------------------------------------------------------------------------
     def content(self, content: object, field: str) -> None:
@@ -462,8 +482,55 @@ def json_size(value: object, field: str) -> int:
     return _Walker().json(value, field, 0)
 
 
+class ShapeDraft:
+    """A body walked once for its sizes, before any character is counted: `bytes_shape()` is
+    what the far tier decides from (sizes and a small class sample), `shape()` the full shape
+    with its character counts (the near tier). Either is computed at most once."""
+
+    __slots__ = ("_bytes_shape", "_shape", "chat_template", "walker")
+
+    def __init__(self, walker: _Walker, chat_template: bool) -> None:
+        self.walker = walker
+        self.chat_template = chat_template
+        self._shape: RequestShape | None = None
+        self._bytes_shape: RequestShape | None = None
+
+    def _build(self, counts: CharCounts | None, content_class: str) -> RequestShape:
+        w = self.walker
+        return RequestShape(
+            text_bytes=w.text, structured_bytes=w.structured, message_count=max(w.messages, 1),
+            tool_count=w.tools, image_count=w.images, audio_count=w.audio,
+            exact_prompt_tokens=w.token_ids, content_class=ContentClass(content_class),
+            file_count=w.files, chat_template=self.chat_template, has_tools=w.has_tools,
+            char_counts=counts)
+
+    def shape(self) -> RequestShape:
+        """The full shape: character counts from the bounded samples (`core.content`)."""
+        if self._shape is None:
+            counts, content_class = self.walker.char_counts()
+            self._shape = self._build(counts, content_class)
+        return self._shape
+
+    def bytes_shape(self) -> RequestShape:
+        """The shape without character counts (None: the calibrator assumes the key's usual
+        mix); its content class read from the sizes (`_Walker.content_class_only`)."""
+        if self._shape is not None:
+            return self._shape
+        if self._bytes_shape is None:
+            self._bytes_shape = self._build(None, self.walker.content_class_only())
+        return self._bytes_shape
+
+
 def shape_request(body: Mapping[str, Any]) -> RequestShape:
     """Shape chat `messages`, completions `prompt`, Responses `input` or embeddings `input`.
+
+    Raises InvalidRequestError (with the field path) for malformed bodies; never anything else.
+    """
+    return measure_request(body).shape()
+
+
+def measure_request(body: Mapping[str, Any]) -> ShapeDraft:
+    """Walk a body for its sizes (`shape_request` without the character counts yet).
 
     Raises InvalidRequestError (with the field path) for malformed bodies; never anything else.
     """
@@ -500,18 +567,4 @@ def shape_request(body: Mapping[str, Any]) -> RequestShape:
         walker.definitions(body)
     except RecursionError:
         raise InvalidRequestError("request nested too deeply", field="body") from None
-    counts, content_class = walker.char_counts()
-    return RequestShape(
-        text_bytes=walker.text,
-        structured_bytes=walker.structured,
-        message_count=max(walker.messages, 1),
-        tool_count=walker.tools,
-        image_count=walker.images,
-        audio_count=walker.audio,
-        exact_prompt_tokens=walker.token_ids,
-        content_class=ContentClass(content_class),
-        file_count=walker.files,
-        chat_template=chat_template,
-        has_tools=walker.has_tools,
-        char_counts=counts,
-    )
+    return ShapeDraft(walker, chat_template)
