@@ -21,7 +21,13 @@ from typing import Any
 from litellm_dualpool.core.budget import TokenBudget, output_budget_tokens, sequence_count
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.policy import Tier, tier_of
-from litellm_dualpool.core.shape import ContentClass, RequestShape, ShapeDraft, measure_request
+from litellm_dualpool.core.shape import (
+    ContentClass,
+    RequestShape,
+    ShapeDraft,
+    bytes_only,
+    measure_request,
+)
 from litellm_dualpool.errors import InvalidRequestError
 
 #: The class a small sample may confuse a request's class with (the far tier spans both).
@@ -96,9 +102,9 @@ class Estimator:
         output_tokens = output_budget_tokens(body, default, embedding=embedding)
         sequences = sequence_count(body)
         if limits:
-            shape = draft.bytes_shape()
-            key = category_key(model_group, shape, category)
-            far = self.estimate_far(shape, key, output_tokens, limits, headroom_fraction,
+            bytes_shape = draft.bytes_shape()
+            key = category_key(model_group, bytes_shape, category)
+            far = self.estimate_far(bytes_shape, key, output_tokens, limits, headroom_fraction,
                                     sequences=sequences, caller_category=category is not None)
             if far is not None:
                 return replace(far, draft=draft)
@@ -122,6 +128,25 @@ class Estimator:
             return None
         return Estimate.of(shape, key, output_tokens, optimistic=optimistic, point=point,
                            conservative=conservative, sequences=sequences, tier=Tier.FAR)
+
+    def estimate_measured(self, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
+                          sequences: int = 1, limits: Sequence[int] | None = None,
+                          headroom_fraction: float = 0.0) -> Estimate:
+        """`estimate` for a shape measured already (the simulator's requests): the same tiers.
+        A key whose category is the shape's own content class is taken as no caller category
+        (the far tier then keys by the class read from sizes, as the proxy does)."""
+        if limits:
+            caller = key.category != shape.content_class.value
+            bytes_shape = bytes_only(shape)
+            far_key = key if caller else CategoryKey(key.model_group,
+                                                     bytes_shape.content_class.value)
+            far = self.estimate_far(bytes_shape, far_key, output_tokens, limits,
+                                    headroom_fraction, sequences=sequences,
+                                    caller_category=caller)
+            if far is not None:
+                return far
+        return self.estimate_shape(shape, key, output_tokens, sequences=sequences,
+                                   limits=limits, headroom_fraction=headroom_fraction)
 
     def estimate_shape(self, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
                        sequences: int = 1, limits: Sequence[int] | None = None,
