@@ -406,7 +406,7 @@ class Calibrator:
             low_text = high_text = point
             margin = self.far_margin(sigma)
             if neighbour is not None:
-                other, other_sigma = self._far_point(neighbour, shape)[2:]
+                _, other, _, other_sigma = self._far_point(neighbour, shape)
                 other_margin = self.far_margin(other_sigma)
                 if other * (1.0 - other_margin) < point * (1.0 - margin):
                     low_text = other
