@@ -128,13 +128,14 @@ class OverridesConfig(_Model):
 
 class ArbitrationConfig(_Model):
     """Exact counts for AMBIGUOUS requests from the smaller pool's own tokenizer (vLLM's
-    ``POST /tokenize``); see docs/estimator.md. Any failure falls back to the estimate."""
+    ``POST /tokenize``); see docs/estimator.md ("Tiers and arbitration": why 100 ms and 8).
+    Any failure falls back to the estimate."""
 
     enabled: bool = Field(
         True, description="Ask a hosted_vllm deployment of the smaller pool for the exact count "
                           "of a request whose estimates straddle a pool limit.")
     timeout_ms: int = Field(
-        50, ge=1, le=10_000,
+        100, ge=1, le=10_000,
         description="Longest wait for one /tokenize answer before the estimate decides.")
     max_concurrent: int = Field(
         8, ge=1, le=1024,

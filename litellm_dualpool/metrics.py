@@ -18,7 +18,7 @@ from prometheus_client import Histogram as _Histogram
 #: Decision latency buckets: the dispatch is microseconds; a millisecond is already a problem.
 DECISION_BUCKETS_SECONDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2)
 #: Relative error of the point estimate, (estimated - reported) / reported.
-#: Arbitration latency buckets: a /tokenize call on loopback takes ~1 ms, 50 ms is the timeout.
+#: Arbitration latency buckets: a /tokenize call takes ~1-30 ms; 100 ms is the default timeout.
 ARBITRATION_BUCKETS_SECONDS = (5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 #: Outcomes of an arbitration (`dualpool_arbitrations_total`), every series initialised.
 ARBITRATION_OUTCOMES = ("exact", "timeout", "error", "unsupported", "skipped_busy",
