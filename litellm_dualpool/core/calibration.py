@@ -314,6 +314,18 @@ def _tokens_per_kb(theta: list[float], densities: list[float] | tuple[float, ...
     return theta[_F_KB] + sum(theta[j] * d for j, d in zip(_F_CHARS, densities, strict=True))
 
 
+def _far_text(coeffs: tuple[float, ...], shape: RequestShape) -> float:
+    """The text tokens of a shape without character counts from a key's far coefficients
+    (`Calibrator._far_coefficients`): `features` at the key's usual mix, dotted with theta."""
+    per_kb, per_message, per_tool, fixed, toolset = coeffs[:5]
+    text = per_kb * shape.total_bytes / 1000.0 + fixed
+    if shape.chat_template:
+        text += per_message * shape.message_count
+    if shape.tool_count or shape.has_tools:
+        text += per_tool * shape.tool_count + (toolset if shape.has_tools else 0.0)
+    return max(text, 0.0)
+
+
 def _dot(theta: list[float], x: list[float]) -> float:
     return sum(t * v for t, v in zip(theta, x, strict=True))
 
@@ -398,42 +410,35 @@ class Calibrator:
         `prompt_tokens_upper_bound`), that the far tier decides from (see `far_margin`).
         `neighbour`: a second key whose wide range is included (a class the first may be).
 
-        Straight arithmetic on the key's coefficients (the bytes-only features are the bytes,
-        the messages, the tools and the constants): ~1 us, against ~6 us through `features`."""
-        fixed = self._media_tokens(shape) + (shape.exact_prompt_tokens or 0)
+        Straight arithmetic on the key's cached coefficients (the bytes-only features are the
+        bytes, the messages, the tools and the constants), not the 13-feature dot product."""
         with self._lock:
-            optimistic, point, conservative, sigma = self._far_point(key, shape)
-            low_text = high_text = point
-            margin = self.far_margin(sigma)
+            state = self._lookup(key, shape)
+            coeffs = self._far_coefficients(state)
+            other = None
             if neighbour is not None:
-                _, other, _, other_sigma = self._far_point(neighbour, shape)
-                other_margin = self.far_margin(other_sigma)
-                if other * (1.0 - other_margin) < point * (1.0 - margin):
-                    low_text = other
-                if other * (1.0 + other_margin) > point * (1.0 + margin):
-                    high_text = other
-        low = max(math.floor(low_text * max(1.0 - margin, 0.0)), self.min_text_tokens(shape))
-        high = math.ceil(high_text * (1.0 + margin))
+                other_state = self._lookup(neighbour, shape)
+                if other_state is not state:
+                    other = self._far_coefficients(other_state)
+        fixed = self._media_tokens(shape) + (shape.exact_prompt_tokens or 0)
+        floor = self.min_text_tokens(shape)
+        text, sigma = _far_text(coeffs, shape), coeffs[5]
+        routing = self.settings.gamma * sigma
+        optimistic = max(math.floor(text * max(1.0 - routing, 0.0)), floor)
+        conservative = math.ceil(text * (1.0 + routing))
+        margin = self.far_margin(sigma)
+        low, high = text * (1.0 - margin), text * (1.0 + margin)
+        if other is not None:
+            other_text, other_margin = _far_text(other, shape), self.far_margin(other[5])
+            low = min(low, other_text * (1.0 - other_margin))
+            high = max(high, other_text * (1.0 + other_margin))
+        low_tokens = max(math.floor(max(low, 0.0)), floor)
+        high_tokens = math.ceil(high)
         upper = prompt_tokens_upper_bound(shape)
         if upper is not None:
-            high = min(high, upper)
-        return (fixed + min(low, optimistic), fixed + optimistic, fixed + math.ceil(point),
-                fixed + conservative, fixed + max(high, conservative))
-
-    def _far_point(self, key: CategoryKey, shape: RequestShape) -> tuple[int, float, int, float]:
-        """(optimistic, unrounded point, conservative, sigma) of a shape's text at the key's
-        usual character mix; under the lock."""
-        state = self._lookup(key, shape)
-        coeffs = self._far_coefficients(state)
-        per_kb, per_message, per_tool, fixed, toolset, sigma = coeffs
-        text = (per_kb * shape.total_bytes / 1000.0 + fixed
-                + (per_message * shape.message_count if shape.chat_template else 0.0))
-        if shape.tool_count or shape.has_tools:
-            text += per_tool * shape.tool_count + (toolset if shape.has_tools else 0.0)
-        text = max(text, 0.0)
-        margin = self.settings.gamma * sigma
-        low = max(math.floor(text * max(1.0 - margin, 0.0)), self.min_text_tokens(shape))
-        return low, text, math.ceil(text * (1.0 + margin)), sigma
+            high_tokens = min(high_tokens, upper)
+        return (fixed + min(low_tokens, optimistic), fixed + optimistic, fixed + math.ceil(text),
+                fixed + conservative, fixed + max(high_tokens, conservative))
 
     def _far_coefficients(self, state: _KeyState | None) -> tuple[float, ...]:
         """(tokens per KB at the usual mix, per message, per tool, fixed, tool preamble, sigma)

@@ -188,3 +188,33 @@ def test_learning_completes_a_far_shape_once_under_its_full_class() -> None:
     assert draft.shape() is shape  # computed once
     named, named_key = learning_shape(far, CategoryKey("g", "mine"), draft)
     assert named_key == CategoryKey("g", "mine") and named is shape
+
+
+def test_the_far_arithmetic_is_the_calibrators_own_estimate_without_counts() -> None:
+    calibrator = Calibrator()
+    estimator = Estimator(calibrator)
+    rng = random.Random(5)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"a": "b"}}}]
+    for i in range(40):  # a learned key, tools and messages included
+        body = {"messages": [{"role": "user", "content": PROSE * rng.randint(1, 30)}] * 2,
+                "tools": tools}
+        estimator.learn(estimator.estimate(body, "g"), 30 + 25 * i)
+    for body in (chat(PROSE * 7), {"messages": [{"role": "user", "content": PROSE * 9}] * 3,
+                                   "tools": tools}, {"prompt": PROSE * 4}):
+        shape = measure_request(body).bytes_shape()
+        key = CategoryKey("g", shape.content_class.value)
+        low, optimistic, point, conservative, high = calibrator.estimate_far(key, shape)
+        assert (optimistic, point, conservative) == calibrator.estimate_range(key, shape)
+        assert low <= optimistic <= point <= conservative <= high
+
+
+def test_the_far_range_spans_the_neighbour_class() -> None:
+    calibrator = Calibrator()
+    estimator = Estimator(calibrator)
+    code = "def f(x):\n    return [x * 2 for x in range(10)]  # {a: b}\n" * 30
+    for i in range(30):  # code at ~2 bytes/token: far from prose's cold 4
+        estimator.learn(estimator.estimate(chat(code), "g"), len(code) // 2 + i)
+    shape = measure_request(chat(PROSE * 20)).bytes_shape()
+    alone = calibrator.estimate_far(CategoryKey("g", "prose"), shape)
+    both = calibrator.estimate_far(CategoryKey("g", "prose"), shape, CategoryKey("g", "code"))
+    assert both[4] > alone[4] and both[:4] == alone[:4]
