@@ -15,7 +15,7 @@ in different pools AMBIGUOUS (the proxy may then ask the backend for the exact c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from litellm_dualpool.core.budget import TokenBudget, output_budget_tokens, sequence_count
@@ -105,9 +105,10 @@ class Estimator:
             bytes_shape = draft.bytes_shape()
             key = category_key(model_group, bytes_shape, category)
             far = self.estimate_far(bytes_shape, key, output_tokens, limits, headroom_fraction,
-                                    sequences=sequences, caller_category=category is not None)
+                                    sequences=sequences, caller_category=category is not None,
+                                    draft=draft)
             if far is not None:
-                return replace(far, draft=draft)
+                return far
         shape = draft.shape()
         key = category_key(model_group, shape, category)
         return self.estimate_shape(shape, key, output_tokens, sequences=sequences,
@@ -115,7 +116,8 @@ class Estimator:
 
     def estimate_far(self, shape: RequestShape, key: CategoryKey, output_tokens: int,
                      limits: Sequence[int], headroom_fraction: float, *, sequences: int = 1,
-                     caller_category: bool = False) -> Estimate | None:
+                     caller_category: bool = False,
+                     draft: ShapeDraft | None = None) -> Estimate | None:
         """The FAR estimate of a shape without character counts, or None when its wide range
         may reach another pool. A prose/code class read from a small sample may be the other
         one: without a caller category, the range spans both keys'."""
@@ -126,8 +128,8 @@ class Estimator:
         if tier_of(low + output_tokens, high + output_tokens, limits, headroom_fraction,
                    wide=True) is not Tier.FAR:
             return None
-        return Estimate.of(shape, key, output_tokens, optimistic=optimistic, point=point,
-                           conservative=conservative, sequences=sequences, tier=Tier.FAR)
+        return Estimate(shape, key, TokenBudget(conservative, output_tokens, sequences, point,
+                                                optimistic), Tier.FAR, draft)
 
     def estimate_measured(self, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
                           sequences: int = 1, limits: Sequence[int] | None = None,
