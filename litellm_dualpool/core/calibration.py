@@ -420,8 +420,9 @@ class Calibrator:
                 other_state = self._lookup(neighbour, shape)
                 if other_state is not state:
                     other = self._far_coefficients(other_state)
-        fixed = self._media_tokens(shape) + (shape.exact_prompt_tokens or 0)
-        floor = self.min_text_tokens(shape)
+        fixed = (self._media_tokens(shape) if shape.media_count else 0) + (
+            shape.exact_prompt_tokens or 0)
+        floor = math.ceil(shape.total_bytes / self.settings.max_bytes_per_token)
         text, sigma = _far_text(coeffs, shape), coeffs[5]
         routing = self.settings.gamma * sigma
         optimistic = max(math.floor(text * max(1.0 - routing, 0.0)), floor)

@@ -33,6 +33,8 @@ from litellm_dualpool.errors import InvalidRequestError
 #: The class a small sample may confuse a request's class with (the far tier spans both).
 _NEIGHBOUR_CLASS = {ContentClass.PROSE: ContentClass.CODE.value,
                     ContentClass.CODE: ContentClass.PROSE.value}
+#: Entries of the estimator's (model group, class) key cache before it is cleared.
+_MAX_CLASS_KEYS = 1024
 #: Longest caller-supplied category name kept (longer ones are an error, not a new key).
 MAX_CATEGORY_CHARS = 64
 
@@ -80,6 +82,7 @@ class Estimator:
             raise ValueError("default_output_tokens must be a non-negative integer")
         self.calibrator = calibrator
         self.default_output_tokens = default_output_tokens
+        self._keys: dict[tuple[str, ContentClass], tuple[CategoryKey, CategoryKey | None]] = {}
 
     def estimate(
         self,
@@ -103,10 +106,12 @@ class Estimator:
         sequences = sequence_count(body)
         if limits:
             bytes_shape = draft.bytes_shape()
-            key = category_key(model_group, bytes_shape, category)
-            far = self.estimate_far(bytes_shape, key, output_tokens, limits, headroom_fraction,
-                                    sequences=sequences, caller_category=category is not None,
-                                    draft=draft)
+            if category is None:
+                key, neighbour = self._class_keys(model_group, bytes_shape.content_class)
+            else:
+                key, neighbour = category_key(model_group, bytes_shape, category), None
+            far = self._far(bytes_shape, key, neighbour, output_tokens, limits,
+                            headroom_fraction, sequences, draft)
             if far is not None:
                 return far
         shape = draft.shape()
@@ -119,17 +124,38 @@ class Estimator:
                      caller_category: bool = False,
                      draft: ShapeDraft | None = None) -> Estimate | None:
         """The FAR estimate of a shape without character counts, or None when its wide range
-        may reach another pool. A prose/code class read from a small sample may be the other
-        one: without a caller category, the range spans both keys'."""
+        may reach another pool. A prose class read from sizes may be code (and the reverse):
+        without a caller category, the range spans both keys'."""
         neighbour = _NEIGHBOUR_CLASS.get(shape.content_class)
+        return self._far(shape, key, None if neighbour is None or caller_category
+                         else CategoryKey(key.model_group, neighbour), output_tokens, limits,
+                         headroom_fraction, sequences, draft)
+
+    def _far(self, shape: RequestShape, key: CategoryKey, neighbour: CategoryKey | None,
+             output_tokens: int, limits: Sequence[int], headroom_fraction: float,
+             sequences: int, draft: ShapeDraft | None) -> Estimate | None:
         low, optimistic, point, conservative, high = self.calibrator.estimate_far(
-            key, shape, None if neighbour is None or caller_category
-            else CategoryKey(key.model_group, neighbour))
+            key, shape, neighbour)
         if tier_of(low + output_tokens, high + output_tokens, limits, headroom_fraction,
                    wide=True) is not Tier.FAR:
             return None
         return Estimate(shape, key, TokenBudget(conservative, output_tokens, sequences, point,
                                                 optimistic), Tier.FAR, draft)
+
+    def _class_keys(self, model_group: str,
+                    content_class: ContentClass) -> tuple[CategoryKey, CategoryKey | None]:
+        """(the class's key, its neighbour's key or None), kept per (group, class): building
+        and validating them per request costs about a microsecond. Bounded: cleared beyond
+        `_MAX_CLASS_KEYS` entries (model groups are a handful)."""
+        found = self._keys.get((model_group, content_class))
+        if found is None:
+            if len(self._keys) >= _MAX_CLASS_KEYS:
+                self._keys.clear()
+            neighbour = _NEIGHBOUR_CLASS.get(content_class)
+            found = self._keys[(model_group, content_class)] = (
+                CategoryKey(model_group, content_class.value),
+                None if neighbour is None else CategoryKey(model_group, neighbour))
+        return found
 
     def estimate_measured(self, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
                           sequences: int = 1, limits: Sequence[int] | None = None,
