@@ -168,14 +168,14 @@ class Arbiter:
             return self._count(model_group, Outcome.SKIPPED_BUSY), None
         async with self._semaphore:
             started = self._clock()
-            outcome, count = await self._ask(deployment, request)
+            outcome, count, backoff = await self._ask(deployment, request)
             self.metrics.arbitration_seconds.labels(model_group).observe(
                 self._clock() - started)
         ident = (deployment.get("model_info") or {}).get("id")
         if isinstance(ident, str):
             if outcome is Outcome.UNSUPPORTED:
                 self._avoid[ident] = self._clock() + self.settings.unsupported_retry_seconds
-            elif outcome in (Outcome.TIMEOUT, Outcome.ERROR):
+            elif backoff:
                 self._avoid[ident] = self._clock() + ERROR_BACKOFF_SECONDS
         return self._count(model_group, outcome), count
 
@@ -184,7 +184,10 @@ class Arbiter:
         return outcome
 
     async def _ask(self, deployment: Mapping[str, Any],
-                   request: dict[str, Any]) -> tuple[Outcome, int | None]:
+                   request: dict[str, Any]) -> tuple[Outcome, int | None, bool]:
+        """(outcome, count, whether the deployment should be left alone for a while: a
+        timeout, a connection failure, a 5xx or a broken answer; not a 4xx, which is about
+        this request's body)."""
         if self._client is None:
             self._client = httpx.AsyncClient()
         url = tokenize_url(str((deployment.get("litellm_params") or {})["api_base"]))
@@ -195,17 +198,18 @@ class Arbiter:
             async with asyncio.timeout(timeout):
                 response = await self._client.post(url, json=request, headers=headers,
                                                    timeout=timeout)
-                if response.status_code == 404:
-                    return Outcome.UNSUPPORTED, None
-                if response.status_code != 200 or len(response.content) > MAX_RESPONSE_BYTES:
-                    return Outcome.ERROR, None
+                status = response.status_code
+                if status == 404:
+                    return Outcome.UNSUPPORTED, None, False
+                if status != 200 or len(response.content) > MAX_RESPONSE_BYTES:
+                    return Outcome.ERROR, None, not 400 <= status < 500
                 count = parse_count(response.json())
         except (TimeoutError, httpx.TimeoutException):
-            return Outcome.TIMEOUT, None
+            return Outcome.TIMEOUT, None, True
         except (httpx.HTTPError, ValueError) as error:
             logger.info("litellm-dualpool: /tokenize at %s failed: %s", url, error)
-            return Outcome.ERROR, None
-        return (Outcome.EXACT, count) if count is not None else (Outcome.ERROR, None)
+            return Outcome.ERROR, None, True
+        return (Outcome.EXACT, count, False) if count is not None else (Outcome.ERROR, None, True)
 
     async def aclose(self) -> None:
         if self._client is not None:

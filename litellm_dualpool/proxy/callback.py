@@ -147,6 +147,10 @@ def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
     return text if isinstance(text, str) else None
 
 
+#: The call types whose bodies are vLLM's chat or completions shapes (/tokenize takes them);
+#: Anthropic Messages, Responses and embeddings are not arbitrated.
+_ARBITRATED_CALL_TYPES = frozenset({"completion", "acompletion", "text_completion",
+                                    "atext_completion"})
 #: The call types of OpenAI chat completions, whose user content parts LiteLLM validates.
 _CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 
@@ -321,7 +325,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             record = self.engine.plan(data, group, policy, metadata=user_metadata,
                                       embedding="embed" in str(call_type),
                                       stream=bool(data.get("stream")))
-            if record.plan.arbiter_pool is not None and self.arbiter is not None:
+            if (record.plan.arbiter_pool is not None and self.arbiter is not None
+                    and str(getattr(call_type, "value", call_type)) in _ARBITRATED_CALL_TYPES):
                 record = await self.arbitrate(record, data, group)
             metadata[STASH_KEY] = record
         except NoPoolFitsError as error:  # OpenAI's context-length 400 (client_errors.py)

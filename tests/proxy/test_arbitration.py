@@ -144,6 +144,16 @@ async def test_failures_fall_back_and_back_off(response: Any, outcome: Outcome) 
 
 
 @respx.mock
+async def test_a_refused_body_does_not_bench_the_deployment() -> None:
+    respx.post(BASE + "/tokenize").mock(return_value=httpx.Response(400, json={"error": "x"}))
+    arb, registry, _ = arbiter()
+    assert await arb.count("g", [deployment()], CHAT) == (Outcome.ERROR, None)
+    assert await arb.count("g", [deployment()], CHAT) == (Outcome.ERROR, None)  # asked again
+    assert outcomes(registry)["error"] == 2
+    await arb.aclose()
+
+
+@respx.mock
 async def test_a_slow_answer_times_out() -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(5)
