@@ -355,20 +355,27 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
     async def arbitrate(self, record: PlanRecord, data: Mapping[str, Any],
                         group: Any) -> PlanRecord:
         """An AMBIGUOUS request's record decided by the smaller pool's exact count, or the
-        estimate's record when no count came (proxy/arbitration.py). NoPoolFitsError when the
-        exact count fits no pool."""
+        estimate's record when no count came (proxy/arbitration.py), also when arbitration
+        itself fails (counted as a callback error of hook "arbitration"). NoPoolFitsError
+        when the exact count fits no pool."""
         arbiter = self.arbiter
         pool = record.plan.arbiter_pool
         router = self.router_provider()
         if arbiter is None or pool is None or router is None:
             return record
-        deployments = [d for d in router.get_model_list(model_name=group.model_group) or []
-                       if (spec := self.engine.pool_of(group, d)) is not None
-                       and spec.name == pool]
-        _, count = await arbiter.count(group.model_group, deployments, data)
-        if count is None:
+        try:
+            deployments = [d for d in router.get_model_list(model_name=group.model_group) or []
+                           if (spec := self.engine.pool_of(group, d)) is not None
+                           and spec.name == pool]
+            _, count = await arbiter.count(group.model_group, deployments, data)
+            if count is None:
+                return record
+            return self.engine.arbitrated(record, count)
+        except NoPoolFitsError:
+            raise
+        except Exception as error:
+            self._count_error("arbitration", error)
             return record
-        return self.engine.arbitrated(record, count)
 
     async def async_filter_deployments(self, model: str, healthy_deployments: list[dict[str, Any]],
                                        messages: Any, request_kwargs: dict[str, Any] | None = None,
