@@ -30,7 +30,7 @@ from litellm_dualpool.core.shape import (
 )
 from litellm_dualpool.errors import InvalidRequestError
 
-#: The class a small sample may confuse a request's class with (the far tier spans both).
+#: The class that sizes alone cannot tell a request's class from (the far tier spans both).
 _NEIGHBOUR_CLASS = {ContentClass.PROSE: ContentClass.CODE.value,
                     ContentClass.CODE: ContentClass.PROSE.value}
 #: Entries of the estimator's (model group, class) key cache before it is cleared.
@@ -190,8 +190,10 @@ class Estimator:
                            conservative=conservative, sequences=sequences, tier=tier)
 
     def learn(self, estimate: Estimate, prompt_tokens: int) -> bool:
-        """Feed the backend-reported prompt token count of a finished request."""
-        return self.calibrator.observe(estimate.key, estimate.shape, prompt_tokens)
+        """Feed the backend-reported prompt token count of a finished request (a FAR estimate's
+        shape is completed first: `learning_shape`)."""
+        shape, key = learning_shape(estimate.shape, estimate.key, estimate.draft)
+        return self.calibrator.observe(key, shape, prompt_tokens)
 
 
 def learning_shape(shape: RequestShape, key: CategoryKey,
