@@ -22,6 +22,17 @@ same category have been learned from):
       policy), routed by the conservative estimate with no extra headroom; a misroute is a
       request sent to the B pool whose exact budget (exact prompt + 1024) exceeds B. Share of
       all requests of the category, cold start included.
+Band (issue #15): every request whose exact prompt is at least a quarter of a short pool B
+(4096 or 8192) is given the output budget that puts its exact budget at u * B, u uniform in
+[0.85, 1.10] (seeded): the band where no bytes-based estimate can be sure. Each is planned as
+the proxy plans it (tiered estimate with pools [B, 65536], `plan_request`, no headroom, no
+load); "band" decides an AMBIGUOUS request by its exact count (the arbiter, simulated: the
+exact count stands in for the backend's /tokenize, the same core rule decides when to ask),
+"band_no_arbitration" by the estimate alone. misroute_rate: share of the band requests sent
+to B whose exact budget exceeds B; waste_rate: share of the band requests that fit B sent to
+the long pool; arbitrated_rate: share asked for the exact count. "tiers" gives, for every
+request with max_tokens 1024 and pools [8192, 65536], the share decided FAR (bytes alone)
+and the share of those whose pool differs from the one the exact count gives (far_wrong_rate).
 Baselines in the same run: "static_4.0" (ceil(bytes / 4.0), the paper's cold start) and
 "asymmetric_tracker" (vLLM Semantic Router style: EMA 0.995 ratio used after 10 samples, a
 conservative tracker moving 90% toward lower and 10% toward higher observations, JSON at 1
@@ -47,7 +58,9 @@ from pathlib import Path
 from typing import Any
 
 from litellm_dualpool.core.calibration import CalibrationSettings, Calibrator
-from litellm_dualpool.core.estimator import Estimator
+from litellm_dualpool.core.estimator import Estimator, learning_shape
+from litellm_dualpool.core.plan import plan_request
+from litellm_dualpool.core.policy import PolicySettings, PoolState, Tier
 from litellm_dualpool.core.shape import RequestShape, shape_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,6 +358,76 @@ def details(t: Tally) -> dict[str, Any]:
     }
 
 
+#: band: exact budget in [BAND_LOW, BAND_HIGH] x the short pool, prompt >= BAND_MIN_PROMPT of it
+BAND_LOW, BAND_HIGH, BAND_MIN_PROMPT = 0.85, 1.10, 0.25
+_NO_SPILL = PolicySettings(spillover_load_fraction=None)
+
+
+@dataclass
+class BandTally:
+    n: int = 0
+    fits: int = 0
+    misroute: int = 0
+    misroute_no_arb: int = 0
+    waste: int = 0
+    waste_no_arb: int = 0
+    arbitrated: int = 0
+    all_requests: int = 0
+    far: int = 0
+    far_wrong: int = 0
+
+
+def evaluate_band(stream: list[tuple[str, dict[str, Any]]], exact: list[int],
+                  seed: int) -> dict[str, BandTally]:
+    """The band and tier figures of one tokenizer (see the module docstring); the calibrator
+    learns every request's exact count in stream order, as in the proxy."""
+    estimator = Estimator(Calibrator(CalibrationSettings()), default_output_tokens=MAX_TOKENS)
+    rng = random.Random(seed)
+    tallies: dict[str, BandTally] = defaultdict(BandTally)
+    for (cat, body), truth in zip(stream, exact, strict=True):
+        t = tallies[cat]
+        plain = estimator.estimate(body, "bench", limits=(SHORT_POOLS[0], LONG_POOL))
+        t.all_requests += 1
+        if plain.tier is Tier.FAR:
+            t.far += 1
+            pools = [PoolState("short", SHORT_POOLS[0]), PoolState("long", LONG_POOL)]
+            chosen = plan_request(plain, pools, _NO_SPILL).decision.pool
+            fits = truth + plain.budget.output_tokens <= SHORT_POOLS[0]
+            t.far_wrong += chosen != ("short" if fits else "long")
+        for limit in SHORT_POOLS:
+            u = rng.uniform(BAND_LOW, BAND_HIGH)
+            output = round(u * limit) - truth
+            if truth < BAND_MIN_PROMPT * limit or output < 1:
+                continue
+            band_body = dict(body, max_tokens=output)
+            pools = [PoolState("short", limit), PoolState("long", LONG_POOL)]
+            estimate = estimator.estimate(band_body, "bench", limits=(limit, LONG_POOL))
+            plan = plan_request(estimate, pools, _NO_SPILL)
+            fits = truth + output <= limit
+            by_estimate = plan.decision.pool
+            arbitrated = plan.arbiter_pool is not None
+            by_arbiter = ("short" if fits else "long") if arbitrated else by_estimate
+            t.n += 1
+            t.fits += fits
+            t.arbitrated += arbitrated
+            t.misroute += by_arbiter == "short" and not fits
+            t.misroute_no_arb += by_estimate == "short" and not fits
+            t.waste += by_arbiter == "long" and fits
+            t.waste_no_arb += by_estimate == "long" and fits
+        shape, key = learning_shape(plain.shape, plain.key, plain.draft)
+        estimator.calibrator.observe(key, shape, truth)
+    return tallies
+
+
+def band_summary(t: BandTally, *, arbitration: bool) -> dict[str, Any]:
+    misroute, waste = (t.misroute, t.waste) if arbitration else (t.misroute_no_arb,
+                                                                  t.waste_no_arb)
+    return {"misroute_rate": round(misroute / max(t.n, 1), 5),
+            "waste_rate": round(waste / max(t.fits, 1), 5),
+            "arbitrated_rate": round(t.arbitrated / max(t.n, 1), 5) if arbitration else 0.0,
+            "requests": t.n}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -372,8 +455,17 @@ def main(argv: list[str] | None = None) -> int:
             table = {cat: summarize(tallies[cat]) for cat in CATEGORIES}
             (result["tokenizers"] if name == "dualpool" else result["baselines"][name])[tok] = table
             extra.setdefault(name, {})[tok] = {cat: details(tallies[cat]) for cat in CATEGORIES}
+        band = evaluate_band(stream, exact, args.seed)
+        for key, arbitration in (("band", True), ("band_no_arbitration", False)):
+            result.setdefault(key, {})[tok] = {
+                cat: band_summary(band[cat], arbitration=arbitration) for cat in CATEGORIES}
+        result.setdefault("tiers", {})[tok] = {cat: {
+            "far_rate": round(band[cat].far / max(band[cat].all_requests, 1), 5),
+            "far_wrong_rate": round(band[cat].far_wrong / max(band[cat].far, 1), 5)}
+            for cat in CATEGORIES}
     result["details"] = extra
-    result["targets"] = {"mape_after_50": 0.02, "misroute_rate": 0.001}
+    result["targets"] = {"mape_after_50": 0.02, "misroute_rate": 0.001,
+                         "band_misroute_rate": 0.005, "band_waste_rate": 0.10}
     result["setup"] = {
         "requests": len(stream), "multi_turn_per_category": args.multi_turn, "seed": args.seed,
         "max_tokens": MAX_TOKENS, "pools": [[b, LONG_POOL] for b in SHORT_POOLS],
@@ -399,6 +491,13 @@ def _print_table(result: dict[str, Any]) -> None:
             for cat, m in table.items():
                 cells = "".join(f"{'-' if m[c] is None else m[c]:>20}" for c in cols)
                 print(f"{name:<19}{tok:<7}{cat:<17}{cells}")
+    print(f"\n{'band':<22}{'tok':<7}{'category':<17}{'misroute':>10}{'waste':>10}"
+          f"{'arbitrated':>12}{'requests':>10}")
+    for key in ("band", "band_no_arbitration"):
+        for tok, table in result[key].items():
+            for cat, m in table.items():
+                print(f"{key:<22}{tok:<7}{cat:<17}{m['misroute_rate']:>10}{m['waste_rate']:>10}"
+                      f"{m['arbitrated_rate']:>12}{m['requests']:>10}")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,30 @@ class OverridesConfig(_Model):
         None, description="Categories a request may declare (None: any, bounded by max_keys).")
 
 
+class ArbitrationConfig(_Model):
+    """Exact counts for AMBIGUOUS requests from the smaller pool's own tokenizer (vLLM's
+    ``POST /tokenize``); see docs/estimator.md ("Tiers and arbitration": why 100 ms and 8).
+    Any failure falls back to the estimate."""
+
+    enabled: bool = Field(
+        True, description="Ask a hosted_vllm deployment of the smaller pool for the exact count "
+                          "of a request whose estimates straddle a pool limit.")
+    timeout_ms: int = Field(
+        100, ge=1, le=10_000,
+        description="Longest wait for one /tokenize answer before the estimate decides.")
+    max_concurrent: int = Field(
+        8, ge=1, le=1024,
+        description="Arbitrations in flight at once per proxy worker; beyond it the estimate "
+                    "decides at once (no queueing).")
+    unsupported_retry_seconds: float = Field(
+        300.0, ge=1, le=86_400,
+        description="A deployment that answered 404 (no /tokenize) is not asked again for "
+                    "this long.")
+    providers: tuple[str, ...] = Field(
+        ("hosted_vllm",), min_length=1,
+        description="LiteLLM providers (the model prefix) whose deployments are asked.")
+
+
 class DualPoolSettings(_Model):
     """The root of ``dualpool_settings:``."""
 
@@ -170,6 +194,7 @@ class DualPoolSettings(_Model):
     overrides: OverridesConfig = Field(default_factory=OverridesConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
+    arbitration: ArbitrationConfig = Field(default_factory=ArbitrationConfig)
 
     def policy_settings(self) -> PolicySettings:
         spill = self.spillover.load_fraction if self.spillover.enabled else None

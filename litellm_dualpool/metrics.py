@@ -18,6 +18,13 @@ from prometheus_client import Histogram as _Histogram
 #: Decision latency buckets: the dispatch is microseconds; a millisecond is already a problem.
 DECISION_BUCKETS_SECONDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2)
 #: Relative error of the point estimate, (estimated - reported) / reported.
+#: Arbitration latency buckets: a /tokenize call takes ~1-30 ms; 100 ms is the default timeout.
+ARBITRATION_BUCKETS_SECONDS = (5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+#: Outcomes of an arbitration (`dualpool_arbitrations_total`), every series initialised.
+ARBITRATION_OUTCOMES = ("exact", "timeout", "error", "unsupported", "skipped_busy",
+                        "no_deployment")
+#: Tiers of a decision (`core.policy.Tier`).
+DECISION_TIERS = ("far", "near", "ambiguous")
 ERROR_BUCKETS_RATIO = (-0.5, -0.2, -0.1, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -130,6 +137,20 @@ class DualPoolMetrics:
             "discovery.retry_seconds); alert above 0.",
             ["model_group"], registry=registry,
             multiprocess_mode="livemax")  # each worker reads the backends itself
+        self.arbitrations = Counter(
+            "dualpool_arbitrations",
+            "Exact-count requests (POST /tokenize) for ambiguous requests, by outcome: exact "
+            "(the count decided), timeout / error / unsupported (404) / no_deployment (none "
+            "asked) / skipped_busy (at the concurrency cap): the estimate decided.",
+            ["model_group", "outcome"], registry=registry)
+        self.arbitration_seconds = Histogram(
+            "dualpool_arbitration_seconds", "Wall time of one /tokenize call (any outcome).",
+            ["model_group"], buckets=ARBITRATION_BUCKETS_SECONDS, registry=registry)
+        self.decisions_by_tier = Counter(
+            "dualpool_decisions_by_tier",
+            "Planned requests by estimation tier: far (bytes alone), near (character counts), "
+            "ambiguous (estimates straddle a pool limit).",
+            ["model_group", "tier"], registry=registry)
         self.callback_errors = Counter(
             "dualpool_callback_errors", "Exceptions caught at the plugin's hook boundaries.",
             ["hook"], registry=registry)
@@ -165,3 +186,13 @@ class DualPoolMetrics:
             "dualpool_state_last_sync_timestamp_seconds",
             "Wall time of the last successful sync with the backend (oldest worker).",
             registry=registry, multiprocess_mode="livemin")
+
+
+def init_group_series(metrics: DualPoolMetrics, model_group: str) -> None:
+    """Create every arbitration and tier series of a model group at zero, so that a rate of
+    an outcome that has not happened yet reads 0, not absent."""
+    for outcome in ARBITRATION_OUTCOMES:
+        metrics.arbitrations.labels(model_group, outcome)
+    for tier in DECISION_TIERS:
+        metrics.decisions_by_tier.labels(model_group, tier)
+    metrics.arbitration_seconds.labels(model_group)

@@ -46,7 +46,7 @@ from typing import Any
 
 from litellm_dualpool.core.calibration_snapshot import KeyRecord, parse_snapshot, snapshot_object
 from litellm_dualpool.core.linalg import solve, solve_spd
-from litellm_dualpool.core.shape import RequestShape
+from litellm_dualpool.core.shape import RequestShape, prompt_tokens_upper_bound
 from litellm_dualpool.errors import ConfigError
 
 #: Most prompt tokens one observation may report. Above every context window served today
@@ -87,6 +87,12 @@ _REFIT_EVERY = 4
 #: After a regime change the next `_REFIT_EVERY_AFTER` observations refit every time again.
 _REFIT_RARELY_AFTER = 256
 _REFIT_RARELY = 16
+#: Least relative margin of the far tier (`Calibrator.estimate_far`). Bytes alone, at a key's
+#: usual character mix, miss a prompt's count by up to ~15-20% on real text (English prose
+#: against code-heavy prose, Qwen3 CJK with Latin terms: bench/estimator_accuracy.py); 0.3
+#: covers that with room, and a class read from a small sample that should have been its
+#: neighbour (prose/code) is covered by taking both keys' ranges (`core.estimator`).
+FAR_MARGIN_FRACTION = 0.3
 #: Key name of the shared key used once max_keys is reached.
 OVERFLOW_CATEGORY = "_overflow"
 #: Relative slack of the restore bounds (floating-point noise is not a value out of range).
@@ -204,7 +210,7 @@ class _KeyState:
     halves `observe` on a warm key (36 -> 18 us). `stats()` gives the decayed values.
     """
 
-    __slots__ = ("a", "b", "densities", "dev_sum", "dev_weight", "eager_refits",
+    __slots__ = ("a", "b", "densities", "dev_sum", "dev_weight", "eager_refits", "far",
                  "rejected_streak", "samples", "scale", "theta", "version")
 
     def __init__(self, settings: CalibrationSettings) -> None:
@@ -219,6 +225,8 @@ class _KeyState:
         self.rejected_streak = 0
         self.eager_refits = 0  # observations left that refit every time (after a regime change)
         self.version = 0  # bumped per refit; a slower concurrent refit never overwrites a newer
+        #: (theta, samples, far-tier coefficients): valid while theta and samples are those
+        self.far: tuple[list[float], int, tuple[float, ...]] | None = None
 
     def sigma(self, settings: CalibrationSettings) -> float:
         return max(self.dev_sum / self.dev_weight, settings.min_sigma)
@@ -306,6 +314,18 @@ def _tokens_per_kb(theta: list[float], densities: list[float] | tuple[float, ...
     return theta[_F_KB] + sum(theta[j] * d for j, d in zip(_F_CHARS, densities, strict=True))
 
 
+def _far_text(coeffs: tuple[float, ...], shape: RequestShape) -> float:
+    """The text tokens of a shape without character counts from a key's far coefficients
+    (`Calibrator._far_coefficients`): `features` at the key's usual mix, dotted with theta."""
+    per_kb, per_message, per_tool, fixed, toolset = coeffs[:5]
+    text = per_kb * shape.total_bytes / 1000.0 + fixed
+    if shape.chat_template:
+        text += per_message * shape.message_count
+    if shape.tool_count or shape.has_tools:
+        text += per_tool * shape.tool_count + (toolset if shape.has_tools else 0.0)
+    return max(text, 0.0)
+
+
 def _dot(theta: list[float], x: list[float]) -> float:
     return sum(t * v for t, v in zip(theta, x, strict=True))
 
@@ -341,6 +361,7 @@ class Calibrator:
         self._lock = threading.Lock()
         self._prior = _prior_theta(self.settings)
         self._precision = _prior_precision(self.settings)
+        self._prior_far: tuple[float, ...] | None = None
 
     # -- reading ---------------------------------------------------------------------------
     def _lookup(self, key: CategoryKey, shape: RequestShape | None) -> _KeyState | None:
@@ -380,6 +401,68 @@ class Calibrator:
             densities = state.densities if state else DEFAULT_DENSITIES
             sigma = state.sigma(self.settings) if state else self._cold_sigma()
             return self._combine(theta, densities, sigma, shape)
+
+    def estimate_far(self, key: CategoryKey, shape: RequestShape,
+                     neighbour: CategoryKey | None = None) -> tuple[int, int, int, int, int]:
+        """(low, optimistic, point, conservative, high) of a shape without character counts:
+        the usual range from the key's ratio at its usual character mix, and a wide one,
+        `point * (1 -/+ far margin)` within the hard bounds (`min_text_tokens`,
+        `prompt_tokens_upper_bound`), that the far tier decides from (see `far_margin`).
+        `neighbour`: a second key whose wide range is included (a class the first may be).
+
+        Straight arithmetic on the key's cached coefficients (the bytes-only features are the
+        bytes, the messages, the tools and the constants), not the 13-feature dot product."""
+        with self._lock:
+            state = self._lookup(key, shape)
+            coeffs = self._far_coefficients(state)
+            other = None
+            if neighbour is not None:
+                other_state = self._lookup(neighbour, shape)
+                if other_state is not state:
+                    other = self._far_coefficients(other_state)
+        fixed = (self._media_tokens(shape) if shape.media_count else 0) + (
+            shape.exact_prompt_tokens or 0)
+        floor = math.ceil(shape.total_bytes / self.settings.max_bytes_per_token)
+        text, sigma = _far_text(coeffs, shape), coeffs[5]
+        routing = self.settings.gamma * sigma
+        optimistic = max(math.floor(text * max(1.0 - routing, 0.0)), floor)
+        conservative = math.ceil(text * (1.0 + routing))
+        margin = self.far_margin(sigma)
+        low, high = text * (1.0 - margin), text * (1.0 + margin)
+        if other is not None:
+            other_text, other_margin = _far_text(other, shape), self.far_margin(other[5])
+            low = min(low, other_text * (1.0 - other_margin))
+            high = max(high, other_text * (1.0 + other_margin))
+        low_tokens = max(math.floor(max(low, 0.0)), floor)
+        high_tokens = math.ceil(high)
+        upper = prompt_tokens_upper_bound(shape)
+        if upper is not None:
+            high_tokens = min(high_tokens, upper)
+        return (fixed + min(low_tokens, optimistic), fixed + optimistic, fixed + math.ceil(text),
+                fixed + conservative, fixed + max(high_tokens, conservative))
+
+    def _far_coefficients(self, state: _KeyState | None) -> tuple[float, ...]:
+        """(tokens per KB at the usual mix, per message, per tool, fixed, tool preamble, sigma)
+        of a key, cached until its fit or its observations change; under the lock."""
+        if state is None:
+            if self._prior_far is None:
+                t = self._prior
+                self._prior_far = (_tokens_per_kb(t, DEFAULT_DENSITIES), t[_F_MSG], t[_F_TOOL],
+                                   t[_F_FIXED], t[_F_TOOLSET], self._cold_sigma())
+            return self._prior_far
+        cached = state.far
+        if cached is None or cached[0] is not state.theta or cached[1] != state.samples:
+            t = state.theta
+            cached = state.far = (t, state.samples, (
+                _tokens_per_kb(t, state.densities), t[_F_MSG], t[_F_TOOL], t[_F_FIXED],
+                t[_F_TOOLSET], state.sigma(self.settings)))
+        return cached[2]
+
+    def far_margin(self, sigma: float) -> float:
+        """Relative margin of the far tier around a bytes-only point estimate: at least
+        `FAR_MARGIN_FRACTION`, and never narrower than twice the routing margin
+        (`2 * gamma * sigma`), so that a far decision is one the near tier would make too."""
+        return max(FAR_MARGIN_FRACTION, 2.0 * self.settings.gamma * sigma)
 
     def min_text_tokens(self, shape: RequestShape) -> int:
         """The fewest tokens the text of `shape` can take: its bytes at `max_bytes_per_token`.

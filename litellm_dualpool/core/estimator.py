@@ -4,19 +4,37 @@
 caller's category, else the content class), asks the calibrator for the conservative prompt
 estimate and adds the output budget. `Estimator.learn` feeds the backend's
 `usage.prompt_tokens` back under the same key.
+
+Tiers (`core.policy.tier_of`): given the pool limits, `estimate` first reads the body's sizes
+only; when the bytes with a wide margin (`Calibrator.estimate_far`) put the budget in one pool,
+it decides from them (FAR: no character counts, the O(1)-per-message path). Otherwise it
+counts characters as always and marks a request whose optimistic and conservative budgets lie
+in different pools AMBIGUOUS (the proxy may then ask the backend for the exact count).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from litellm_dualpool.core.budget import TokenBudget, output_budget_tokens, sequence_count
 from litellm_dualpool.core.calibration import Calibrator, CategoryKey
-from litellm_dualpool.core.shape import RequestShape, shape_request
+from litellm_dualpool.core.policy import Tier, tier_of
+from litellm_dualpool.core.shape import (
+    ContentClass,
+    RequestShape,
+    ShapeDraft,
+    bytes_only,
+    measure_request,
+)
 from litellm_dualpool.errors import InvalidRequestError
 
+#: The class that sizes alone cannot tell a request's class from (the far tier spans both).
+_NEIGHBOUR_CLASS = {ContentClass.PROSE: ContentClass.CODE.value,
+                    ContentClass.CODE: ContentClass.PROSE.value}
+#: Entries of the estimator's (model group, class) key cache before it is cleared.
+_MAX_CLASS_KEYS = 1024
 #: Longest caller-supplied category name kept (longer ones are an error, not a new key).
 MAX_CATEGORY_CHARS = 64
 
@@ -28,15 +46,21 @@ class Estimate:
     shape: RequestShape
     key: CategoryKey
     budget: TokenBudget
+    #: how close to a pool limit (NEAR when no limits were given)
+    tier: Tier = Tier.NEAR
+    #: the walked body, for a FAR estimate (whose shape has no character counts): learning
+    #: completes the shape from it, once, only when it learns (`learning_shape`)
+    draft: ShapeDraft | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
-           optimistic: int, point: int, conservative: int, sequences: int = 1) -> Estimate:
+           optimistic: int, point: int, conservative: int, sequences: int = 1,
+           tier: Tier = Tier.NEAR) -> Estimate:
         """An estimate from prompt token counts made elsewhere (the calibrator's range, a static
         ratio, the true count of an oracle)."""
         return cls(shape, key, TokenBudget(
             prompt_tokens=conservative, output_tokens=output_tokens, sequences=sequences,
-            prompt_tokens_point=point, prompt_tokens_optimistic=optimistic))
+            prompt_tokens_point=point, prompt_tokens_optimistic=optimistic), tier)
 
 
 def category_key(model_group: str, shape: RequestShape, category: str | None = None) -> CategoryKey:
@@ -58,6 +82,7 @@ class Estimator:
             raise ValueError("default_output_tokens must be a non-negative integer")
         self.calibrator = calibrator
         self.default_output_tokens = default_output_tokens
+        self._keys: dict[tuple[str, ContentClass], tuple[CategoryKey, CategoryKey | None]] = {}
 
     def estimate(
         self,
@@ -67,23 +92,118 @@ class Estimator:
         category: str | None = None,
         default_output_tokens: int | None = None,
         embedding: bool = False,
+        limits: Sequence[int] | None = None,
+        headroom_fraction: float = 0.0,
     ) -> Estimate:
         """category: a caller-supplied category (bounded by the calibrator's key limit).
-        embedding: the body is an embeddings request (no output budget)."""
-        shape = shape_request(body)
+        embedding: the body is an embeddings request (no output budget).
+        limits: the pools' max_model_len, ascending; with them the estimate is tiered (see the
+        module docstring), without them it is always the full (NEAR) one."""
+        draft = measure_request(body)
         default = self.default_output_tokens if default_output_tokens is None else (
             default_output_tokens)
         output_tokens = output_budget_tokens(body, default, embedding=embedding)
+        sequences = sequence_count(body)
+        if limits:
+            bytes_shape = draft.bytes_shape()
+            if category is None:
+                key, neighbour = self._class_keys(model_group, bytes_shape.content_class)
+            else:
+                key, neighbour = category_key(model_group, bytes_shape, category), None
+            far = self._far(bytes_shape, key, neighbour, output_tokens, limits,
+                            headroom_fraction, sequences, draft)
+            if far is not None:
+                return far
+        shape = draft.shape()
         key = category_key(model_group, shape, category)
-        return self.estimate_shape(shape, key, output_tokens, sequences=sequence_count(body))
+        return self.estimate_shape(shape, key, output_tokens, sequences=sequences,
+                                   limits=limits, headroom_fraction=headroom_fraction)
+
+    def estimate_far(self, shape: RequestShape, key: CategoryKey, output_tokens: int,
+                     limits: Sequence[int], headroom_fraction: float, *, sequences: int = 1,
+                     caller_category: bool = False,
+                     draft: ShapeDraft | None = None) -> Estimate | None:
+        """The FAR estimate of a shape without character counts, or None when its wide range
+        may reach another pool. A prose class read from sizes may be code (and the reverse):
+        without a caller category, the range spans both keys'."""
+        neighbour = _NEIGHBOUR_CLASS.get(shape.content_class)
+        return self._far(shape, key, None if neighbour is None or caller_category
+                         else CategoryKey(key.model_group, neighbour), output_tokens, limits,
+                         headroom_fraction, sequences, draft)
+
+    def _far(self, shape: RequestShape, key: CategoryKey, neighbour: CategoryKey | None,
+             output_tokens: int, limits: Sequence[int], headroom_fraction: float,
+             sequences: int, draft: ShapeDraft | None) -> Estimate | None:
+        low, optimistic, point, conservative, high = self.calibrator.estimate_far(
+            key, shape, neighbour)
+        if tier_of(low + output_tokens, high + output_tokens, limits, headroom_fraction,
+                   wide=True) is not Tier.FAR:
+            return None
+        return Estimate(shape, key, TokenBudget(conservative, output_tokens, sequences, point,
+                                                optimistic), Tier.FAR, draft)
+
+    def _class_keys(self, model_group: str,
+                    content_class: ContentClass) -> tuple[CategoryKey, CategoryKey | None]:
+        """(the class's key, its neighbour's key or None), kept per (group, class): building
+        and validating them per request costs about a microsecond. Bounded: cleared beyond
+        `_MAX_CLASS_KEYS` entries (model groups are a handful)."""
+        found = self._keys.get((model_group, content_class))
+        if found is None:
+            if len(self._keys) >= _MAX_CLASS_KEYS:
+                self._keys.clear()
+            neighbour = _NEIGHBOUR_CLASS.get(content_class)
+            found = self._keys[(model_group, content_class)] = (
+                CategoryKey(model_group, content_class.value),
+                None if neighbour is None else CategoryKey(model_group, neighbour))
+        return found
+
+    def estimate_measured(self, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
+                          sequences: int = 1, limits: Sequence[int] | None = None,
+                          headroom_fraction: float = 0.0) -> Estimate:
+        """`estimate` for a shape measured already (the simulator's requests): the same tiers.
+        A key whose category is the shape's own content class is taken as no caller category
+        (the far tier then keys by the class read from sizes, as the proxy does)."""
+        if limits:
+            caller = key.category != shape.content_class.value
+            bytes_shape = bytes_only(shape)
+            far_key = key if caller else CategoryKey(key.model_group,
+                                                     bytes_shape.content_class.value)
+            far = self.estimate_far(bytes_shape, far_key, output_tokens, limits,
+                                    headroom_fraction, sequences=sequences,
+                                    caller_category=caller)
+            if far is not None:
+                return far
+        return self.estimate_shape(shape, key, output_tokens, sequences=sequences,
+                                   limits=limits, headroom_fraction=headroom_fraction)
 
     def estimate_shape(self, shape: RequestShape, key: CategoryKey, output_tokens: int, *,
-                       sequences: int = 1) -> Estimate:
-        """The estimate of a request already measured (the simulator's requests)."""
+                       sequences: int = 1, limits: Sequence[int] | None = None,
+                       headroom_fraction: float = 0.0) -> Estimate:
+        """The estimate of a request already measured (the simulator's requests); with
+        `limits`, its tier (NEAR or AMBIGUOUS)."""
         optimistic, point, conservative = self.calibrator.estimate_range(key, shape)
+        tier = Tier.NEAR
+        if limits:
+            tier = tier_of(optimistic + output_tokens, conservative + output_tokens, limits,
+                           headroom_fraction, wide=False)
         return Estimate.of(shape, key, output_tokens, optimistic=optimistic, point=point,
-                           conservative=conservative, sequences=sequences)
+                           conservative=conservative, sequences=sequences, tier=tier)
 
     def learn(self, estimate: Estimate, prompt_tokens: int) -> bool:
-        """Feed the backend-reported prompt token count of a finished request."""
-        return self.calibrator.observe(estimate.key, estimate.shape, prompt_tokens)
+        """Feed the backend-reported prompt token count of a finished request (a FAR estimate's
+        shape is completed first: `learning_shape`)."""
+        shape, key = learning_shape(estimate.shape, estimate.key, estimate.draft)
+        return self.calibrator.observe(key, shape, prompt_tokens)
+
+
+def learning_shape(shape: RequestShape, key: CategoryKey,
+                   draft: ShapeDraft | None) -> tuple[RequestShape, CategoryKey]:
+    """The shape and key a finished request teaches: a FAR request's shape completed with its
+    character counts (computed here, once), under the key of its full content class unless the
+    caller named the category. Other requests: as planned."""
+    if draft is None or shape.char_counts is not None:
+        return shape, key
+    full = draft.shape()
+    if key.category == shape.content_class.value:  # the class was the key, not the caller
+        key = CategoryKey(key.model_group, full.content_class.value)
+    return full, key

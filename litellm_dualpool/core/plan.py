@@ -13,7 +13,7 @@ and serialised by other loggers); `Plan.from_metadata()` validates and rebuilds 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from operator import attrgetter
 from typing import Any
@@ -23,10 +23,12 @@ from litellm_dualpool.core.calibration import CategoryKey
 from litellm_dualpool.core.content import CharCounts
 from litellm_dualpool.core.estimator import Estimate
 from litellm_dualpool.core.policy import (
+    CountSource,
     Decision,
     PolicySettings,
     PoolState,
     Reason,
+    Tier,
     decide,
     decide_recovery,
 )
@@ -46,6 +48,10 @@ class Plan:
     preferred: the pool it would go to without load (the origin of a spillover).
     allowed_pools: the pools the caller may use (None: every pool).
     tenant / trust: who sent it, and how far the backend's count of it may teach.
+    tier: how close the estimate lies to a pool limit (`core.policy.Tier`).
+    count: where the prompt count the decision used came from (`core.policy.CountSource`).
+    arbiter_pool: for an AMBIGUOUS plan, the smaller pool its estimates straddle, whose
+        backend can give the exact count (None: nothing to ask).
     """
 
     id: str
@@ -58,6 +64,9 @@ class Plan:
     allowed_pools: frozenset[str] | None
     tenant: str = ANONYMOUS_TENANT
     trust: ObservationTrust = ObservationTrust.TRUSTED
+    tier: Tier = Tier.NEAR
+    count: CountSource = CountSource.ESTIMATED
+    arbiter_pool: str | None = None
 
     @property
     def key(self) -> CategoryKey:
@@ -89,6 +98,7 @@ class Plan:
             "preferred": self.preferred,
             "allowed": sorted(self.allowed_pools) if self.allowed_pools is not None else None,
             "tenant": self.tenant, "trust": self.trust.value,
+            "tier": self.tier.value, "count": self.count.value, "arbiter": self.arbiter_pool,
         }
 
     @classmethod
@@ -108,7 +118,10 @@ class Plan:
                                   _str(data["category"])),
                 preferred=None if data["preferred"] is None else _str(data["preferred"]),
                 allowed_pools=None if allowed is None else frozenset(map(_str, _list(allowed))),
-                tenant=_str(data["tenant"]), trust=ObservationTrust(data["trust"]))
+                tenant=_str(data["tenant"]), trust=ObservationTrust(data["trust"]),
+                tier=Tier(data.get("tier", Tier.NEAR.value)),
+                count=CountSource(data.get("count", CountSource.ESTIMATED.value)),
+                arbiter_pool=None if data.get("arbiter") is None else _str(data["arbiter"]))
         except (KeyError, TypeError) as error:
             raise ValueError(f"not a plan: {error!r}") from None
         return plan
@@ -173,8 +186,42 @@ def plan_request(estimate: Estimate, pools: Sequence[PoolState], settings: Polic
         idle = [PoolState(p.name, p.max_model_len) for p in pools]
         preferred = decide(budget.total_tokens, idle, settings, allowed_pools=allowed_pools,
                            floor_tokens=budget.refusal_floor_tokens).pool
+    shape = estimate.shape
+    count = (CountSource.EXACT if shape.total_bytes == 0 and shape.exact_prompt_tokens is not None
+             and not shape.media_count else CountSource.ESTIMATED)
+    arbiter = None
+    if (estimate.tier is Tier.AMBIGUOUS and forced_pool is None and decision.pool is not None
+            and not shape.media_count and shape.exact_prompt_tokens is None):
+        idle = [PoolState(p.name, p.max_model_len) for p in pools]
+        optimistic = budget.prompt_tokens_optimistic
+        smaller = decide((budget.prompt_tokens if optimistic is None else optimistic)
+                         + budget.output_tokens, idle, settings,
+                         allowed_pools=allowed_pools).pool
+        arbiter = smaller if smaller is not None and smaller != preferred else None
     return Plan(plan_id, estimate.key.model_group, estimate.key.category, budget, estimate.shape,
-                decision, preferred, allowed_pools, tenant, trust)
+                decision, preferred, allowed_pools, tenant, trust, estimate.tier, count, arbiter)
+
+
+def plan_counted(plan: Plan, prompt_tokens: int, pools: Sequence[PoolState],
+                 settings: PolicySettings) -> Plan:
+    """The plan of an AMBIGUOUS request once its exact prompt count is known (the backend's
+    own tokenizer): the same request decided by that count, without headroom (headroom is a
+    margin for an estimate's error; vLLM admits `prompt + max_tokens <= max_model_len`)."""
+    if type(prompt_tokens) is not int or prompt_tokens < 0:
+        raise ValueError(f"prompt_tokens must be a non-negative integer, got {prompt_tokens!r}")
+    b = plan.budget
+    budget = TokenBudget(prompt_tokens, b.output_tokens, b.sequences, prompt_tokens,
+                         prompt_tokens)
+    exact = replace(settings, headroom_fraction=0.0)
+    decision = decide(budget.total_tokens, pools, exact, allowed_pools=plan.allowed_pools,
+                      floor_tokens=budget.refusal_floor_tokens, category=plan.category)
+    preferred = decision.pool
+    if decision.reason is Reason.SPILLOVER:
+        idle = [PoolState(p.name, p.max_model_len) for p in pools]
+        preferred = decide(budget.total_tokens, idle, exact, allowed_pools=plan.allowed_pools,
+                           floor_tokens=budget.refusal_floor_tokens).pool
+    return replace(plan, budget=budget, decision=decision, preferred=preferred,
+                   count=CountSource.ARBITRATED, arbiter_pool=None)
 
 
 def plan_recovery(plan: Plan, progress: Progress, pools: Sequence[PoolState]) -> Decision:

@@ -34,6 +34,62 @@ class Reason(StrEnum):
     NOT_ALLOWED = "not_allowed"        # only a pool the tenant may not use would fit -> 400
 
 
+class Tier(StrEnum):
+    """How close a request's estimate lies to a pool limit (a bounded metric label).
+
+    The one rule (`tier_of`): a range of budgets whose every value goes to the same pool at no
+    load does not need a finer estimate. FAR: the wide bytes-only range (`Calibrator.
+    estimate_far`) lands in one pool with headroom, so the character counts are skipped. NEAR:
+    the usual estimate's optimistic..conservative range lands in one pool. AMBIGUOUS: that range
+    straddles a pool limit; only the exact count can tell (arbitration asks the backend).
+    """
+
+    FAR = "far"
+    NEAR = "near"
+    AMBIGUOUS = "ambiguous"
+
+
+class CountSource(StrEnum):
+    """Where the prompt token count a decision used came from (the ``x-dualpool-count``
+    header): estimated from bytes, exact (a token-id prompt), or arbitrated (the backend's own
+    tokenizer answered ``POST /tokenize``)."""
+
+    ESTIMATED = "estimated"
+    EXACT = "exact"
+    ARBITRATED = "arbitrated"
+
+
+def idle_choice(budget_tokens: int, limits: Sequence[int],
+                headroom_fraction: float) -> tuple[int | None, bool]:
+    """(index of the pool `decide` prefers at no load among ascending `limits`, whether it fits
+    with headroom); index None when the budget fits no pool. Spillover, tenants and forced pools
+    are not considered: the tiers ask how precise the count must be, not where load sends it."""
+    needed = math.ceil(budget_tokens * (1.0 + headroom_fraction))
+    bare = None
+    for i, limit in enumerate(limits):
+        if needed <= limit:
+            return i, True
+        if bare is None and budget_tokens <= limit:
+            bare = i
+    return bare, False
+
+
+def tier_of(low_tokens: int, high_tokens: int, limits: Sequence[int],
+            headroom_fraction: float, *, wide: bool) -> Tier:
+    """The tier of a request whose total budget lies in [low_tokens, high_tokens].
+
+    wide: the range is the far tier's bytes-only one; FAR when every budget in it goes to the
+    same pool with headroom, else NEAR (meaning: compute the usual estimate). Otherwise the
+    range is the usual optimistic..conservative one: AMBIGUOUS when its ends go to different
+    pools, else NEAR."""
+    low, low_roomy = idle_choice(low_tokens, limits, headroom_fraction)
+    high, high_roomy = idle_choice(high_tokens, limits, headroom_fraction)
+    if wide:
+        return Tier.FAR if high is not None and high_roomy and low == high and low_roomy else (
+            Tier.NEAR)
+    return Tier.AMBIGUOUS if low is not None and low != high else Tier.NEAR
+
+
 @dataclass(frozen=True, slots=True)
 class PoolState:
     """A pool as the policy sees it at decision time.

@@ -15,11 +15,18 @@ common `{"role": str, "content": str}` form takes a fast path).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from litellm_dualpool.core.content import ZERO_COUNTS, CharCounts, classify, measure_strings
+from litellm_dualpool.core.content import (
+    CJK_CHAR_FRACTION,
+    STRUCTURED_BYTE_FRACTION,
+    ZERO_COUNTS,
+    CharCounts,
+    classify,
+    measure_strings,
+)
 from litellm_dualpool.errors import InvalidRequestError
 
 
@@ -65,6 +72,9 @@ class RequestShape:
     chat_template: bool = True
     has_tools: bool = False
     char_counts: CharCounts | None = None
+    #: characters of the free text (its UTF-8 bytes beyond them tell multi-byte text without
+    #: looking at it: `bytes_content_class`); None when unknown (a shape rebuilt from a log)
+    text_chars: int | None = field(default=None, compare=False)
 
     @property
     def total_bytes(self) -> int:
@@ -462,8 +472,78 @@ def json_size(value: object, field: str) -> int:
     return _Walker().json(value, field, 0)
 
 
+def bytes_content_class(text_bytes: int, text_chars: int | None, structured_bytes: int,
+                        tools: bool) -> ContentClass:
+    """The content class read from sizes alone (no character is looked at): structured by its
+    bytes or tools as `content.classify` does; CJK when the text's multi-byte extra bytes reach
+    what `CJK_CHAR_FRACTION` of 3-byte characters would add; else prose, which the far tier
+    widens to code's ratio too (`core.estimator`)."""
+    total = text_bytes + structured_bytes
+    if tools or (total and structured_bytes >= STRUCTURED_BYTE_FRACTION * total):
+        return ContentClass.STRUCTURED
+    chars = text_bytes if text_chars is None else text_chars
+    if text_bytes - chars >= 2 * CJK_CHAR_FRACTION * chars > 0:
+        return ContentClass.CJK
+    return ContentClass.PROSE
+
+
+def bytes_only(shape: RequestShape) -> RequestShape:
+    """A shape as the far tier sees it: no character counts, the class from its sizes (what
+    `ShapeDraft.bytes_shape` gives for the body; the simulator's shapes are measured already)."""
+    return replace(shape, char_counts=None, content_class=bytes_content_class(
+        shape.text_bytes, shape.text_chars, shape.structured_bytes,
+        shape.has_tools or shape.tool_count > 0))
+
+
+class ShapeDraft:
+    """A body walked once for its sizes, before any character is counted: `bytes_shape()` is
+    what the far tier decides from (sizes and a small class sample), `shape()` the full shape
+    with its character counts (the near tier). Either is computed at most once."""
+
+    __slots__ = ("_bytes_shape", "_shape", "chat_template", "walker")
+
+    def __init__(self, walker: _Walker, chat_template: bool) -> None:
+        self.walker = walker
+        self.chat_template = chat_template
+        self._shape: RequestShape | None = None
+        self._bytes_shape: RequestShape | None = None
+
+    def _build(self, counts: CharCounts | None, content_class: ContentClass) -> RequestShape:
+        w = self.walker
+        return RequestShape(
+            text_bytes=w.text, structured_bytes=w.structured, message_count=max(w.messages, 1),
+            tool_count=w.tools, image_count=w.images, audio_count=w.audio,
+            exact_prompt_tokens=w.token_ids, content_class=content_class,
+            file_count=w.files, chat_template=self.chat_template, has_tools=w.has_tools,
+            char_counts=counts, text_chars=w.text_chars)
+
+    def shape(self) -> RequestShape:
+        """The full shape: character counts from the bounded samples (`core.content`)."""
+        if self._shape is None:
+            counts, content_class = self.walker.char_counts()
+            self._shape = self._build(counts, ContentClass(content_class))
+        return self._shape
+
+    def bytes_shape(self) -> RequestShape:
+        """The shape without character counts (None: the calibrator assumes the key's usual
+        mix); its content class read from the sizes (`bytes_content_class`)."""
+        if self._bytes_shape is None:
+            w = self.walker
+            self._bytes_shape = self._build(None, bytes_content_class(
+                w.text, w.text_chars, w.structured, w.has_tools or w.tools > 0))
+        return self._bytes_shape
+
+
 def shape_request(body: Mapping[str, Any]) -> RequestShape:
     """Shape chat `messages`, completions `prompt`, Responses `input` or embeddings `input`.
+
+    Raises InvalidRequestError (with the field path) for malformed bodies; never anything else.
+    """
+    return measure_request(body).shape()
+
+
+def measure_request(body: Mapping[str, Any]) -> ShapeDraft:
+    """Walk a body for its sizes (`shape_request` without the character counts yet).
 
     Raises InvalidRequestError (with the field path) for malformed bodies; never anything else.
     """
@@ -500,18 +580,4 @@ def shape_request(body: Mapping[str, Any]) -> RequestShape:
         walker.definitions(body)
     except RecursionError:
         raise InvalidRequestError("request nested too deeply", field="body") from None
-    counts, content_class = walker.char_counts()
-    return RequestShape(
-        text_bytes=walker.text,
-        structured_bytes=walker.structured,
-        message_count=max(walker.messages, 1),
-        tool_count=walker.tools,
-        image_count=walker.images,
-        audio_count=walker.audio,
-        exact_prompt_tokens=walker.token_ids,
-        content_class=ContentClass(content_class),
-        file_count=walker.files,
-        chat_template=chat_template,
-        has_tools=walker.has_tools,
-        char_counts=counts,
-    )
+    return ShapeDraft(walker, chat_template)

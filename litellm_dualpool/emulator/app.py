@@ -4,7 +4,9 @@ Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (JSON or SSE 
 vLLM's chunk format; with ``stream_options.include_usage`` a last chunk with empty ``choices``
 carries usage, ``continuous_usage_stats`` adds usage to every chunk), ``GET /v1/models``
 (each model card carries ``max_model_len``), ``GET /health``, ``GET /metrics``,
-``GET|POST /admin/faults`` (loopback clients only).
+``POST /tokenize`` (vLLM's: chat ``messages`` with ``tools`` and ``add_generation_prompt``, or
+a completions ``prompt``; answers ``{count, max_model_len, tokens}``, counted exactly as the
+usage of the same request would be), ``GET|POST /admin/faults`` (loopback clients only).
 
 Output length per choice: ``min(max_tokens, natural)`` where ``natural`` is drawn from the
 output-length distribution, raised to ``min_tokens``, and unbounded with ``ignore_eos: true``
@@ -117,6 +119,7 @@ def build_app(state: EmulatorState) -> Starlette:
         Route("/v1/chat/completions", _guarded(state, _chat), methods=["POST"]),
         Route("/v1/completions", _guarded(state, _completions), methods=["POST"]),
         Route("/v1/models", _refusable(state, _models), methods=["GET"]),
+        Route("/tokenize", _refusable(state, _tokenize), methods=["POST"]),
         Route("/health", _refusable(state, _health), methods=["GET"]),
         Route("/metrics", _refusable(state, _metrics), methods=["GET"]),
         Route("/admin/faults", _admin(state), methods=["GET", "POST"]),
@@ -267,6 +270,42 @@ def _plan_jobs(state: EmulatorState, body: dict[str, Any], prompts: list[Rendere
             finish = "length" if natural is None or natural >= budget else "stop"
             jobs.append(_Job(p_index * n + choice, prompt.token_count, length, finish))
     return jobs
+
+
+async def _tokenize(state: EmulatorState, request: Request) -> Response:
+    """vLLM's ``POST /tokenize`` (vllm/entrypoints/serve/tokenize): the prompt a chat or
+    completions request would have, counted the same way as its usage. Faults:
+    ``tokenize_missing`` answers 404 as a server without the route does, and
+    ``tokenize_latency_seconds`` delays the answer."""
+    faults = state.faults
+    if faults.tokenize_missing:
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+    if faults.tokenize_latency_seconds > 0:
+        await asyncio.sleep(faults.tokenize_latency_seconds)
+    try:
+        body = await _json_body(request)
+        _check_model(state, body)
+        if "messages" in body:
+            if body.get("add_generation_prompt", True) is not True:
+                raise ApiError(400, "BadRequestError",
+                               "only add_generation_prompt=true is emulated")
+            rendered = state.counter.chat(body)
+            text = rendered.text or ""
+        elif isinstance(body.get("prompt"), str):
+            rendered = state.counter.completion_prompts(body["prompt"])[0]
+            text = body["prompt"]
+            if body.get("add_special_tokens", True) is False:
+                raise ApiError(400, "BadRequestError", "only add_special_tokens=true is emulated")
+        else:
+            raise ApiError(400, "BadRequestError",
+                           "the body needs 'messages' or a string 'prompt'")
+    except PromptError as exc:
+        return state.error(ApiError(400, "BadRequestError", str(exc)))
+    except ApiError as err:
+        return state.error(err)
+    tokens = state.counter.token_ids(text, add_bos="messages" not in body)
+    return JSONResponse({"count": rendered.token_count, "max_model_len":
+                         state.settings.max_model_len, "tokens": tokens, "token_strs": None})
 
 
 async def _chat(state: EmulatorState, request: Request) -> Response:

@@ -78,7 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 _EPILOG = """\
 runtime faults: curl -X POST 127.0.0.1:PORT/admin/faults -d '{"error_rate": 0.5}'
 knobs: error_rate, fail_next, latency_seconds, hang_rate, drop_rate, refuse (none|503|connection),
-refuse_seconds, stall, no_usage, error_format (current|legacy). GET /admin/faults shows them.
+refuse_seconds, stall, no_usage, error_format (current|legacy), tokenize_latency_seconds,
+tokenize_missing. GET /admin/faults shows them.
 """
 
 

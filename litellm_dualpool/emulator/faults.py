@@ -21,6 +21,8 @@ stall           the engine makes no progress: requests queue up (``vllm:num_requ
                 grows), nothing is generated until it is lifted; /health still answers 200
 no_usage        responses carry no usage (no ``usage`` field, no usage chunk in streams)
 error_format    "current" | "legacy": which vLLM generation's error bodies to give
+tokenize_latency_seconds  delay before ``POST /tokenize`` answers (a slow tokenizer)
+tokenize_missing          ``POST /tokenize`` answers 404, as a server without the route
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Faults:
     stall: bool = False
     no_usage: bool = False
     error_format: ErrorFormat = ErrorFormat.CURRENT
+    tokenize_latency_seconds: float = 0.0
+    tokenize_missing: bool = False
 
     def __post_init__(self) -> None:
         self.update(asdict(self))
@@ -107,7 +111,7 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**6:
             raise ValueError(f"{name}: must be an integer between 0 and 1000000, got {value!r}")
         return value
-    if name == "latency_seconds":
+    if name in ("latency_seconds", "tokenize_latency_seconds"):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
         return float(value)
@@ -117,7 +121,7 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ValueError(f"{name}: must be null or a number > 0, got {value!r}")
         return float(value)
-    if name in ("no_usage", "stall"):
+    if name in ("no_usage", "stall", "tokenize_missing"):
         if not isinstance(value, bool):
             raise ValueError(f"{name}: must be true or false, got {value!r}")
         return value

@@ -70,6 +70,15 @@ class PromptCounter:
         bos = 1 if add_bos and self.tokenizer == "llama3" else 0
         return bos + count_text_tokens(text, self.tokenizer)
 
+    def token_ids(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """The ids of ``text`` (special-token strings as specials), as /tokenize lists them;
+        as many as `count_text` counts."""
+        enc = quicktok.get_encoding(self.tokenizer)
+        ids = list(enc.encode_with_special(text))
+        if add_bos and self.tokenizer == "llama3":
+            ids.insert(0, int(enc.encode_single_token("<|begin_of_text|>")))
+        return ids
+
     def render_chat(self, body: Mapping[str, Any]) -> str:
         """The chat template applied to a chat body (messages, tools) plus the generation prompt."""
         messages = body.get("messages")

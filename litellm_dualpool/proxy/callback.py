@@ -3,7 +3,8 @@
 learn in the success event and in the streaming iterator, count misroutes in the failure event.
 
 Hooks used (same on LiteLLM 1.106 and 1.110):
-- ``async_pre_call_hook`` (proxy, once per request): estimate + decide, keep the plan in the
+- ``async_pre_call_hook`` (proxy, once per request): estimate + decide (an ambiguous request
+  asks the smaller pool's /tokenize first, proxy/arbitration.py), keep the plan in the
   request metadata, refuse what fits no pool with OpenAI's context-length 400
   (``code: context_length_exceeded``, proxy/client_errors.py).
 - ``async_filter_deployments`` (every attempt, fallback hops included): keep the planned pool;
@@ -14,8 +15,9 @@ Hooks used (same on LiteLLM 1.106 and 1.110):
   usage chunk when the stream ends. LiteLLM counts tokens itself (another tokenizer) when a
   backend sends none, so the usage it logs for a stream cannot be trusted; the raw chunks can.
 - ``async_post_call_failure_hook`` (proxy, once per failed request): close its in-flight count.
-- ``async_post_call_response_headers_hook``: ``x-dualpool-pool``; ``x-dualpool-budget-tokens``
-  where the caller's policy exposes it (the proxy admin's by default).
+- ``async_post_call_response_headers_hook``: ``x-dualpool-pool``, ``x-dualpool-count``
+  (estimated | exact | arbitrated); ``x-dualpool-budget-tokens`` where the caller's policy
+  exposes it (the proxy admin's by default).
 - ``async_filter_listed_models``: hide the recovery groups from ``/v1/models``.
 
 Only the pre-call hook and the filter may fail a request, and only with the plugin's own 400
@@ -40,6 +42,7 @@ from litellm_dualpool.core.plan import RecoveryFailure
 from litellm_dualpool.core.tenant import ObservationTrust
 from litellm_dualpool.errors import ConfigError, InvalidRequestError, NoPoolFitsError
 from litellm_dualpool.metrics import DualPoolMetrics
+from litellm_dualpool.proxy.arbitration import Arbiter
 from litellm_dualpool.proxy.backend_limits import LimitDiscovery
 from litellm_dualpool.proxy.discovery import proxy_config_path, proxy_router
 from litellm_dualpool.proxy.engine import DualPoolEngine, LoadSource
@@ -63,6 +66,7 @@ _ROUTER_WAIT_SECONDS = 120.0
 _ROUTER_POLL_SECONDS = 0.05
 HEADER_POOL = "x-dualpool-pool"
 HEADER_BUDGET = "x-dualpool-budget-tokens"
+HEADER_COUNT = "x-dualpool-count"
 #: The answer to a direct call of a hidden recovery group; it names no internal group.
 _RESERVED_NAME_MESSAGE = ("this model name is reserved for the plugin's internal routing; call "
                           "the model group itself")
@@ -144,6 +148,10 @@ def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
     return text if isinstance(text, str) else None
 
 
+#: The call types whose bodies are vLLM's chat or completions shapes (/tokenize takes them);
+#: Anthropic Messages, Responses and embeddings are not arbitrated.
+_ARBITRATED_CALL_TYPES = frozenset({"completion", "acompletion", "text_completion",
+                                    "atext_completion"})
 #: The call types of OpenAI chat completions, whose user content parts LiteLLM validates.
 _CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 
@@ -221,6 +229,9 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
         #: limits read from the backends; retried for the deployments still pending
         self.discovery = discovery
         self._limits_task: asyncio.Task[None] | None = None
+        #: exact counts for ambiguous requests (proxy/arbitration.py); None when disabled
+        self.arbiter = (Arbiter(config.settings.arbitration, self.metrics)
+                        if config.settings.arbitration.enabled else None)
 
     @classmethod
     def from_proxy_environment(cls, *, metrics: DualPoolMetrics | None = None) -> DualPoolCallback:
@@ -351,6 +362,9 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             record = self.engine.plan(data, group, policy, metadata=user_metadata,
                                       embedding="embed" in str(call_type),
                                       stream=bool(data.get("stream")))
+            if (record.plan.arbiter_pool is not None and self.arbiter is not None
+                    and str(getattr(call_type, "value", call_type)) in _ARBITRATED_CALL_TYPES):
+                record = await self.arbitrate(record, data, group)
             metadata[STASH_KEY] = record
         except NoPoolFitsError as error:  # OpenAI's context-length 400 (client_errors.py)
             from litellm_dualpool.proxy.client_errors import refusal_error
@@ -374,6 +388,31 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
         except Exception as error:
             self._count_error("pre_call", error)
         return data
+
+    async def arbitrate(self, record: PlanRecord, data: Mapping[str, Any],
+                        group: Any) -> PlanRecord:
+        """An AMBIGUOUS request's record decided by the smaller pool's exact count, or the
+        estimate's record when no count came (proxy/arbitration.py), also when arbitration
+        itself fails (counted as a callback error of hook "arbitration"). NoPoolFitsError
+        when the exact count fits no pool."""
+        arbiter = self.arbiter
+        pool = record.plan.arbiter_pool
+        router = self.router_provider()
+        if arbiter is None or pool is None or router is None:
+            return record
+        try:
+            deployments = [d for d in router.get_model_list(model_name=group.model_group) or []
+                           if (spec := self.engine.pool_of(group, d)) is not None
+                           and spec.name == pool]
+            _, count = await arbiter.count(group.model_group, deployments, data)
+            if count is None:
+                return record
+            return self.engine.arbitrated(record, count)
+        except NoPoolFitsError:
+            raise
+        except Exception as error:
+            self._count_error("arbitration", error)
+            return record
 
     async def async_filter_deployments(self, model: str, healthy_deployments: list[dict[str, Any]],
                                        messages: Any, request_kwargs: dict[str, Any] | None = None,
@@ -606,7 +645,7 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             record = record_in(_metadata(data, create=False))
             if record is None or not self.settings.response_headers:
                 return None
-            headers = {HEADER_POOL: record.progress.pool}
+            headers = {HEADER_POOL: record.progress.pool, HEADER_COUNT: record.plan.count.value}
             if record.expose_budget:
                 headers[HEADER_BUDGET] = str(record.plan.total_tokens)
             return headers

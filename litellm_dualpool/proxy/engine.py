@@ -18,11 +18,12 @@ from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
 from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, Calibrator
-from litellm_dualpool.core.estimator import Estimator
+from litellm_dualpool.core.estimator import Estimator, learning_shape
 from litellm_dualpool.core.plan import (
     Plan,
     Progress,
     RecoveryFailure,
+    plan_counted,
     plan_recovery,
     plan_request,
 )
@@ -30,7 +31,7 @@ from litellm_dualpool.core.policy import PoolState, Reason, failover_pool
 from litellm_dualpool.core.shape import prompt_tokens_plausible, prompt_tokens_upper_bound
 from litellm_dualpool.errors import NoPoolFitsError, RecoveryRefusedError
 from litellm_dualpool.limits import deployment_key
-from litellm_dualpool.metrics import DualPoolMetrics
+from litellm_dualpool.metrics import DualPoolMetrics, init_group_series
 from litellm_dualpool.proxy.inflight import InFlight
 from litellm_dualpool.proxy.policy import TenantPolicy
 from litellm_dualpool.proxy.record import STASH_KEY, PlanRecord
@@ -76,6 +77,11 @@ class DualPoolEngine:
         suffix = self.settings.recovery.group_suffix
         self.recovery_groups: dict[str, str] = (
             {g + suffix: g for g in self.groups} if self.settings.recovery.enabled else {})
+        #: each group's pool limits, ascending (what the estimate's tiers are judged against)
+        self._limits = {name: tuple(p.max_model_len for p in g.pools)
+                        for name, g in self.groups.items()}
+        for name in self.groups:
+            init_group_series(self.metrics, name)
         #: max_model_len read from the backend, by LiteLLM's deployment id (model_info.id), for
         #: deployments without model_info.max_model_len (`learn_deployment_ids`).
         self._limit_by_id: dict[str, int] = {}
@@ -84,6 +90,8 @@ class DualPoolEngine:
     def update_config(self, config: PluginConfig) -> None:
         """Pools rebuilt after more limits were read from the backends (same groups)."""
         self.config, self.groups = config, config.groups
+        self._limits = {name: tuple(p.max_model_len for p in g.pools)
+                        for name, g in self.groups.items()}
 
     def learn_deployment_ids(self, deployments: Iterable[Mapping[str, Any]]) -> None:
         """Map the router's deployments (recovery copies included) without a configured
@@ -159,7 +167,10 @@ class DualPoolEngine:
         forced, category = self.overrides(metadata, policy, group)
         estimate = self.estimator.estimate(
             body, group.model_group, category=policy.category or category,
-            default_output_tokens=policy.default_output_tokens, embedding=embedding)
+            default_output_tokens=policy.default_output_tokens, embedding=embedding,
+            limits=self._limits.get(group.model_group),
+            headroom_fraction=self._policy.headroom_fraction)
+        self.metrics.decisions_by_tier.labels(group.model_group, estimate.tier.value).inc()
         plan = plan_request(
             estimate, self.pool_states(group), self._policy,
             plan_id=self._id_prefix + str(next(self._ids)),
@@ -171,7 +182,31 @@ class DualPoolEngine:
             self.metrics.refusals.labels(group.model_group, plan.decision.reason.value).inc()
             raise refusal
         return PlanRecord(plan, Progress.start(plan, stream=stream),
-                          expose_budget=policy.expose_budget_header)
+                          expose_budget=policy.expose_budget_header, draft=estimate.draft)
+
+    def arbitrated(self, record: PlanRecord, prompt_tokens: int) -> PlanRecord:
+        """The record of an AMBIGUOUS request once the backend's tokenizer has counted it: the
+        count decides (`core.plan.plan_counted`) and is learned from once, like a usage
+        report (the caller's trust applies; the request's own usage is then not learned again).
+        A count this request cannot produce is rejected and the estimate's record kept.
+
+        Raises NoPoolFitsError when the exact count fits no pool (a certain refusal)."""
+        plan = record.plan
+        if not prompt_tokens_plausible(plan.shape, prompt_tokens,
+                                       self.calibrator.settings.max_bytes_per_token):
+            self.metrics.learning.labels(plan.group, Outcome.REJECTED.value).inc()
+            return record
+        group = self.groups[plan.group]
+        counted = plan_counted(plan, prompt_tokens, self.pool_states(group), self._policy)
+        self.learn(record, prompt_tokens)
+        refusal = counted.refusal()
+        if refusal is not None:
+            self.metrics.refusals.labels(group.model_group, counted.decision.reason.value).inc()
+            raise refusal
+        progress = Progress.start(counted, stream=record.progress.stream)
+        progress.learned = True
+        return PlanRecord(counted, progress, expose_budget=record.expose_budget,
+                          draft=record.draft)
 
     # -- filtering -------------------------------------------------------------------------
     def choose(self, model: str, healthy: Sequence[dict[str, Any]], record: PlanRecord,
@@ -393,10 +428,11 @@ class DualPoolEngine:
             return False
         progress.learned = True
         point = plan.budget.prompt_tokens_point or plan.budget.prompt_tokens
-        label = self.calibrator.stored_key(plan.key, plan.shape).category  # bounded
+        shape, key = learning_shape(plan.shape, plan.key, record.draft)
+        label = self.calibrator.stored_key(key, shape).category  # bounded
         self.metrics.estimate_error.labels(plan.group, label).observe(
             (point - prompt_tokens) / prompt_tokens)
         # The store learns (at once, or once shared) and counts the outcome and the ratio.
-        outcome = self.store.observe(plan.key, plan.shape, prompt_tokens, tenant=plan.tenant,
+        outcome = self.store.observe(key, shape, prompt_tokens, tenant=plan.tenant,
                                      trust=plan.trust)
         return outcome is Outcome.LEARNED

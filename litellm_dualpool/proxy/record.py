@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from litellm_dualpool.core.plan import Plan, Progress
+from litellm_dualpool.core.shape import ShapeDraft
 from litellm_dualpool.errors import NoPoolFitsError
 
 #: The metadata key of the plan (a client-sent value there is dropped by the pre-call hook).
@@ -25,15 +26,19 @@ class PlanRecord(dict[str, Any]):
     which tells the client in OpenAI's context-length shape (LiteLLM's own error for the failed
     fallback hop wraps it in other text).
     `expose_budget`: the caller's policy shows it ``x-dualpool-budget-tokens`` (resolved once,
-    with the plan, not again for the response)."""
+    with the plan, not again for the response).
+    `draft`: the walked body of a FAR plan (its shape has no character counts; learning
+    completes it, `core.estimator.learning_shape`)."""
 
-    __slots__ = ("expose_budget", "plan", "progress", "refusal")
+    __slots__ = ("draft", "expose_budget", "plan", "progress", "refusal")
 
-    def __init__(self, plan: Plan, progress: Progress, *, expose_budget: bool = False) -> None:
+    def __init__(self, plan: Plan, progress: Progress, *, expose_budget: bool = False,
+                 draft: ShapeDraft | None = None) -> None:
         super().__init__(plan.to_metadata())
         self.plan = plan
         self.progress = progress
         self.expose_budget = expose_budget
+        self.draft = draft
         self.refusal: NoPoolFitsError | None = None
 
 

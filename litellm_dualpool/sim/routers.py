@@ -109,6 +109,14 @@ class PolicyRouter(_BudgetRouter):
         return self.estimator.estimate_shape(request.shape, self.key(request.category),
                                              request.output_budget_tokens)
 
+    def plan(self, request: SimRequest, pools: Sequence[PoolState]) -> Plan:
+        """The proxy's tiered estimate (far: bytes alone), then the shared `plan_request`."""
+        limits = sorted(p.max_model_len for p in pools)
+        estimate = self.estimator.estimate_measured(
+            request.shape, self.key(request.category), request.output_budget_tokens,
+            limits=limits, headroom_fraction=self.settings.headroom_fraction)
+        return plan_request(estimate, pools, self.settings, plan_id=str(request.index))
+
     def learn(self, request: SimRequest, prompt_tokens: int) -> None:
         seq = next(self._seq)
         self.learner.apply(Observation(self.key(request.category), request.shape, prompt_tokens,

@@ -116,7 +116,9 @@ def test_a_forced_misroute_is_recovered_without_client_error(stack: dict[str, An
 def test_the_learned_ratio_converges_to_the_backend_tokenizer(stack: dict[str, Any]) -> None:
     """From a cold start twice too high, ~60 real prompts bring the ratio within 5% of what the
     backend's tokenizer (Llama-3) gives on the same text, and the budgets the proxy then
-    announces cover the real prompt without much waste."""
+    announces are close to the real prompt. These requests are far from both limits: their
+    budget is the bytes-only estimate (the far tier: no character counts), within ~10% once
+    learned (it decides only when its whole +/-30% range lands in one pool)."""
     proxy = stack["proxy"]
     encoding = quicktok.get_encoding("llama3")
     texts = [prose(600 + 110 * i, offset=3 * i) for i in range(60)]
@@ -131,7 +133,8 @@ def test_the_learned_ratio_converges_to_the_backend_tokenizer(stack: dict[str, A
         response = proxy.chat("llama", text, max_tokens=8)
         real = response.json()["usage"]["prompt_tokens"]
         estimated = int(response.headers["x-dualpool-budget-tokens"]) - 8
-        assert real * 0.97 <= estimated <= real * 1.25, (real, estimated)
+        assert real * 0.9 <= estimated <= real * 1.25, (real, estimated)
+        assert response.headers["x-dualpool-pool"] == "short"
 
 
 def test_short_and_long_requests_land_in_their_pools(stack: dict[str, Any]) -> None:

@@ -87,5 +87,6 @@ def test_redis_stopped_mid_run_loses_no_request_and_recovers(stack: Stack) -> No
     estimator = Estimator(store.calibrator)
     for text in (honest_text(random.Random(31), 1200), honest_text(random.Random(32), 9000)):
         body = {"messages": [{"role": "user", "content": text}], "max_tokens": 16}
-        expected = estimator.estimate(body, "llama").budget.total_tokens
+        # estimated as the proxy does, tiers included (its pools' limits)
+        expected = estimator.estimate(body, "llama", limits=(4096, 16384)).budget.total_tokens
         assert proxy.budget(PROBE, text, max_tokens=16) == expected

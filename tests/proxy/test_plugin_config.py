@@ -98,6 +98,11 @@ def test_pool_declaration_errors_name_their_path(model_list: Any, path: str, wor
     ({"routing": "random"}, "dualpool_settings.routing"),
     ({"calibration": {"min_bytes_per_token": 5, "max_bytes_per_token": 4}},
      "dualpool_settings.calibration"),
+    ({"arbitration": {"timeout_ms": 0}}, "dualpool_settings.arbitration.timeout_ms"),
+    ({"arbitration": {"max_concurrent": 0}}, "dualpool_settings.arbitration.max_concurrent"),
+    ({"arbitration": {"enabled": "yes please"}}, "dualpool_settings.arbitration.enabled"),
+    ({"arbitration": {"timeout": 50}}, "dualpool_settings.arbitration.timeout"),
+    ({"arbitration": {"providers": []}}, "dualpool_settings.arbitration.providers"),
 ])
 def test_settings_errors_name_their_path(settings: dict[str, Any], path: str) -> None:
     config = {"model_list": [deployment("g", max_model_len=1), deployment("g", max_model_len=2)],

@@ -52,12 +52,12 @@ async def test_short_request_goes_to_the_short_pool(env) -> None:
     admin = UserAPIKeyAuth(api_key="sk-master-key-0001", user_role="proxy_admin")
     response, data = await env.call("hello there", max_tokens=64, user=admin)
     headers = await env.plugin.async_post_call_response_headers_hook(data, admin, response)
-    assert headers == {"x-dualpool-pool": "short",
+    assert headers == {"x-dualpool-pool": "short", "x-dualpool-count": "estimated",
                        "x-dualpool-budget-tokens": str(record(data).plan.total_tokens)}
     for caller in (UserAPIKeyAuth(api_key="sk-tenant-key-0001", team_id="t"), None):
         response, data = await env.call("hello there", max_tokens=64, user=caller)
         headers = await env.plugin.async_post_call_response_headers_hook(data, caller, response)
-        assert headers == {"x-dualpool-pool": "short"}
+        assert headers == {"x-dualpool-pool": "short", "x-dualpool-count": "estimated"}
 
 
 async def test_long_prompt_goes_to_the_long_pool(env) -> None:

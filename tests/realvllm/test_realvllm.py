@@ -268,3 +268,48 @@ def test_a_request_larger_than_every_pool_is_refused_before_vllm(stack: dict[str
     assert metric(metrics, "dualpool_callback_errors_total") == 0
     for pool in ("short", "long"):
         assert metric(metrics, "dualpool_in_flight_requests", model_group=GROUP, pool=pool) == 0
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Find a word in the dictionary.",
+    "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}]
+
+
+async def test_the_arbiter_reads_the_exact_count_from_vllms_own_tokenize(
+        stack: dict[str, Any]) -> None:
+    """The request the arbiter sends (proxy/arbitration.py) is one vLLM 0.32 accepts, and its
+    count is the prompt count vLLM serves the same request with (chat with tools, and a
+    completions prompt)."""
+    from prometheus_client import CollectorRegistry
+
+    from litellm_dualpool.config import ArbitrationConfig
+    from litellm_dualpool.metrics import DualPoolMetrics
+    from litellm_dualpool.proxy.arbitration import Arbiter, Outcome
+
+    short = stack["short"]
+    arbiter = Arbiter(ArbitrationConfig(timeout_ms=10_000),
+                      DualPoolMetrics(CollectorRegistry()))
+    target = [vllm_deployment(short)]
+    target[0]["model_info"]["id"] = "short-0"
+    chat = {"messages": [{"role": "system", "content": "You are terse."},
+                         {"role": "user", "content": prose(900, offset=2)}], "tools": TOOLS}
+    try:
+        outcome, count = await arbiter.count(GROUP, target, chat)
+        # tool_choice "none": this server has no tool parser (the template renders the tools
+        # either way, as for /tokenize)
+        served = direct(short, dict(chat, model=SERVED_MODEL, max_tokens=2, tool_choice="none"))
+        assert served.status_code == 200, served.text
+        assert (outcome, count) == (Outcome.EXACT, served.json()["usage"]["prompt_tokens"])
+        prompt = {"prompt": prose(700, offset=4)}
+        outcome, count = await arbiter.count(GROUP, target, prompt)
+        completion = httpx.post(short.api_base + "/completions", timeout=120, json=dict(
+            prompt, model=SERVED_MODEL, max_tokens=2))
+        assert completion.status_code == 200, completion.text
+        assert (outcome, count) == (Outcome.EXACT, completion.json()["usage"]["prompt_tokens"])
+    finally:
+        await arbiter.aclose()
+    raw = httpx.post(short.url + "/tokenize", timeout=120, json={
+        "model": SERVED_MODEL, "messages": chat["messages"], "add_generation_prompt": True})
+    assert raw.status_code == 200
+    body = raw.json()
+    assert body["max_model_len"] == SHORT_LEN and len(body["tokens"]) == body["count"]
