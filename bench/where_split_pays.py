@@ -1,8 +1,9 @@
 """Where the split pays: the planner's best homogeneous fleet (searched like the pools) beside its
 best split, per scenario, and the fleet simulator's check of the saving against that tuned fleet.
 
-Rerun (planner only, ~4 min on 2 cores; with the simulator check, --sim, ~8-9 min):
-    .venv/bin/python bench/where_split_pays.py [--sim] [--only KEYS] [--json]
+Rerun (planner only, ~4 min on 2 cores; with the simulator check, --sim, ~20 min; the arrival
+sensitivity section, --arrivals, ~5 min):
+    .venv/bin/python bench/where_split_pays.py [--sim | --arrivals] [--only KEYS] [--json]
 
 It rewrites the "Where the split pays" section at the top of docs/evaluation.md (between the
 markers below) and leaves the rest of the page to bench/evaluation.py.
@@ -44,11 +45,10 @@ from litellm_dualpool.planner.model import (
     Slo,
     balancer_pooling,
     make_plan,
-    parse_ttft_slo,
 )
 from litellm_dualpool.sim.catalog import get_gpu, get_model
 from litellm_dualpool.sim.compare import Interval, block_bootstrap_interval
-from litellm_dualpool.sim.fleet import FleetResult, SimPool, SloTargets, simulate
+from litellm_dualpool.sim.fleet import FleetResult, SimPool, simulate
 from litellm_dualpool.sim.routers import OracleRouter, SinglePoolRouter
 from litellm_dualpool.sim.workload import (
     Workload,
@@ -116,11 +116,10 @@ def planner_for(sc: Scenario, work: Workload, rate: float | None = None) -> Plan
     model = get_model(sc.model)
     gpus = [get_gpu(g) for g in sc.gpus]
     options = tuple(Hardware(g, model, 1, sc.dtype, usd_per_gpu_hour=g.usd_per_gpu_hour or 0.0) for g in gpus)
-    base, per_token = parse_ttft_slo(sc.ttft)
     rate = rate or sc.rate
     mix = (LengthMix.from_workload(work) if sc.source.startswith("workloads/")
            else LengthMix.from_trace(work, rate))
-    return Planner(mix, rate, Hardware.build(gpus[0], model, dtype=sc.dtype), slo=Slo(base, 0.080, per_token),
+    return Planner(mix, rate, Hardware.build(gpus[0], model, dtype=sc.dtype), slo=Slo.parse(sc.ttft),
                    search=SearchSpace(options))
 
 
@@ -256,8 +255,8 @@ def simulate_fleet(sc: Scenario, plan: Plan, fleet: FleetPlan, work: Workload, k
     leaves idle keeps the planner's size), with the runs of a band of counts around it."""
     slo = plan.slo
     pools = list(fleet.pools)
-    targets = SloTargets(slo.ttft_p99_seconds, slo.tpot_p99_seconds, slo.ttft_seconds_per_prompt_token)
-    allowance = slo.ttft_allowance_seconds(work.prompt_tokens)
+    targets = slo.sim_targets()
+    allowance = slo.ttft_allowance_seconds(work.prompt_tokens, work.total_tokens)
     idle = [p.share < 1e-3 for p in pools]
     cache: dict[tuple[int, ...], FleetResult] = {}
 
@@ -462,26 +461,89 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
     return "\n".join(out)
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace the section between the markers, or put it right after the page's title."""
+def write_section(text: str, path: Path, start: str = START, end: str = END) -> None:
+    """Replace the section between the markers; a new one goes right after the page's title
+    (the split-pays section) or right after the split-pays section (any other)."""
     doc = path.read_text(encoding="utf-8") if path.exists() else "# Evaluation\n"
-    if START in doc and END in doc:
-        doc = doc[:doc.index(START)] + text + doc[doc.index(END) + len(END):]
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + text + doc[doc.index(end) + len(end):]
+    elif start != START and END in doc:
+        at = doc.index(END) + len(END)
+        doc = f"{doc[:at]}\n\n{text}{doc[at:]}"
     else:
         title, _, rest = doc.partition("\n")
         doc = f"{title}\n\n{text}\n{rest}"
     path.write_text(doc, encoding="utf-8")
 
 
+# -- arrival sensitivity ---------------------------------------------------------------------
+
+ARRIVALS_START = "<!-- arrival-sensitivity:start -->"
+ARRIVALS_END = "<!-- arrival-sensitivity:end -->"
+#: Arrival models compared (LengthMix.from_trace), in the order shown.
+ARRIVAL_MODELS = (("superpose", "superposed copies (default)"),
+                  ("burst", "superposed, burstier fit (worst of 1-30 s windows)"),
+                  ("compress", "time compressed"))
+
+
+def arrival_sensitivity(sc: Scenario, log: Callable[[str], None]) -> list[dict[str, object]]:
+    """The planner's saving vs the tuned fleet under each arrival model of a trace scenario."""
+    work = workload_of(sc)
+    model = get_model(sc.model)
+    out = []
+    for key, label in ARRIVAL_MODELS:
+        t0 = time.perf_counter()
+        options = tuple(Hardware(get_gpu(g), model, 1, sc.dtype, usd_per_gpu_hour=get_gpu(g).usd_per_gpu_hour or 0.0)
+                        for g in sc.gpus)
+        planner = Planner(LengthMix.from_trace(work, sc.rate, key), sc.rate,
+                          Hardware.build(get_gpu(sc.gpus[0]), model, dtype=sc.dtype), slo=Slo.parse(sc.ttft),
+                          search=SearchSpace(options))
+        plan = make_plan(planner, max_pools=2)
+        out.append({"model": label, "all": plan.burstiness.get("all", 1.0), "over_4k": plan.burstiness.get("over_4k", 1.0),
+                    "tuned_gpus": plan.homogeneous.gpus, "split_gpus": plan.dual_pool.gpus,
+                    "threshold": plan.threshold, "saving": plan.saving_fraction})
+        log(f"{sc.key} {key}: saving {plan.saving_fraction:.1%} ({time.perf_counter() - t0:.0f}s)")
+    return out
+
+
+def render_arrivals(rows: dict[str, list[dict[str, object]]], meta: dict[str, object]) -> str:
+    out = [ARRIVALS_START, "## Arrival sensitivity", "",
+           f"Generated by `.venv/bin/python bench/where_split_pays.py --arrivals` ({meta['date']}, {meta['cpus']} CPUs; "
+           f"{meta['wall']:.0f} s). Do not edit by hand: rerun the command.", "",
+           "The planner's saving against the tuned homogeneous fleet when a trace reaches the planned rate by "
+           "each arrival model, with the burstiness each gives (variance over mean of arrivals per second, 1 = "
+           "Poisson; all requests and those over 4K tokens). Superposed copies keep each second as bursty as "
+           "the trace's own; the burstier fit takes, per pool, the largest dispersion over 1, 2, 5, 10 and 30 s "
+           "windows (a stream bursty at several time scales); compressing time multiplies the trace's bursts by "
+           "the speed-up and is shown for comparison only.", "",
+           "| scenario | arrival model | burstiness all / over 4K | tuned GPUs | split GPUs (threshold) | "
+           "saving vs tuned |", "|---|---|---|---|---|---|"]
+    for key, entries in rows.items():
+        for e in entries:
+            out.append(f"| {key} | {e['model']} | {e['all']:.2f} / {e['over_4k']:.2f} | {e['tuned_gpus']:,} | "
+                       f"{e['split_gpus']:,} ({e['threshold']}) | {e['saving']:.1%} |")
+    out += ["", ARRIVALS_END]
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sim", action="store_true", help="check each saving with the fleet simulator")
+    parser.add_argument("--arrivals", action="store_true",
+                        help="instead: the arrival sensitivity section (planner only, trace scenarios)")
     parser.add_argument("--only", help="comma-separated scenario keys")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--output", default=str(DOC))
     args = parser.parse_args()
     wall = time.perf_counter()
     wanted = set(args.only.split(",")) if args.only else None
+    if args.arrivals:
+        chosen = [sc for sc in SCENARIOS if sc.source.startswith("traces/") and (wanted is None or sc.key in wanted)]
+        sens = {sc.key: arrival_sensitivity(sc, lambda m: print(m, file=sys.stderr, flush=True)) for sc in chosen}
+        meta_a = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(), "wall": time.perf_counter() - wall}
+        write_section(render_arrivals(sens, meta_a), Path(args.output), ARRIVALS_START, ARRIVALS_END)
+        print(json.dumps(sens) if args.json else f"wrote {args.output}")
+        return 0
     rows = [evaluate(sc, args.sim, lambda m: print(m, file=sys.stderr, flush=True))
             for sc in SCENARIOS if wanted is None or sc.key in wanted]
     meta = {"date": dt.date.today().isoformat(), "platform": platform.platform(), "cpus": os.cpu_count(),

@@ -55,6 +55,7 @@ from litellm_dualpool.sim.catalog import (
     vllm_default_scheduler_flags,
 )
 from litellm_dualpool.sim.engine import EngineConfig
+from litellm_dualpool.sim.fleet import SloTargets
 from litellm_dualpool.sim.kv_headroom import KvDemand, KvHeadroom, kv_demand
 from litellm_dualpool.sim.workload import Workload, arrival_dispersion
 
@@ -76,6 +77,8 @@ BATCH_TOKENS_STEP = 64
 BATCH_TOKENS_MAX = 16384
 #: Window over which the burstiness of a pool's arrivals is measured (about a few prefills).
 BURST_WINDOW_SECONDS = 1.0
+#: Windows of the burstier fit (``arrivals="burst"``): the largest dispersion over them.
+BURST_FIT_WINDOWS_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: max_num_seqs values the configuration search tries (each capped at the pool's KV-safe count).
 SEARCH_MAX_NUM_SEQS = (16, 32, 64, 128, 256, 512, 1024)
 #: The seqs sweep of one (GPU, TP, batched tokens) stops when doubling max_num_seqs raises the
@@ -102,6 +105,9 @@ class LengthMix:
     output_tokens: np.ndarray
     arrival_seconds: np.ndarray | None = None
     superposed_keep_fraction: float | None = None
+    #: a burstier fit: the dispersion is the largest over these windows (seconds) instead of the
+    #: one asked for, so a pool sees its stream's worst time scale
+    dispersion_windows: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompt_tokens) != len(self.output_tokens):
@@ -121,6 +127,9 @@ class LengthMix:
             return "Poisson (no arrival times)"
         if self.superposed_keep_fraction is None:
             return "the given arrival times"
+        if self.dispersion_windows:
+            windows = ", ".join(f"{w:g}" for w in self.dispersion_windows)
+            return f"superposed time-shifted copies of the trace, burstiness the largest over {windows} s windows"
         return "superposed time-shifted copies of the trace"
 
     def share_within(self, low_exclusive: int, high_inclusive: int) -> float:
@@ -131,7 +140,8 @@ class LengthMix:
         t = self.total_tokens
         mask = (t > low_exclusive) & (t <= high_inclusive)
         arrivals = None if self.arrival_seconds is None else self.arrival_seconds[mask]
-        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals, self.superposed_keep_fraction)
+        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals, self.superposed_keep_fraction,
+                         self.dispersion_windows)
 
     def arrival_dispersion(self, window_seconds: float = 1.0) -> float:
         """Index of dispersion of arrival counts (variance / mean of the number of arrivals per
@@ -140,7 +150,8 @@ class LengthMix:
         the arrival variability ca^2 of the queueing check (never below 1)."""
         if self.arrival_seconds is None:
             return 1.0
-        own = arrival_dispersion(self.arrival_seconds, window_seconds)
+        windows = self.dispersion_windows or (window_seconds,)
+        own = max(arrival_dispersion(self.arrival_seconds, w) for w in windows)
         if self.superposed_keep_fraction is not None:
             own = 1.0 + self.superposed_keep_fraction * (own - 1.0)
         return max(own, 1.0)
@@ -155,15 +166,18 @@ class LengthMix:
     @classmethod
     def from_trace(cls, workload: Workload, rate_per_second: float, arrivals: str = "superpose") -> LengthMix:
         """The trace brought to ``rate_per_second``: ``superpose`` (independent time-shifted
-        copies, the default) or ``compress`` (time compressed, far burstier; for comparison)."""
+        copies, the default), ``burst`` (the same copies with the burstiness of the worst of
+        several time scales, BURST_FIT_WINDOWS_SECONDS: a burstier fit) or ``compress`` (time
+        compressed, far burstier; for comparison)."""
         if arrivals == "compress":
             return cls.from_workload(workload.scaled_to_rate(rate_per_second))
-        if arrivals != "superpose":
-            raise ConfigError(f"unknown arrival model {arrivals!r} (superpose, compress)", path="arrivals")
+        if arrivals not in ("superpose", "burst"):
+            raise ConfigError(f"unknown arrival model {arrivals!r} (superpose, burst, compress)", path="arrivals")
         own_rate = len(workload) / workload.period_seconds
         copies = max(math.ceil(rate_per_second / own_rate - 1e-9), 1)
         mix = cls.from_workload(workload)
-        return replace(mix, superposed_keep_fraction=rate_per_second / (copies * own_rate))
+        windows = BURST_FIT_WINDOWS_SECONDS if arrivals == "burst" else None
+        return replace(mix, superposed_keep_fraction=rate_per_second / (copies * own_rate), dispersion_windows=windows)
 
     @classmethod
     def from_totals(cls, totals: Sequence[int] | np.ndarray, output_fraction: float = 0.15) -> LengthMix:
@@ -201,34 +215,110 @@ def _sample_quantiles(points: dict[float, float], count: int, rng: np.random.Gen
     return np.maximum(np.round(np.exp(logs)).astype(np.int64), 1)
 
 
+#: Requests with more total tokens than this are the "long" class of a per-class TTFT target
+#: (and of the simulator's per-class attainment) unless the target names its own boundary.
+DEFAULT_CLASS_BOUNDARY_TOKENS = 8192
+
+
 @dataclass(frozen=True, slots=True)
 class Slo:
     """Fleet targets: P99 time to first token and P99 of each request's mean time per token.
 
     The TTFT target may grow with the prompt, ``ttft_p99_seconds + ttft_seconds_per_prompt_token
     * prompt_tokens`` (``2s+1s/8k``): a long prompt's prefill alone can take seconds, and a flat
-    target would price a long pool by its longest prompts. 99% of requests must meet their own
-    target; both fleets are held to the same rule."""
+    target would price a long pool by its longest prompts. It may also differ by request class
+    (``short=1s,long=4s+1s/8k``): requests with more than ``class_boundary_tokens`` total tokens
+    get the ``long_*`` target, whichever pool serves them, so a split and a homogeneous fleet
+    are held to the same per-request targets. 99% of requests must meet their own target."""
 
     ttft_p99_seconds: float = 2.0
     tpot_p99_seconds: float = 0.080
     ttft_seconds_per_prompt_token: float = 0.0
+    long_ttft_p99_seconds: float | None = None  # None: the long class has the short class's target
+    long_ttft_seconds_per_prompt_token: float = 0.0
+    class_boundary_tokens: int = DEFAULT_CLASS_BOUNDARY_TOKENS
 
     def __post_init__(self) -> None:
         if not (self.ttft_p99_seconds > 0 and self.tpot_p99_seconds > 0):
             raise ConfigError("SLO targets must be > 0", path="slo")
-        if self.ttft_seconds_per_prompt_token < 0:
+        if self.ttft_seconds_per_prompt_token < 0 or self.long_ttft_seconds_per_prompt_token < 0:
             raise ConfigError("the per-token TTFT allowance must be >= 0", path="slo.ttft")
+        if self.long_ttft_p99_seconds is not None and not self.long_ttft_p99_seconds > 0:
+            raise ConfigError("SLO targets must be > 0", path="slo.ttft.long")
+        if self.class_boundary_tokens < 1:
+            raise ConfigError("the class boundary must be >= 1 token", path="slo.ttft.boundary")
 
-    def ttft_allowance_seconds(self, prompt_tokens: np.ndarray) -> np.ndarray:
-        """The prompt-dependent part of each request's TTFT target."""
-        return self.ttft_seconds_per_prompt_token * np.asarray(prompt_tokens, dtype=np.float64)
+    @property
+    def per_class(self) -> bool:
+        return self.long_ttft_p99_seconds is not None
+
+    def ttft_allowance_seconds(self, prompt_tokens: np.ndarray, total_tokens: np.ndarray | None = None) -> np.ndarray:
+        """Each request's TTFT target minus ``ttft_p99_seconds``: the prompt-dependent part and,
+        with per-class targets, the long class's difference (needs ``total_tokens``). A request
+        meets its target when TTFT - allowance <= ttft_p99_seconds."""
+        prompts = np.asarray(prompt_tokens, dtype=np.float64)
+        short = self.ttft_seconds_per_prompt_token * prompts
+        if self.long_ttft_p99_seconds is None:
+            return short
+        if total_tokens is None:
+            raise ConfigError("a per-class TTFT target needs each request's total tokens", path="slo.ttft")
+        long_ = (self.long_ttft_p99_seconds - self.ttft_p99_seconds
+                 + self.long_ttft_seconds_per_prompt_token * prompts)
+        result: np.ndarray = np.where(np.asarray(total_tokens) > self.class_boundary_tokens, long_, short)
+        return result
 
     @property
     def ttft_text(self) -> str:
-        if not self.ttft_seconds_per_prompt_token:
-            return f"{self.ttft_p99_seconds:g} s"
-        return f"{self.ttft_p99_seconds:g} s + {self.ttft_seconds_per_prompt_token * 8192:g} s per 8K prompt tokens"
+        short = _target_text(self.ttft_p99_seconds, self.ttft_seconds_per_prompt_token)
+        if self.long_ttft_p99_seconds is None:
+            return short
+        long_ = _target_text(self.long_ttft_p99_seconds, self.long_ttft_seconds_per_prompt_token)
+        return f"short {short}, long (over {self.class_boundary_tokens} tokens) {long_}"
+
+    def sim_targets(self) -> SloTargets:
+        """The same targets for the fleet simulator's per-request check."""
+        return SloTargets(self.ttft_p99_seconds, self.tpot_p99_seconds, self.ttft_seconds_per_prompt_token,
+                          self.class_boundary_tokens, self.long_ttft_p99_seconds,
+                          self.long_ttft_seconds_per_prompt_token)
+
+    @classmethod
+    def parse(cls, ttft: str, tpot_seconds: float = 0.080) -> Slo:
+        """``--ttft-slo``: one target for every request (``2s``, ``2s+1s/8k``) or one per class,
+        ``short=1s,long=4s+1s/8k`` with an optional ``boundary=8k`` (total tokens above which a
+        request is long; default 8192)."""
+        text = ttft.replace(" ", "").lower()
+        if "=" not in text:
+            base, per_token = parse_ttft_slo(ttft)
+            return cls(base, tpot_seconds, per_token)
+        parts: dict[str, str] = {}
+        for item in text.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("short", "long", "boundary") or key in parts or not value:
+                raise ConfigError(f"expected short=TARGET,long=TARGET[,boundary=TOKENS], got {ttft!r}",
+                                  path="ttft_slo")
+            parts[key] = value
+        if "short" not in parts or "long" not in parts:
+            raise ConfigError(f"a per-class target names both short= and long=, got {ttft!r}", path="ttft_slo")
+        short, long_ = parse_ttft_slo(parts["short"]), parse_ttft_slo(parts["long"])
+        boundary = _tokens(parts.get("boundary", str(DEFAULT_CLASS_BOUNDARY_TOKENS)), ttft)
+        return cls(short[0], tpot_seconds, short[1], long_[0], long_[1], boundary)
+
+
+def _target_text(base: float, per_token: float) -> str:
+    if not per_token:
+        return f"{base:g} s"
+    return f"{base:g} s + {per_token * 8192:g} s per 8K prompt tokens"
+
+
+def _tokens(part: str, text: str) -> int:
+    scale = 1024 if part.endswith("k") else 1
+    try:
+        tokens = float(part.removesuffix("k")) * scale
+    except ValueError:
+        raise ConfigError(f"bad token count {part!r} in {text!r}", path="ttft_slo") from None
+    if not (math.isfinite(tokens) and tokens >= 1):
+        raise ConfigError(f"token count must be >= 1 in {text!r}", path="ttft_slo")
+    return int(tokens)
 
 
 def parse_ttft_slo(text: str) -> tuple[float, float]:
@@ -424,7 +514,8 @@ def _prefill_seconds(engine: EngineConfig, mix: LengthMix, batch: float) -> np.n
         if rest:  # a part chunk shares its step with other prompts: its share of a full one
             t += rest / chunk * st.step_seconds(b, b * ctx, ((full * chunk, chunk),))
         times.append(t)
-    return np.interp(prompts, grid, np.asarray(times))
+    seconds: np.ndarray = np.interp(prompts, grid, np.asarray(times))
+    return seconds
 
 
 def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
@@ -498,7 +589,7 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     runs = rng.binomial(np.ceil(o / run).astype(np.int64), min(max(phi, 0.0), 1.0))
     full = np.minimum(np.round(runs * run).astype(np.int64), o)
     tpot_samples = (full * t_full + (o - full) * t_dec) / o
-    over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx])
+    over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx], mix.total_tokens[idx])
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
                           prefill_wait.quantile(_Q), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
@@ -518,7 +609,7 @@ def balancer_pooling(instances: int, service_cv2: float) -> float:
     docs/evaluation.md for the check against the fleet simulator on every scenario."""
     if instances <= 1:
         return 1.0
-    return float(instances) ** (1.0 / (1.0 + max(service_cv2, 0.0)))
+    return float(instances ** (1.0 / (1.0 + max(service_cv2, 0.0))))
 
 
 def _group_wait(lam: float, instances: int, s_mean: float, cv2: float, burst: float,

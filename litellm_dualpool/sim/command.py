@@ -88,7 +88,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do not retry a context-length 400 on a larger pool")
     parser.add_argument("--slo-ttft", type=float, default=2.0, help="seconds")
     parser.add_argument("--ttft-slo", metavar="TARGET",
-                        help="TTFT target that may grow with the prompt, e.g. 2s+1s/8k (overrides --slo-ttft)")
+                        help="TTFT target that may grow with the prompt, e.g. 2s+1s/8k, or differ by request "
+                             "class, short=1s,long=4s+1s/8k[,boundary=8k] (overrides --slo-ttft)")
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="seconds")
     parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
     parser.add_argument("--seed", type=int, default=0)
@@ -234,10 +235,9 @@ def warn_if_overloaded(result: FleetResult) -> None:
 def _slo_targets(args: argparse.Namespace) -> SloTargets:
     if not getattr(args, "ttft_slo", None):
         return SloTargets(ttft_seconds=args.slo_ttft, tpot_seconds=args.slo_tpot)
-    from litellm_dualpool.planner.model import parse_ttft_slo
+    from litellm_dualpool.planner.model import Slo
 
-    base, per_token = parse_ttft_slo(args.ttft_slo)
-    return SloTargets(ttft_seconds=base, tpot_seconds=args.slo_tpot, ttft_seconds_per_prompt_token=per_token)
+    return Slo.parse(args.ttft_slo, args.slo_tpot).sim_targets()
 
 
 def simulate_with_progress(workload: Workload, pools: Sequence[SimPool], router: Router,
