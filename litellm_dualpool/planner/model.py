@@ -79,6 +79,11 @@ BATCH_TOKENS_MAX = 16384
 BURST_WINDOW_SECONDS = 1.0
 #: Windows of the burstier fit (``arrivals="burst"``): the largest dispersion over them.
 BURST_FIT_WINDOWS_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: Least-loaded balancing pools prefill queues only partly (it sees in-flight counts, not
+#: queued prompt tokens): the model treats a pool as independent groups of this many servers.
+#: One constant for every pool; per-pool terms tried against the simulator are in
+#: docs/evaluation.md ("The balancer term").
+BALANCER_POOLING = 2
 #: max_num_seqs values the configuration search tries (each capped at the pool's KV-safe count).
 SEARCH_MAX_NUM_SEQS = (16, 32, 64, 128, 256, 512, 1024)
 #: The seqs sweep of one (GPU, TP, batched tokens) stops when doubling max_num_seqs raises the
@@ -494,30 +499,6 @@ def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[flo
             st.step_seconds(b, b * ctx, ((offset, chunk),)))
 
 
-def _prefill_seconds(engine: EngineConfig, mix: LengthMix, batch: float) -> np.ndarray:
-    """Each request's prefill time on an instance decoding ``batch`` requests: its prompt in
-    chunks of ``max_num_batched_tokens`` minus the decodes, each full chunk a step attending to
-    everything before it (attention grows with the offset, so a long prompt costs more than in
-    proportion), a part chunk its share of a step (the rest of the step serves other prompts).
-    Priced on a log grid of prompt lengths and interpolated."""
-    b = max(round(batch), 0)
-    chunk = max(engine.max_num_batched_tokens - b, 1)
-    ctx = int(mix.prompt_tokens.mean() + mix.output_tokens.mean() / 2)
-    st = engine.step_time
-    prompts = mix.prompt_tokens
-    low, high = max(int(prompts.min()), 1), max(int(prompts.max()), 1)
-    grid = np.unique(np.round(np.geomspace(low, high, 48)).astype(np.int64)) if high > low else np.array([low])
-    times = []
-    for p in grid.tolist():
-        full, rest = divmod(p, chunk)
-        t = sum(st.step_seconds(b, b * ctx, ((j * chunk, chunk),)) for j in range(full))
-        if rest:  # a part chunk shares its step with other prompts: its share of a full one
-            t += rest / chunk * st.step_seconds(b, b * ctx, ((full * chunk, chunk),))
-        times.append(t)
-    seconds: np.ndarray = np.interp(prompts, grid, np.asarray(times))
-    return seconds
-
-
 def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
                  *, seed: int = 0, slo: Slo | None = None, arrival_cv2: float | None = None,
                  pooling: float | None = None) -> LoadPrediction:
@@ -528,10 +509,9 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     second (1 without a trace), which captures clustered long requests that inter-arrival
     gaps alone miss. Least-loaded balancing sees in-flight counts, not queued prompt tokens, so
     prompts queue per instance more than in one pooled M/G/n queue: the prefill wait is the
-    geometric mean of the G/G/1 wait per instance and the G/G/g wait of groups of g instances,
-    g from the pool's own size and prompt variability (:func:`balancer_pooling`; ``pooling``
-    overrides it, for comparisons), checked against the fleet simulator on every scenario of
-    docs/evaluation.md.
+    geometric mean of the G/G/1 wait per instance and the G/G/2 wait of pairs of instances
+    (BALANCER_POOLING; ``pooling`` overrides it, for comparisons), checked against the fleet
+    simulator on every scenario of docs/evaluation.md.
 
     Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
     (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
@@ -542,9 +522,8 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     (Allen-Cunneen): prompts queue for the n prefill servers (service = prompt / r), and, if the
     decode batch nears ``max_num_seqs``, requests queue for the n * max_num_seqs slots (service =
     the request's residence). P99 TTFT = P99 of (prefill wait + slot wait + own prefill time),
-    and P99 TPOT = P99 over requests of the mean of o steps of which the full ones come in runs
-    of a prompt's chunk count (E[prompt] / chunk steps), Binomial(o / run, phi) runs (phi =
-    share of steps carrying prefill); both by Monte Carlo on the pool's own lengths.
+    and P99 TPOT = P99 over requests of the mean of o steps of which Binomial(o, phi) are full
+    (phi = share of steps carrying prefill); both by Monte Carlo on the pool's own lengths.
     """
     lam = rate_per_second / instances
     p_mean = float(mix.prompt_tokens.mean())
@@ -563,7 +542,8 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
             batch = new_batch
             break
         batch = 0.5 * (batch + new_batch)
-    service = _prefill_seconds(engine, mix, batch)
+    rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
+    service = mix.prompt_tokens / rate_tokens
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
@@ -582,12 +562,7 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     ttft = service[idx] + _draw(prefill_wait, rng) + _draw(slot_wait, rng)
     phi = (rho_p / t_full) * tpot
     o = np.maximum(mix.output_tokens[idx] - 1, 1)
-    # steps carrying prefill come in runs, one step per chunk of a prompt: a request's o steps
-    # meet about o / run such runs, each present with probability phi (a short output that
-    # meets one is slowed for its whole life)
-    run = max(p_mean / max(engine.max_num_batched_tokens - batch, 1.0), 1.0)
-    runs = rng.binomial(np.ceil(o / run).astype(np.int64), min(max(phi, 0.0), 1.0))
-    full = np.minimum(np.round(runs * run).astype(np.int64), o)
+    full = rng.binomial(o, min(max(phi, 0.0), 1.0))
     tpot_samples = (full * t_full + (o - full) * t_dec) / o
     over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx], mix.total_tokens[idx])
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
@@ -595,28 +570,24 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
                           prefill_wait.quantile(_Q), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
 
 
-def balancer_pooling(instances: int, service_cv2: float) -> float:
-    """How many instances' prefill queues least-loaded balancing pools, for a pool of
-    ``instances`` whose prompts' prefill times have squared coefficient of variation
-    ``service_cv2``: ``instances ** (1 / (1 + cv2))``.
-
-    Why: the balancer sees each instance's in-flight count, not its queued prompt tokens. For Q
-    queued prompts of i.i.d. sizes S, Var(work) = E[Q] Var(S) + Var(Q) E[S]^2, and with
-    Var(Q) ~ E[Q] the count explains the share 1 / (1 + cv2) of it: prompts of one size (cv2 0)
-    make the count the work, and the balancer pools the whole pool; prompts of very different
-    sizes leave it close to blind (pooling -> 1). The exponent spreads that share over the
-    orders of magnitude of the pool's size. No constant of it is chosen per scenario; see
-    docs/evaluation.md for the check against the fleet simulator on every scenario."""
-    if instances <= 1:
-        return 1.0
-    return float(instances ** (1.0 / (1.0 + max(service_cv2, 0.0))))
+def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
+                           burst: float, pooling: float | None = None) -> WaitDistribution:
+    """Geometric mean of the waits with queues pooled over 1 and over ``pooling`` instances
+    (default BALANCER_POOLING; fractional: log-interpolated): least-loaded balancing on
+    in-flight counts lies between the two. A bursty stream split over n/g groups leaves each
+    g/n of its excess dispersion."""
+    group = max(1.0, min(float(BALANCER_POOLING if pooling is None else pooling), instances))
+    waits = [_group_wait(lam, instances, s_mean, cv2, burst, g) for g in {1.0, group}]
+    if any(not math.isfinite(w.mean_if_waiting_seconds) for w in waits):
+        return WaitDistribution(1.0, math.inf)
+    return WaitDistribution(math.prod(w.p_wait for w in waits) ** (1 / len(waits)),
+                            math.prod(w.mean_if_waiting_seconds for w in waits) ** (1 / len(waits)))
 
 
 def _group_wait(lam: float, instances: int, s_mean: float, cv2: float, burst: float,
                 group: float) -> WaitDistribution:
     """G/G/g wait of a group of ``group`` instances (fractional: log-interpolated between the
-    two whole sizes around it); a bursty stream split over n/g groups leaves each g/n of its
-    excess dispersion."""
+    two whole sizes around it)."""
     low = max(1, min(math.floor(group), instances))
     high = min(low + 1, instances)
 
@@ -632,19 +603,6 @@ def _group_wait(lam: float, instances: int, s_mean: float, cv2: float, burst: fl
         return WaitDistribution(1.0, math.inf)
     return WaitDistribution(a.p_wait ** (1 - frac) * b.p_wait ** frac,
                             a.mean_if_waiting_seconds ** (1 - frac) * b.mean_if_waiting_seconds ** frac)
-
-
-def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
-                           burst: float, pooling: float | None = None) -> WaitDistribution:
-    """Geometric mean of the waits with prompts queued per instance (a balancer blind to
-    queued work) and pooled over ``pooling`` instances (default :func:`balancer_pooling`, from
-    the pool's own size and prompt variability): least-loaded balancing lies between the two."""
-    group = balancer_pooling(instances, cv2) if pooling is None else pooling
-    waits = [_group_wait(lam, instances, s_mean, cv2, burst, g) for g in {1.0, max(1.0, min(group, instances))}]
-    if any(not math.isfinite(w.mean_if_waiting_seconds) for w in waits):
-        return WaitDistribution(1.0, math.inf)
-    return WaitDistribution(math.prod(w.p_wait for w in waits) ** (1 / len(waits)),
-                            math.prod(w.mean_if_waiting_seconds for w in waits) ** (1 / len(waits)))
 
 
 def _draw(wait: WaitDistribution, rng: np.random.Generator) -> np.ndarray:
@@ -813,8 +771,8 @@ class Planner:
     check_slo: bool = True
     saturation_requests: int = 1200
     search: SearchSpace | None = None
-    #: the balancer term's pooling for every pool (None: each pool's own, ``balancer_pooling``);
-    #: set only to compare terms against the simulator
+    #: the balancer term's pooling for every pool (None: BALANCER_POOLING); set only to compare
+    #: terms against the simulator
     pooling: float | None = None
     _mu_cache: dict[tuple[Hardware, int, int, int, int], float] = field(default_factory=dict, repr=False)
     _kv_cache: dict[tuple[Hardware, int, int, int, int], KvDemand] = field(default_factory=dict, repr=False)

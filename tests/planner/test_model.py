@@ -15,8 +15,6 @@ from litellm_dualpool.planner.model import (
     LengthMix,
     Planner,
     Slo,
-    _prefill_seconds,
-    balancer_pooling,
     batch_tokens_for_tpot,
     closed_form_saving,
     instances_for_rate,
@@ -199,31 +197,15 @@ def test_predict_saving_for_the_demo() -> None:
                                                   tensor_parallel_size=1, threshold=4096))
 
 
-@pytest.mark.parametrize(("instances", "cv2", "expected"), [
-    (100, 0.0, 100.0),  # prompts of one size: the count is the work, the whole pool is pooled
-    (100, 1.0, 10.0),  # exponential-like sizes: the count explains half the work's variance
-    (100, 3.0, 100 ** 0.25),
-    (1, 5.0, 1.0),
-])
-def test_balancer_pooling_follows_how_much_of_the_work_the_count_shows(instances: int, cv2: float,
-                                                                      expected: float) -> None:
-    assert balancer_pooling(instances, cv2) == pytest.approx(expected)
-
-
 def test_balancer_term_lies_between_a_blind_and_a_fully_pooled_balancer() -> None:
-    """More pooling, less waiting: the per-pool term sits between pooling 1 and the whole pool."""
+    """More pooling, less waiting: the default term (pairs, BALANCER_POOLING) sits between
+    prompts queued per instance and one queue for the whole pool; a fractional pooling lies
+    between its two whole neighbours."""
     rng = np.random.default_rng(0)
     mix = LengthMix(rng.integers(500, 3000, 2000), rng.integers(50, 300, 2000))
     engine = Hardware.build("h100", "llama-3.1-8b").engine(8192, 64, 2048)
-    waits = {g: predict_load(engine, mix, 120.0, 12, pooling=g).prefill_wait_p99_seconds for g in (1, None, 12)}
+    waits = {g: predict_load(engine, mix, 120.0, 12, pooling=g).prefill_wait_p99_seconds
+             for g in (1, None, 2, 2.5, 3, 12)}
     assert waits[1] > waits[None] > waits[12]
-
-
-def test_prefill_time_grows_faster_than_the_prompt() -> None:
-    """Each chunk attends to everything before it: 8 chunks cost more than 8 times the first;
-    a prompt shorter than a chunk costs its share of a step."""
-    engine = Hardware.build("a100", "llama-3-70b", tensor_parallel_size=8).engine(65536, 16, 2048)
-    mix = LengthMix(np.array([1024, 2048, 16384]), np.array([10, 10, 10]))
-    half, one, eight = _prefill_seconds(engine, mix, 0.0)
-    assert half == pytest.approx(one / 2, rel=1e-3)
-    assert eight > 8 * one * 1.05
+    assert waits[None] == waits[2]
+    assert waits[2] > waits[2.5] > waits[3]
