@@ -98,9 +98,9 @@ SCENARIOS = (
              "llama-3.1-8b", "bfloat16", "2s", 5, 60),
 )
 CDF_COUNT = 20000
-#: Balancer terms compared per pool against the simulator: None is the planner's own
-#: (BALANCER_POOLING), the numbers other poolings for every pool.
-POOLINGS: tuple[float | None, ...] = (None, 1, 3, 4, 8)
+#: Balancer terms compared per pool against the simulator: None is the planner's own per-pool
+#: term (``balancer_pooling``), the numbers fixed poolings for every pool.
+POOLINGS: tuple[float | None, ...] = (None, 1, 2, 4, 8)
 #: Fewest one-second windows a burstiness figure is shown for.
 MIN_WINDOWS = 5
 
@@ -425,13 +425,17 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
         missed = [f"{k} ({e:+.1f} pp)" for k, e in errors.items() if abs(e) > 5]
         out += ["", f"Target, planner within 5 pp of the simulator on every scenario: met on {len(met)} of "
                 f"{len(errors)}" + (f"; **missed** on {', '.join(missed)}." if missed else "."), "",
-                "The balancer term. Least-loaded balancing sees each instance's in-flight count, not its queued "
-                "prompt tokens, so the planner's prefill wait is the geometric mean of a queue per instance and a "
-                f"queue pooled over pairs of instances (`BALANCER_POOLING` = {BALANCER_POOLING}, one constant for "
-                "every pool). Per pool with traffic, the planner run on the slice's own rate and arrivals (same "
-                "configuration) with that term and with other poolings, beside the simulator's smallest count "
-                "(slice instances) and the squared coefficient of variation of the pool's prompts:", "",
-                "| scenario | pool | share | prompt cv2 | simulator | planner (pooling 2) | "
+                "The balancer term. Least-loaded balancing picks the instance with the fewest requests in "
+                "flight: decoding requests (mean B per instance, variance ~ B) plus prompts waiting or in prefill "
+                "(M/G/1 mean L, variance ~ L). The share of the count's variance that is the prefill queue, "
+                "w = L/(L+B), is how far the choice follows that queue, so the planner's prefill wait is the "
+                "geometric mean of a queue per instance and a queue pooled over g = n^w instances (n the pool's "
+                f"instances), never below pairs (`BALANCER_POOLING` = {BALANCER_POOLING}): a pool of long prompts "
+                "with little decoding pools almost like one queue, a pool that decodes much only in pairs. Per "
+                "pool with traffic, the planner run on the slice's own rate and arrivals (same configuration) "
+                "with its own term and with fixed poolings, beside the simulator's smallest count (slice "
+                "instances) and the squared coefficient of variation of the pool's prompts:", "",
+                "| scenario | pool | share | prompt cv2 | simulator | planner (own term) | "
                 + " | ".join(f"pooling {g}" for g in POOLINGS if g is not None) + " |",
                 "|---|---|---|---|---|---|" + "---|" * (len(POOLINGS) - 1)]
         for r in simulated:

@@ -80,9 +80,8 @@ BURST_WINDOW_SECONDS = 1.0
 #: Windows of the burstier fit (``arrivals="burst"``): the largest dispersion over them.
 BURST_FIT_WINDOWS_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: Least-loaded balancing pools prefill queues only partly (it sees in-flight counts, not
-#: queued prompt tokens): the model treats a pool as independent groups of this many servers.
-#: One constant for every pool; per-pool terms tried against the simulator are in
-#: docs/evaluation.md ("The balancer term").
+#: queued prompt tokens): at least pairs of instances, more where few requests decode and the
+#: count is mostly the prefill queue (``balancer_pooling``).
 BALANCER_POOLING = 2
 #: max_num_seqs values the configuration search tries (each capped at the pool's KV-safe count).
 SEARCH_MAX_NUM_SEQS = (16, 32, 64, 128, 256, 512, 1024)
@@ -509,9 +508,10 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     second (1 without a trace), which captures clustered long requests that inter-arrival
     gaps alone miss. Least-loaded balancing sees in-flight counts, not queued prompt tokens, so
     prompts queue per instance more than in one pooled M/G/n queue: the prefill wait is the
-    geometric mean of the G/G/1 wait per instance and the G/G/2 wait of pairs of instances
-    (BALANCER_POOLING; ``pooling`` overrides it, for comparisons), checked against the fleet
-    simulator on every scenario of docs/evaluation.md.
+    geometric mean of the G/G/1 wait per instance and the G/G/g wait of groups of g instances,
+    g from how much of the in-flight count the balancer sees is the prefill queue
+    (:func:`balancer_pooling`, at least pairs; ``pooling`` overrides it, for comparisons),
+    checked against the fleet simulator on every scenario of docs/evaluation.md.
 
     Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
     (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
@@ -548,7 +548,8 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
     # the balancer sees in-flight counts, not queued prefill work (see _balanced_prefill_wait)
-    prefill_wait = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst, pooling)
+    prefill_wait = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst,
+                                          balancer_pooling(instances, lam * s_mean, cv2, batch) if pooling is None else pooling)
     rng = np.random.default_rng(seed)
     residence = s_mean + prefill_wait.mean_seconds + o_mean * tpot
     out = mix.output_tokens.astype(np.float64)
@@ -570,10 +571,28 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
                           prefill_wait.quantile(_Q), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
 
 
+def balancer_pooling(instances: int, prefill_load: float, service_cv2: float, decode_batch: float) -> float:
+    """Over how many instances least-loaded balancing pools prompt queues, for a pool of
+    ``instances`` each busy prefilling ``prefill_load`` of the time (prompts' prefill times of
+    squared coefficient of variation ``service_cv2``) with ``decode_batch`` requests decoding.
+
+    Why: the balancer picks the instance with the fewest requests in flight, and that count is
+    the decoding requests (mean B, Poisson-like spread: variance ~ B) plus the prompts waiting
+    or in prefill (M/G/1 mean L = rho + rho^2 (1 + cv2) / (2 (1 - rho)), variance ~ L). The
+    share of the count's variance that is the prefill queue, w = L / (L + B), is how far its
+    choice follows that queue: w = 1 (nothing decoding) is join-the-shortest-queue on prompts,
+    close to one queue for all n instances; w = 0 is a choice blind to it. The pooling is
+    n ** w, never below BALANCER_POOLING (pairs, the term for pools that decode much)."""
+    rho = min(max(prefill_load, 0.0), 1.0 - 1e-9)
+    queued = rho + rho * rho * (1.0 + max(service_cv2, 0.0)) / (2.0 * (1.0 - rho))
+    share = queued / (queued + max(decode_batch, 0.0)) if queued > 0 else 0.0
+    return max(float(BALANCER_POOLING), float(max(instances, 1) ** share))
+
+
 def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
                            burst: float, pooling: float | None = None) -> WaitDistribution:
     """Geometric mean of the waits with queues pooled over 1 and over ``pooling`` instances
-    (default BALANCER_POOLING; fractional: log-interpolated): least-loaded balancing on
+    (fractional: log-interpolated; default BALANCER_POOLING): least-loaded balancing on
     in-flight counts lies between the two. A bursty stream split over n/g groups leaves each
     g/n of its excess dispersion."""
     group = max(1.0, min(float(BALANCER_POOLING if pooling is None else pooling), instances))
@@ -771,8 +790,8 @@ class Planner:
     check_slo: bool = True
     saturation_requests: int = 1200
     search: SearchSpace | None = None
-    #: the balancer term's pooling for every pool (None: BALANCER_POOLING); set only to compare
-    #: terms against the simulator
+    #: the balancer term's pooling for every pool (None: each pool's own, ``balancer_pooling``);
+    #: set only to compare terms against the simulator
     pooling: float | None = None
     _mu_cache: dict[tuple[Hardware, int, int, int, int], float] = field(default_factory=dict, repr=False)
     _kv_cache: dict[tuple[Hardware, int, int, int, int], KvDemand] = field(default_factory=dict, repr=False)
