@@ -46,7 +46,8 @@ from litellm_dualpool.sim.workload import Workload, from_cdf, read_cdf_file, rea
 ROUTERS = ("dual_pool", "static_ratio", "oracle", "homogeneous")
 #: --pool keys -> field (``tp`` is the old spelling of ``tensor_parallel_size``)
 _POOL_KEYS = {k: k for k in ("name", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
-                             "instances", "gpu_memory_utilization", "tensor_parallel_size")}
+                             "instances", "gpu_memory_utilization", "tensor_parallel_size",
+                             "long_prefill_token_threshold")}
 _POOL_KEYS["tp"] = "tensor_parallel_size"
 #: below this fleet SLO attainment the run is reported as overloaded (a warning on stderr)
 OVERLOAD_SLO_ATTAINMENT = 0.5
@@ -77,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", action="append", metavar="KEY=VALUE,...",
                         help="a pool: NAME=MAX_MODEL_LEN, or KEY=VALUE,... with name, "
                         "max_model_len, max_num_seqs, max_num_batched_tokens, instances[, "
-                        "gpu_memory_utilization, tensor_parallel_size] (repeatable)")
+                        "gpu_memory_utilization, tensor_parallel_size, long_prefill_token_threshold] (repeatable)")
     parser.add_argument("--router", choices=ROUTERS, default="dual_pool")
     parser.add_argument("--balancer", choices=[b.value for b in Balancer], default="least_loaded")
     parser.add_argument("--max-tokens", type=int, help="clients' max_tokens (default: each "
@@ -126,6 +127,7 @@ def build_pools(args: argparse.Namespace, rate: float) -> list[SimPool]:
             max_model_len=int(f.get("max_model_len", 8192)), max_num_seqs=int(f.get("max_num_seqs", 128)),
             max_num_batched_tokens=int(f.get("max_num_batched_tokens", 8192)),
             gpu_memory_utilization=float(f.get("gpu_memory_utilization", 0.9)),
+            long_prefill_token_threshold=int(f.get("long_prefill_token_threshold", 0)),
             dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype)
         # without an explicit count: the paper's per-instance rates (11.2 short, 2.8 long) at
         # 95% / 5% of the traffic; a starting point, not a plan (see `litellm-dualpool plan`)
