@@ -448,7 +448,7 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
         out += ["", "Where the best split is the tuned homogeneous configuration plus an idle long pool, the two "
                 "savings agree by construction and only the GPU counts test the model. The simulator counts whole "
                 "instances of a 1/K slice, which bounds how finely it can check. Per-pool balancer terms tried "
-                "against this table, and why none shipped, are under \"The balancer term: what was tried\" below."]
+                "against this table, and the one that shipped, are under \"The balancer term: what was tried\" below."]
         for r in simulated:
             key = r["scenario"].key  # type: ignore[attr-defined]
             if abs(errors[key]) > 5:
