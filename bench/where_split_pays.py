@@ -1,8 +1,8 @@
 """Where the split pays: the planner's best homogeneous fleet (searched like the pools) beside its
 best split, per scenario, and the fleet simulator's check of the saving against that tuned fleet.
 
-Rerun (planner only, ~4 min on 2 cores; with the simulator check, --sim, ~20 min; the arrival
-sensitivity section, --arrivals, ~5 min):
+Rerun (planner only, ~4 min on 2 cores; with the simulator check, --sim, ~20-25 min; the arrival
+sensitivity section, --arrivals, ~10 min):
     .venv/bin/python bench/where_split_pays.py [--sim | --arrivals] [--only KEYS] [--json]
 
 It rewrites the "Where the split pays" section at the top of docs/evaluation.md (between the

@@ -285,7 +285,8 @@ def write_plots(result: FleetResult, baselines: Sequence[FleetResult], workload:
                               dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                               usd_per_gpu_hour=pools[0].price or 1.0)
     planner = Planner(LengthMix.from_workload(workload), workload.rate_per_second, hardware,
-                      slo=Slo(args.slo_ttft, args.slo_tpot),
+                      slo=Slo.parse(args.ttft_slo, args.slo_tpot) if getattr(args, "ttft_slo", None)
+                      else Slo(args.slo_ttft, args.slo_tpot),
                       long_max_model_len=max(p.engine.max_model_len for p in pools))
     plan = make_plan(planner, DEFAULT_THRESHOLDS, max_pools=2)
     savings = [(o.threshold, o.saving_fraction, o.closed_form_saving_fraction) for o in plan.sweep]
