@@ -553,14 +553,22 @@ def _preemption_target(tight: list[dict[str, object]] | None) -> str:
             "(the *kv-safe* row: none in either fleet), which the planner reports.")
 
 
+#: Sections of the page written elsewhere (bench/where_split_pays.py, --arrivals, and the
+#: hand-written account of the balancer term), kept in this order right after the title.
+KEPT_SECTION_ENDS = ("<!-- where-split-pays:end -->", "<!-- arrival-sensitivity:end -->", "<!-- balancer-term:end -->")
+
+
 def keep_where_split_pays(page: str, path: Path) -> str:
     """The page with the "Where the split pays" section of the current file (written by
-    bench/where_split_pays.py) kept right after its title."""
-    start, end = "<!-- where-split-pays:start -->", "<!-- where-split-pays:end -->"
+    bench/where_split_pays.py) and the sections after it (KEPT_SECTION_ENDS) kept right after
+    its title."""
+    start = "<!-- where-split-pays:start -->"
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if start not in old or end not in old:
+    ends = [e for e in KEPT_SECTION_ENDS if e in old]
+    if start not in old or not ends:
         return page
-    section = old[old.index(start):old.index(end) + len(end)]
+    last = max(old.index(e) + len(e) for e in ends)
+    section = old[old.index(start):last]
     title, _, rest = page.partition("\n")
     return f"{title}\n\n{section}\n{rest}"
 

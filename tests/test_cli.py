@@ -107,6 +107,23 @@ def test_simulate_old_tp_spelling_still_works(capsys: pytest.CaptureFixture[str]
     assert old["pools"][0]["gpus"] == 2 * old["pools"][0]["instances"]
 
 
+def test_simulate_takes_a_pool_s_long_prefill_token_threshold_and_a_per_class_ttft_slo(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same pools with and without vLLM's --long-prefill-token-threshold: the flag reaches
+    the engine (a long prompt no longer holds every step, so the first tokens come sooner);
+    a per-class TTFT target is accepted and held per request."""
+    argv = ["simulate", "--synthetic", "300", "--rate", "40", "--gpu", "h100", "--model", "llama-3.1-8b",
+            "--tensor-parallel-size", "1", "--no-progress", "--json", "--router", "homogeneous",
+            "--slo-ttft", "short=500ms,long=2s+1s/8k,boundary=4k"]
+    pool = "name=all,max_model_len=16384,max_num_seqs=64,max_num_batched_tokens=4096,instances=2"
+    assert main([*argv, "--pool", pool]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--pool", pool + ",long_prefill_token_threshold=256"]) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert capped["fleet"]["requests"] == plain["fleet"]["requests"]
+    assert capped["fleet"]["ttft_p50_seconds"] < plain["fleet"]["ttft_p50_seconds"]
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("short=8192", {"name": "short", "max_model_len": "8192"}),
     ("short=8192@0.95", {"name": "short", "max_model_len": "8192", "load": "0.95"}),

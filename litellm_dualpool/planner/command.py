@@ -38,7 +38,6 @@ from litellm_dualpool.planner.model import (
     SearchSpace,
     Slo,
     make_plan,
-    parse_ttft_slo,
 )
 from litellm_dualpool.planner.vllm_bench import read_vllm_bench
 from litellm_dualpool.sim.catalog import (
@@ -60,9 +59,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-percentiles", metavar="Q=TOKENS,...", default="50=128,90=400,100=1000",
                         help="output length percentiles (with --prompt-percentiles)")
     parser.add_argument("--rate", type=float, help="requests/s to plan for (default: the trace's)")
-    parser.add_argument("--arrivals", choices=["superpose", "compress"], default="superpose",
+    parser.add_argument("--arrivals", choices=["superpose", "burst", "compress"], default="superpose",
                         help="how a trace reaches --rate: independent time-shifted copies of it (default; "
-                             "each second as bursty as the trace's own) or compressed time (far burstier)")
+                             "each second as bursty as the trace's own), the same copies with the burstiness of "
+                             "the worst of 1-30 s windows (a burstier fit), or compressed time (far burstier)")
     parser.add_argument("--gpu", default="a100",
                         help="catalogue GPU, or several the search may use per pool (a100,h100,l40s; known: "
                              "a100, h100, h200, mi300x, mi325x, l40s, l4); the first is the paper and "
@@ -88,9 +88,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="USD per GPU-hour: one figure (one GPU) or per GPU, e.g. a100=1.9,l40s=0.9 "
                              "(default: catalogue price)")
     parser.add_argument("--slo-ttft", metavar="TARGET", default="2",
-                        help="P99 TTFT target, seconds or a rule that grows with the prompt: 2, 2s, "
-                             "500ms, 2s+1s/8k (2 s plus 1 s per 8192 prompt tokens); the same rule "
-                             "for both fleets (default %(default)s s)")
+                        help="P99 TTFT target: seconds (2, 2s, 500ms), a rule that grows with the "
+                             "prompt (2s+1s/8k: 2 s plus 1 s per 8192 prompt tokens), or one per "
+                             "request class (short=1s,long=4s+1s/8k[,boundary=8k]; long: over "
+                             "boundary total tokens); the same rule for both fleets "
+                             "(default %(default)s s)")
     add_hidden_alias(parser, "--ttft-slo", dest="slo_ttft", new="--slo-ttft")
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="P99 TPOT target, seconds")
     parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
@@ -185,8 +187,7 @@ def _prices(text: str | None, gpus: list[str]) -> dict[str, float]:
 
 
 def _slo(args: argparse.Namespace) -> Slo:
-    base, per_token = parse_ttft_slo(str(args.slo_ttft))
-    return Slo(base, args.slo_tpot, per_token)
+    return Slo.parse(str(args.slo_ttft), args.slo_tpot)
 
 
 def _gpus(args: argparse.Namespace) -> list[GpuSpec]:

@@ -55,6 +55,7 @@ from litellm_dualpool.sim.catalog import (
     vllm_default_scheduler_flags,
 )
 from litellm_dualpool.sim.engine import EngineConfig
+from litellm_dualpool.sim.fleet import SloTargets
 from litellm_dualpool.sim.kv_headroom import KvDemand, KvHeadroom, kv_demand
 from litellm_dualpool.sim.workload import Workload, arrival_dispersion
 
@@ -76,8 +77,11 @@ BATCH_TOKENS_STEP = 64
 BATCH_TOKENS_MAX = 16384
 #: Window over which the burstiness of a pool's arrivals is measured (about a few prefills).
 BURST_WINDOW_SECONDS = 1.0
+#: Windows of the burstier fit (``arrivals="burst"``): the largest dispersion over them.
+BURST_FIT_WINDOWS_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: Least-loaded balancing pools prefill queues only partly (it sees in-flight counts, not
-#: queued prompt tokens): the model treats a pool as independent groups of this many servers.
+#: queued prompt tokens): at least pairs of instances, more where few requests decode and the
+#: count is mostly the prefill queue (``balancer_pooling``).
 BALANCER_POOLING = 2
 #: max_num_seqs values the configuration search tries (each capped at the pool's KV-safe count).
 SEARCH_MAX_NUM_SEQS = (16, 32, 64, 128, 256, 512, 1024)
@@ -105,6 +109,9 @@ class LengthMix:
     output_tokens: np.ndarray
     arrival_seconds: np.ndarray | None = None
     superposed_keep_fraction: float | None = None
+    #: a burstier fit: the dispersion is the largest over these windows (seconds) instead of the
+    #: one asked for, so a pool sees its stream's worst time scale
+    dispersion_windows: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompt_tokens) != len(self.output_tokens):
@@ -124,6 +131,9 @@ class LengthMix:
             return "Poisson (no arrival times)"
         if self.superposed_keep_fraction is None:
             return "the given arrival times"
+        if self.dispersion_windows:
+            windows = ", ".join(f"{w:g}" for w in self.dispersion_windows)
+            return f"superposed time-shifted copies of the trace, burstiness the largest over {windows} s windows"
         return "superposed time-shifted copies of the trace"
 
     def share_within(self, low_exclusive: int, high_inclusive: int) -> float:
@@ -134,7 +144,8 @@ class LengthMix:
         t = self.total_tokens
         mask = (t > low_exclusive) & (t <= high_inclusive)
         arrivals = None if self.arrival_seconds is None else self.arrival_seconds[mask]
-        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals, self.superposed_keep_fraction)
+        return LengthMix(self.prompt_tokens[mask], self.output_tokens[mask], arrivals, self.superposed_keep_fraction,
+                         self.dispersion_windows)
 
     def arrival_dispersion(self, window_seconds: float = 1.0) -> float:
         """Index of dispersion of arrival counts (variance / mean of the number of arrivals per
@@ -143,7 +154,8 @@ class LengthMix:
         the arrival variability ca^2 of the queueing check (never below 1)."""
         if self.arrival_seconds is None:
             return 1.0
-        own = arrival_dispersion(self.arrival_seconds, window_seconds)
+        windows = self.dispersion_windows or (window_seconds,)
+        own = max(arrival_dispersion(self.arrival_seconds, w) for w in windows)
         if self.superposed_keep_fraction is not None:
             own = 1.0 + self.superposed_keep_fraction * (own - 1.0)
         return max(own, 1.0)
@@ -158,15 +170,18 @@ class LengthMix:
     @classmethod
     def from_trace(cls, workload: Workload, rate_per_second: float, arrivals: str = "superpose") -> LengthMix:
         """The trace brought to ``rate_per_second``: ``superpose`` (independent time-shifted
-        copies, the default) or ``compress`` (time compressed, far burstier; for comparison)."""
+        copies, the default), ``burst`` (the same copies with the burstiness of the worst of
+        several time scales, BURST_FIT_WINDOWS_SECONDS: a burstier fit) or ``compress`` (time
+        compressed, far burstier; for comparison)."""
         if arrivals == "compress":
             return cls.from_workload(workload.scaled_to_rate(rate_per_second))
-        if arrivals != "superpose":
-            raise ConfigError(f"unknown arrival model {arrivals!r} (superpose, compress)", path="arrivals")
+        if arrivals not in ("superpose", "burst"):
+            raise ConfigError(f"unknown arrival model {arrivals!r} (superpose, burst, compress)", path="arrivals")
         own_rate = len(workload) / workload.period_seconds
         copies = max(math.ceil(rate_per_second / own_rate - 1e-9), 1)
         mix = cls.from_workload(workload)
-        return replace(mix, superposed_keep_fraction=rate_per_second / (copies * own_rate))
+        windows = BURST_FIT_WINDOWS_SECONDS if arrivals == "burst" else None
+        return replace(mix, superposed_keep_fraction=rate_per_second / (copies * own_rate), dispersion_windows=windows)
 
     @classmethod
     def from_totals(cls, totals: Sequence[int] | np.ndarray, output_fraction: float = 0.15) -> LengthMix:
@@ -204,34 +219,110 @@ def _sample_quantiles(points: dict[float, float], count: int, rng: np.random.Gen
     return np.maximum(np.round(np.exp(logs)).astype(np.int64), 1)
 
 
+#: Requests with more total tokens than this are the "long" class of a per-class TTFT target
+#: (and of the simulator's per-class attainment) unless the target names its own boundary.
+DEFAULT_CLASS_BOUNDARY_TOKENS = 8192
+
+
 @dataclass(frozen=True, slots=True)
 class Slo:
     """Fleet targets: P99 time to first token and P99 of each request's mean time per token.
 
     The TTFT target may grow with the prompt, ``ttft_p99_seconds + ttft_seconds_per_prompt_token
     * prompt_tokens`` (``2s+1s/8k``): a long prompt's prefill alone can take seconds, and a flat
-    target would price a long pool by its longest prompts. 99% of requests must meet their own
-    target; both fleets are held to the same rule."""
+    target would price a long pool by its longest prompts. It may also differ by request class
+    (``short=1s,long=4s+1s/8k``): requests with more than ``class_boundary_tokens`` total tokens
+    get the ``long_*`` target, whichever pool serves them, so a split and a homogeneous fleet
+    are held to the same per-request targets. 99% of requests must meet their own target."""
 
     ttft_p99_seconds: float = 2.0
     tpot_p99_seconds: float = 0.080
     ttft_seconds_per_prompt_token: float = 0.0
+    long_ttft_p99_seconds: float | None = None  # None: the long class has the short class's target
+    long_ttft_seconds_per_prompt_token: float = 0.0
+    class_boundary_tokens: int = DEFAULT_CLASS_BOUNDARY_TOKENS
 
     def __post_init__(self) -> None:
         if not (self.ttft_p99_seconds > 0 and self.tpot_p99_seconds > 0):
             raise ConfigError("SLO targets must be > 0", path="slo")
-        if self.ttft_seconds_per_prompt_token < 0:
+        if self.ttft_seconds_per_prompt_token < 0 or self.long_ttft_seconds_per_prompt_token < 0:
             raise ConfigError("the per-token TTFT allowance must be >= 0", path="slo.ttft")
+        if self.long_ttft_p99_seconds is not None and not self.long_ttft_p99_seconds > 0:
+            raise ConfigError("SLO targets must be > 0", path="slo.ttft.long")
+        if self.class_boundary_tokens < 1:
+            raise ConfigError("the class boundary must be >= 1 token", path="slo.ttft.boundary")
 
-    def ttft_allowance_seconds(self, prompt_tokens: np.ndarray) -> np.ndarray:
-        """The prompt-dependent part of each request's TTFT target."""
-        return self.ttft_seconds_per_prompt_token * np.asarray(prompt_tokens, dtype=np.float64)
+    @property
+    def per_class(self) -> bool:
+        return self.long_ttft_p99_seconds is not None
+
+    def ttft_allowance_seconds(self, prompt_tokens: np.ndarray, total_tokens: np.ndarray | None = None) -> np.ndarray:
+        """Each request's TTFT target minus ``ttft_p99_seconds``: the prompt-dependent part and,
+        with per-class targets, the long class's difference (needs ``total_tokens``). A request
+        meets its target when TTFT - allowance <= ttft_p99_seconds."""
+        prompts = np.asarray(prompt_tokens, dtype=np.float64)
+        short = self.ttft_seconds_per_prompt_token * prompts
+        if self.long_ttft_p99_seconds is None:
+            return short
+        if total_tokens is None:
+            raise ConfigError("a per-class TTFT target needs each request's total tokens", path="slo.ttft")
+        long_ = (self.long_ttft_p99_seconds - self.ttft_p99_seconds
+                 + self.long_ttft_seconds_per_prompt_token * prompts)
+        result: np.ndarray = np.where(np.asarray(total_tokens) > self.class_boundary_tokens, long_, short)
+        return result
 
     @property
     def ttft_text(self) -> str:
-        if not self.ttft_seconds_per_prompt_token:
-            return f"{self.ttft_p99_seconds:g} s"
-        return f"{self.ttft_p99_seconds:g} s + {self.ttft_seconds_per_prompt_token * 8192:g} s per 8K prompt tokens"
+        short = _target_text(self.ttft_p99_seconds, self.ttft_seconds_per_prompt_token)
+        if self.long_ttft_p99_seconds is None:
+            return short
+        long_ = _target_text(self.long_ttft_p99_seconds, self.long_ttft_seconds_per_prompt_token)
+        return f"short {short}, long (over {self.class_boundary_tokens} tokens) {long_}"
+
+    def sim_targets(self) -> SloTargets:
+        """The same targets for the fleet simulator's per-request check."""
+        return SloTargets(self.ttft_p99_seconds, self.tpot_p99_seconds, self.ttft_seconds_per_prompt_token,
+                          self.class_boundary_tokens, self.long_ttft_p99_seconds,
+                          self.long_ttft_seconds_per_prompt_token)
+
+    @classmethod
+    def parse(cls, ttft: str, tpot_seconds: float = 0.080) -> Slo:
+        """``--slo-ttft``: one target for every request (``2s``, ``2s+1s/8k``) or one per class,
+        ``short=1s,long=4s+1s/8k`` with an optional ``boundary=8k`` (total tokens above which a
+        request is long; default 8192)."""
+        text = ttft.replace(" ", "").lower()
+        if "=" not in text:
+            base, per_token = parse_ttft_slo(ttft)
+            return cls(base, tpot_seconds, per_token)
+        parts: dict[str, str] = {}
+        for item in text.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("short", "long", "boundary") or key in parts or not value:
+                raise ConfigError(f"expected short=TARGET,long=TARGET[,boundary=TOKENS], got {ttft!r}",
+                                  path="slo_ttft")
+            parts[key] = value
+        if "short" not in parts or "long" not in parts:
+            raise ConfigError(f"a per-class target names both short= and long=, got {ttft!r}", path="slo_ttft")
+        short, long_ = parse_ttft_slo(parts["short"]), parse_ttft_slo(parts["long"])
+        boundary = _tokens(parts.get("boundary", str(DEFAULT_CLASS_BOUNDARY_TOKENS)), ttft)
+        return cls(short[0], tpot_seconds, short[1], long_[0], long_[1], boundary)
+
+
+def _target_text(base: float, per_token: float) -> str:
+    if not per_token:
+        return f"{base:g} s"
+    return f"{base:g} s + {per_token * 8192:g} s per 8K prompt tokens"
+
+
+def _tokens(part: str, text: str) -> int:
+    scale = 1024 if part.endswith("k") else 1
+    try:
+        tokens = float(part.removesuffix("k")) * scale
+    except ValueError:
+        raise ConfigError(f"bad token count {part!r} in {text!r}", path="slo_ttft") from None
+    if not (math.isfinite(tokens) and tokens >= 1):
+        raise ConfigError(f"token count must be >= 1 in {text!r}", path="slo_ttft")
+    return int(tokens)
 
 
 def parse_ttft_slo(text: str) -> tuple[float, float]:
@@ -408,7 +499,8 @@ def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[flo
 
 
 def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
-                 *, seed: int = 0, slo: Slo | None = None, arrival_cv2: float | None = None) -> LoadPrediction:
+                 *, seed: int = 0, slo: Slo | None = None, arrival_cv2: float | None = None,
+                 pooling: float | None = None) -> LoadPrediction:
     """Queueing model of one pool (n instances, least-loaded balancing).
 
     Arrivals are as bursty as the pool's own stream in the trace: Allen-Cunneen's G/G/c factor
@@ -416,8 +508,10 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     second (1 without a trace), which captures clustered long requests that inter-arrival
     gaps alone miss. Least-loaded balancing sees in-flight counts, not queued prompt tokens, so
     prompts queue per instance more than in one pooled M/G/n queue: the prefill wait is the
-    geometric mean of the G/G/1 wait per instance and the G/G/2 wait of pairs of instances
-    (an approximation chosen against the fleet simulator, see docs/evaluation.md).
+    geometric mean of the G/G/1 wait per instance and the G/G/g wait of groups of g instances,
+    g from how much of the in-flight count the balancer sees is the prefill queue
+    (:func:`balancer_pooling`, at least pairs; ``pooling`` overrides it, for comparisons),
+    checked against the fleet simulator on every scenario of docs/evaluation.md.
 
     Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
     (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
@@ -453,10 +547,10 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
-    # the balancer sees in-flight counts, not queued prefill work: prompts queue per instance or
-    # per pair (see _balanced_prefill_wait); a bursty stream split over n/g groups leaves each
-    # with g/n of its excess dispersion
-    prefill_wait = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst)
+    # the balancer sees in-flight counts, not queued prefill work (see _balanced_prefill_wait)
+    prefill_wait = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst,
+                                          balancer_pooling(instances, lam * s_mean, cv2, batch) if pooling is None else pooling)
+    rng = np.random.default_rng(seed)
     residence = s_mean + prefill_wait.mean_seconds + o_mean * tpot
     out = mix.output_tokens.astype(np.float64)
     res_cv2 = float((out * tpot).var() / residence**2) if residence > 0 else 0.0
@@ -465,30 +559,69 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     if not (math.isfinite(prefill_wait.mean_if_waiting_seconds)
             and math.isfinite(slot_wait.mean_if_waiting_seconds)):
         return _unstable(instances, rate_per_second, batch)
-    rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(mix), _SAMPLES)
     ttft = service[idx] + _draw(prefill_wait, rng) + _draw(slot_wait, rng)
     phi = (rho_p / t_full) * tpot
     o = np.maximum(mix.output_tokens[idx] - 1, 1)
     full = rng.binomial(o, min(max(phi, 0.0), 1.0))
     tpot_samples = (full * t_full + (o - full) * t_dec) / o
-    over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx])
+    over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx], mix.total_tokens[idx])
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
                           prefill_wait.quantile(_Q), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
 
 
+def balancer_pooling(instances: int, prefill_load: float, service_cv2: float, decode_batch: float) -> float:
+    """Over how many instances least-loaded balancing pools prompt queues, for a pool of
+    ``instances`` each busy prefilling ``prefill_load`` of the time (prompts' prefill times of
+    squared coefficient of variation ``service_cv2``) with ``decode_batch`` requests decoding.
+
+    Why: the balancer picks the instance with the fewest requests in flight, and that count is
+    the decoding requests (mean B, Poisson-like spread: variance ~ B) plus the prompts waiting
+    or in prefill (M/G/1 mean L = rho + rho^2 (1 + cv2) / (2 (1 - rho)), variance ~ L). The
+    share of the count's variance that is the prefill queue, w = L / (L + B), is how far its
+    choice follows that queue: w = 1 (nothing decoding) is join-the-shortest-queue on prompts,
+    close to one queue for all n instances; w = 0 is a choice blind to it. The pooling is
+    n ** w, never below BALANCER_POOLING (pairs, the term for pools that decode much)."""
+    rho = min(max(prefill_load, 0.0), 1.0 - 1e-9)
+    queued = rho + rho * rho * (1.0 + max(service_cv2, 0.0)) / (2.0 * (1.0 - rho))
+    share = queued / (queued + max(decode_batch, 0.0)) if queued > 0 else 0.0
+    return max(float(BALANCER_POOLING), float(max(instances, 1) ** share))
+
+
 def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
-                           burst: float) -> WaitDistribution:
-    """Geometric mean of the waits with queues pooled over 1 and over BALANCER_POOLING
-    instances: least-loaded balancing on in-flight counts lies between the two."""
-    waits = []
-    for group in {1, min(BALANCER_POOLING, instances)}:
-        waits.append(mgc_wait(group, lam * group, s_mean, cv2, 1.0 + (burst - 1.0) * group / instances))
+                           burst: float, pooling: float | None = None) -> WaitDistribution:
+    """Geometric mean of the waits with queues pooled over 1 and over ``pooling`` instances
+    (fractional: log-interpolated; default BALANCER_POOLING): least-loaded balancing on
+    in-flight counts lies between the two. A bursty stream split over n/g groups leaves each
+    g/n of its excess dispersion."""
+    group = max(1.0, min(float(BALANCER_POOLING if pooling is None else pooling), instances))
+    waits = [_group_wait(lam, instances, s_mean, cv2, burst, g) for g in {1.0, group}]
     if any(not math.isfinite(w.mean_if_waiting_seconds) for w in waits):
         return WaitDistribution(1.0, math.inf)
     return WaitDistribution(math.prod(w.p_wait for w in waits) ** (1 / len(waits)),
                             math.prod(w.mean_if_waiting_seconds for w in waits) ** (1 / len(waits)))
+
+
+def _group_wait(lam: float, instances: int, s_mean: float, cv2: float, burst: float,
+                group: float) -> WaitDistribution:
+    """G/G/g wait of a group of ``group`` instances (fractional: log-interpolated between the
+    two whole sizes around it)."""
+    low = max(1, min(math.floor(group), instances))
+    high = min(low + 1, instances)
+
+    def of(size: int) -> WaitDistribution:
+        return mgc_wait(size, lam * size, s_mean, cv2, 1.0 + (burst - 1.0) * size / instances)
+
+    a = of(low)
+    frac = group - low
+    if high == low or frac <= 0:
+        return a
+    b = of(high)
+    if not (math.isfinite(a.mean_if_waiting_seconds) and math.isfinite(b.mean_if_waiting_seconds)):
+        return WaitDistribution(1.0, math.inf)
+    return WaitDistribution(a.p_wait ** (1 - frac) * b.p_wait ** frac,
+                            a.mean_if_waiting_seconds ** (1 - frac) * b.mean_if_waiting_seconds ** frac)
 
 
 def _draw(wait: WaitDistribution, rng: np.random.Generator) -> np.ndarray:
@@ -657,6 +790,9 @@ class Planner:
     check_slo: bool = True
     saturation_requests: int = 1200
     search: SearchSpace | None = None
+    #: the balancer term's pooling for every pool (None: each pool's own, ``balancer_pooling``);
+    #: set only to compare terms against the simulator
+    pooling: float | None = None
     _mu_cache: dict[tuple[Hardware, int, int, int, int], float] = field(default_factory=dict, repr=False)
     _kv_cache: dict[tuple[Hardware, int, int, int, int], KvDemand] = field(default_factory=dict, repr=False)
     _sub_cache: dict[tuple[int, int], LengthMix] = field(default_factory=dict, repr=False)
@@ -795,7 +931,7 @@ class Planner:
         burst = self.burstiness(low, high)
 
         def at(count: int) -> LoadPrediction:
-            return predict_load(engine, sub, rate, count, slo=self.slo, arrival_cv2=burst)
+            return predict_load(engine, sub, rate, count, slo=self.slo, arrival_cv2=burst, pooling=self.pooling)
 
         first = at(n)
         if first.meets(self.slo):

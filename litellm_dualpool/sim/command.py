@@ -46,7 +46,8 @@ from litellm_dualpool.sim.workload import Workload, from_cdf, read_cdf_file, rea
 ROUTERS = ("dual_pool", "static_ratio", "oracle", "homogeneous")
 #: --pool keys -> field (``tp`` is the old spelling of ``tensor_parallel_size``)
 _POOL_KEYS = {k: k for k in ("name", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
-                             "instances", "gpu_memory_utilization", "tensor_parallel_size")}
+                             "instances", "gpu_memory_utilization", "tensor_parallel_size",
+                             "long_prefill_token_threshold")}
 _POOL_KEYS["tp"] = "tensor_parallel_size"
 #: below this fleet SLO attainment the run is reported as overloaded (a warning on stderr)
 OVERLOAD_SLO_ATTAINMENT = 0.5
@@ -78,7 +79,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", action="append", metavar="KEY=VALUE,...",
                         help="a pool: NAME=MAX_MODEL_LEN, or KEY=VALUE,... with name, "
                         "max_model_len, max_num_seqs, max_num_batched_tokens, instances[, "
-                        "gpu_memory_utilization, tensor_parallel_size] (repeatable)")
+                        "gpu_memory_utilization, tensor_parallel_size, long_prefill_token_threshold] (repeatable)")
     parser.add_argument("--router", choices=ROUTERS, default="dual_pool")
     parser.add_argument("--balancer", choices=[b.value for b in Balancer], default="least_loaded")
     parser.add_argument("--max-tokens", type=int, help="clients' max_tokens (default: each "
@@ -88,8 +89,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-recovery", action="store_true",
                         help="do not retry a context-length 400 on a larger pool")
     parser.add_argument("--slo-ttft", metavar="TARGET", default="2",
-                        help="P99 TTFT target, seconds or a rule that grows with the prompt: 2, 2s, "
-                             "500ms, 2s+1s/8k (default %(default)s s)")
+                        help="P99 TTFT target: seconds (2, 2s, 500ms), a rule that grows with the "
+                             "prompt (2s+1s/8k: 2 s plus 1 s per 8192 prompt tokens), or one per "
+                             "request class (short=1s,long=4s+1s/8k[,boundary=8k]; long: over "
+                             "boundary total tokens); the same rule for both fleets "
+                             "(default %(default)s s)")
     add_hidden_alias(parser, "--ttft-slo", dest="slo_ttft", new="--slo-ttft")
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="seconds")
     parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
@@ -127,6 +131,7 @@ def build_pools(args: argparse.Namespace, rate: float) -> list[SimPool]:
             max_model_len=int(f.get("max_model_len", 8192)), max_num_seqs=int(f.get("max_num_seqs", 128)),
             max_num_batched_tokens=int(f.get("max_num_batched_tokens", 8192)),
             gpu_memory_utilization=float(f.get("gpu_memory_utilization", 0.9)),
+            long_prefill_token_threshold=int(f.get("long_prefill_token_threshold", 0)),
             dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype)
         # without an explicit count: the paper's per-instance rates (11.2 short, 2.8 long) at
         # 95% / 5% of the traffic; a starting point, not a plan (see `litellm-dualpool plan`)
@@ -234,10 +239,9 @@ def warn_if_overloaded(result: FleetResult) -> None:
 
 
 def _slo_targets(args: argparse.Namespace) -> SloTargets:
-    from litellm_dualpool.planner.model import parse_ttft_slo
+    from litellm_dualpool.planner.model import Slo
 
-    base, per_token = parse_ttft_slo(str(args.slo_ttft))
-    return SloTargets(ttft_seconds=base, tpot_seconds=args.slo_tpot, ttft_seconds_per_prompt_token=per_token)
+    return Slo.parse(str(args.slo_ttft), args.slo_tpot).sim_targets()
 
 
 def simulate_with_progress(workload: Workload, pools: Sequence[SimPool], router: Router,
@@ -283,7 +287,7 @@ def write_plots(result: FleetResult, baselines: Sequence[FleetResult], workload:
                               dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                               usd_per_gpu_hour=pools[0].price or 1.0)
     planner = Planner(LengthMix.from_workload(workload), workload.rate_per_second, hardware,
-                      slo=Slo(_slo_targets(args).ttft_seconds, args.slo_tpot),
+                      slo=Slo.parse(str(args.slo_ttft), args.slo_tpot),
                       long_max_model_len=max(p.engine.max_model_len for p in pools))
     plan = make_plan(planner, DEFAULT_THRESHOLDS, max_pools=2)
     savings = [(o.threshold, o.saving_fraction, o.closed_form_saving_fraction) for o in plan.sweep]

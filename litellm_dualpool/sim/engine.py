@@ -43,7 +43,9 @@ Scheduling (one step), after vLLM V1's scheduler with chunked prefill:
    of the waiting queue and will re-prefill its prompt plus the tokens it already generated.
    If the victim is the requester itself, scheduling of running requests stops.
 2. Running requests still prefilling get chunks in admission order, within
-   ``max_num_batched_tokens`` minus the decodes (same preemption rule for their blocks).
+   ``max_num_batched_tokens`` minus the decodes (same preemption rule for their blocks), each
+   at most ``long_prefill_token_threshold`` tokens when it is set (vLLM's flag: a long prompt
+   then leaves the rest of the step's budget to the prompts behind it).
 3. If nobody was preempted this step, waiting requests are admitted FCFS while the token budget,
    ``max_num_seqs`` and free blocks allow; admission never preempts, and a head that does not
    fit blocks the queue. "Fits" is vLLM's ``scheduler_reserve_full_isl`` (on by default in
@@ -108,6 +110,9 @@ class EngineConfig:
     step_overhead_seconds: float | None = None
     num_gpu_blocks_override: int | None = None
     scheduler_reserve_full_isl: bool = True
+    #: vLLM's ``--long-prefill-token-threshold``: a prefill gets at most this many tokens a step
+    #: (0: no limit, V1's default), so several prompts share a step's token budget
+    long_prefill_token_threshold: int = 0
     weight_dtype: DType = field(init=False)
     kv_dtype: DType = field(init=False)
     num_gpu_blocks: int = field(init=False)
@@ -125,6 +130,8 @@ class EngineConfig:
                 raise ConfigError(f"must be >= 1, got {getattr(self, name)}", path=name)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError("must be in (0, 1]", path="gpu_memory_utilization")
+        if self.long_prefill_token_threshold < 0:
+            raise ConfigError("must be >= 0 (0: no limit)", path="long_prefill_token_threshold")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ConfigError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
@@ -441,7 +448,16 @@ class Engine:
         """Free blocks the waiting ``req`` needs to be admitted with a first chunk <= budget."""
         if self.config.scheduler_reserve_full_isl:
             return _blocks(req.prefill_target, self._bs)  # the whole sequence must fit
-        return _blocks(min(req.prefill_target, budget), self._bs)
+        return _blocks(self._chunk(req.prefill_target, budget), self._bs)
+
+    def _chunk(self, remaining: int, budget: int) -> int:
+        """A prefill's tokens this step: what is left of it, at most the step's remaining budget
+        and, with ``long_prefill_token_threshold``, at most that (vLLM V1's scheduler caps
+        ``num_new_tokens`` at the threshold before the budget)."""
+        limit = self.config.long_prefill_token_threshold
+        if 0 < limit < remaining:
+            remaining = limit
+        return min(remaining, budget)
 
     def _safe_decode_steps(self) -> int:
         """Largest k such that k decode steps can all get their blocks without preemption."""
@@ -492,7 +508,7 @@ class Engine:
                     break
                 if req.state is not RequestState.PREFILL:
                     continue  # preempted by an earlier request of this loop
-                size = min(req.prefill_target - req.computed, budget)
+                size = self._chunk(req.prefill_target - req.computed, budget)
                 more = _blocks(req.computed + size, self._bs) - _blocks(req.computed, self._bs)
                 if not self._free_blocks_for(req, more, preempted):
                     break
@@ -567,7 +583,7 @@ class Engine:
             req = self._waiting[0]
             if self._total_blocks - self._used_blocks < self._admission_blocks(req, budget):
                 break
-            size = min(req.prefill_target, budget)
+            size = self._chunk(req.prefill_target, budget)
             self._waiting.popleft()
             self._used_blocks += _blocks(size, self._bs)
             self._running[req.request_id] = req

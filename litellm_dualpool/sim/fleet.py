@@ -75,7 +75,8 @@ class SimPool:
 class SloTargets:
     """A request meets the SLO when TTFT and its mean TPOT are within these (the paper's P99
     targets applied per request). The TTFT target may grow with the prompt
-    (``ttft_seconds + ttft_seconds_per_prompt_token * prompt_tokens``, the planner's rule);
+    (``ttft_seconds + ttft_seconds_per_prompt_token * prompt_tokens``, the planner's rule) and
+    differ by class (``long_ttft_seconds``, ``long_ttft_seconds_per_prompt_token``);
     attainment is also reported per request class, short (total tokens <= ``class_boundary_tokens``)
     and long, so a fleet cannot hide a class it serves badly behind the other."""
 
@@ -83,9 +84,21 @@ class SloTargets:
     tpot_seconds: float = 0.080
     ttft_seconds_per_prompt_token: float = 0.0
     class_boundary_tokens: int = 8192
+    #: a TTFT target of its own for the long class (None: the same as the short class's)
+    long_ttft_seconds: float | None = None
+    long_ttft_seconds_per_prompt_token: float = 0.0
 
-    def ttft_target_seconds(self, prompt_tokens: np.ndarray) -> np.ndarray:
-        return self.ttft_seconds + self.ttft_seconds_per_prompt_token * np.asarray(prompt_tokens, dtype=np.float64)
+    def ttft_target_seconds(self, prompt_tokens: np.ndarray, total_tokens: np.ndarray | None = None) -> np.ndarray:
+        """Each request's TTFT target: by its class (``total_tokens``), not by the pool serving it."""
+        prompts = np.asarray(prompt_tokens, dtype=np.float64)
+        short = self.ttft_seconds + self.ttft_seconds_per_prompt_token * prompts
+        if self.long_ttft_seconds is None:
+            return short
+        if total_tokens is None:
+            raise ConfigError("a per-class TTFT target needs each request's total tokens", path="slo")
+        long_ = self.long_ttft_seconds + self.long_ttft_seconds_per_prompt_token * prompts
+        result: np.ndarray = np.where(np.asarray(total_tokens) > self.class_boundary_tokens, long_, short)
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +234,7 @@ class FleetSimulator:
         self._preempt = np.zeros(n, dtype=np.int32)
         self._budget = np.zeros(n, dtype=np.int64)
         self._outputs_done = np.zeros(n, dtype=np.int64)
-        self._ttft_target = self.slo.ttft_target_seconds(workload.prompt_tokens)
+        self._ttft_target = self.slo.ttft_target_seconds(workload.prompt_tokens, workload.total_tokens)
         self._long = workload.total_tokens > self.slo.class_boundary_tokens
         self._requests: dict[int, SimRequest] = {}
         self._recovered = 0

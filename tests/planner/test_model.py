@@ -10,11 +10,13 @@ import pytest
 
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.planner.model import (
+    BALANCER_POOLING,
     TPOT_STEP_MARGIN,
     Hardware,
     LengthMix,
     Planner,
     Slo,
+    balancer_pooling,
     batch_tokens_for_tpot,
     closed_form_saving,
     instances_for_rate,
@@ -195,3 +197,26 @@ def test_predict_saving_for_the_demo() -> None:
     assert -1.0 < saving < 1.0
     assert saving == pytest.approx(predict_saving(totals, 100.0, "h100", "llama-3.1-8b",
                                                   tensor_parallel_size=1, threshold=4096))
+
+
+def test_balancer_term_lies_between_a_blind_and_a_fully_pooled_balancer() -> None:
+    """More pooling, less waiting: the pool's own term sits between prompts queued per
+    instance and one queue for the whole pool; a fractional pooling lies between its two
+    whole neighbours."""
+    rng = np.random.default_rng(0)
+    mix = LengthMix(rng.integers(500, 3000, 2000), rng.integers(50, 300, 2000))
+    engine = Hardware.build("h100", "llama-3.1-8b").engine(8192, 64, 2048)
+    waits = {g: predict_load(engine, mix, 120.0, 12, pooling=g).prefill_wait_p99_seconds
+             for g in (1, None, 2, 2.5, 3, 12)}
+    assert waits[1] > waits[None] > waits[12]
+    assert waits[2] > waits[2.5] > waits[3]
+
+
+def test_balancer_pooling_follows_the_share_of_the_count_that_is_the_prefill_queue() -> None:
+    # rho 0.5, cv2 1: L = 0.5 + 0.25 * 2 / (2 * 0.5) = 1 prompt waiting or in prefill
+    assert balancer_pooling(100, 0.5, 1.0, 0.0) == pytest.approx(100.0)  # nothing decodes: all pooled
+    assert balancer_pooling(100, 0.5, 1.0, 1.0) == pytest.approx(10.0)  # w = 1 / (1 + 1)
+    assert balancer_pooling(100, 0.5, 1.0, 3.0) == pytest.approx(100 ** 0.25)
+    # a pool that decodes much: the count hides the queue, pairs (BALANCER_POOLING) remain
+    assert balancer_pooling(100, 0.5, 1.0, 200.0) == pytest.approx(BALANCER_POOLING)
+    assert balancer_pooling(1, 0.5, 1.0, 0.0) == pytest.approx(BALANCER_POOLING)

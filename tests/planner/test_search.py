@@ -149,6 +149,44 @@ def test_prompt_dependent_ttft_target_is_met_per_request() -> None:
     assert p_scaled.meets(scaled) and p_scaled.failing(scaled) is None
 
 
+def test_per_class_ttft_slo_parses_and_targets_each_request_by_its_class() -> None:
+    slo = Slo.parse("short=1s,long=4s+1s/8k", 0.05)
+    assert (slo.ttft_p99_seconds, slo.ttft_seconds_per_prompt_token) == (1.0, 0.0)
+    assert slo.long_ttft_p99_seconds == 4.0
+    assert slo.long_ttft_seconds_per_prompt_token == pytest.approx(1.0 / 8192)
+    assert (slo.class_boundary_tokens, slo.tpot_p99_seconds) == (8192, 0.05)
+    # a 1000-token prompt with 7000 tokens in total is short: target 1 s (no allowance); with
+    # 9000 in total it is long: 4 s + 1000/8192 s, i.e. 3 s + 0.122 s over the short target
+    allowance = slo.ttft_allowance_seconds(np.array([1000, 1000]), np.array([7000, 9000]))
+    assert allowance == pytest.approx([0.0, 3.0 + 1000 / 8192])
+    # the simulator holds each request to the same target, whichever pool serves it
+    targets = slo.sim_targets().ttft_target_seconds(np.array([1000, 1000]), np.array([7000, 9000]))
+    assert targets == pytest.approx([1.0, 4.0 + 1000 / 8192])
+    assert Slo.parse("short=1s,long=3s,boundary=16k").class_boundary_tokens == 16384
+    assert Slo.parse("2s+1s/8k") == Slo(2.0, 0.080, 1.0 / 8192)  # one target: no classes
+    with pytest.raises(ConfigError, match="total tokens"):
+        slo.ttft_allowance_seconds(np.array([1000]))
+
+
+@pytest.mark.parametrize("text", ["short=1s", "long=2s", "short=1s,long=2s,short=3s", "short=1s,medium=2s",
+                                  "short=1s,long=", "short=1s,long=2s,boundary=0", "short=fast,long=2s"])
+def test_per_class_ttft_slo_refuses_nonsense_with_its_path(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Slo.parse(text)
+    assert info.value.path == "slo_ttft"
+
+
+def test_per_class_target_sizes_a_pool_of_long_requests_by_the_long_target() -> None:
+    """The same long requests: held to a flat 0.5 s they miss it; as the long class with 4 s
+    they meet it at the same size (the class, not the pool, sets the target)."""
+    rng = np.random.default_rng(3)
+    mix = LengthMix(rng.integers(12000, 16000, 800), rng.integers(50, 200, 800))
+    engine = H100.engine(32768, 64, 2048)
+    flat, classed = Slo(0.5, 0.2), Slo.parse("short=500ms,long=4s", 0.2)
+    assert not predict_load(engine, mix, 4.0, 4, slo=flat).meets(flat)
+    assert predict_load(engine, mix, 4.0, 4, slo=classed).meets(classed)
+
+
 def test_goodput_rho_prices_the_short_requests_on_both_configurations_at_the_slo() -> None:
     """rho = cost of the tuned homogeneous configuration sized for the short pool's requests at the
     SLO / cost of the short pool; the closed form with it is alpha * (1 - 1/rho) of the same set."""

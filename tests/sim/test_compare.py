@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from litellm_dualpool.sim.compare import paired_ratio_interval
+from litellm_dualpool.sim.compare import block_bootstrap_interval, paired_ratio_interval
 
 
 def _arrivals(count: int, span: float) -> np.ndarray:
@@ -57,3 +57,28 @@ def test_no_events_at_all_gives_no_ratio() -> None:
 def test_arrays_must_describe_the_same_requests() -> None:
     with pytest.raises(ValueError, match="one entry per request"):
         paired_ratio_interval(np.zeros(3), np.zeros(4), np.zeros(3))
+
+
+def test_block_bootstrap_of_a_constant_statistic_has_no_width() -> None:
+    arrivals = _arrivals(100, 50.0)
+    iv = block_bootstrap_interval(arrivals, lambda idx: 0.25, block_seconds=5.0, draws=50)
+    assert (iv.value, iv.low, iv.high, iv.blocks) == (0.25, 0.25, 0.25, 10)
+
+
+def test_block_bootstrap_draws_whole_blocks_with_replacement() -> None:
+    # the statistic is the share of requests from the first 5 s block (10 of 100): a draw of
+    # whole blocks holds 0, 10, 20... of them, so every drawn share is a multiple of 1/10
+    arrivals = _arrivals(100, 50.0)
+    shares: list[float] = []
+
+    def statistic(idx: np.ndarray) -> float:
+        share = float((idx < 10).mean())
+        shares.append(share)
+        return share
+
+    iv = block_bootstrap_interval(arrivals, statistic, block_seconds=5.0, draws=200, seed=1)
+    assert iv.value == pytest.approx(0.1)
+    assert all(math.isclose(s * 10, round(s * 10)) for s in shares)
+    assert iv.low < 0.1 < iv.high  # some draws miss the block, some take it twice
+    with pytest.raises(ValueError):
+        block_bootstrap_interval(arrivals, statistic, block_seconds=0.0)

@@ -142,6 +142,27 @@ def test_chunked_prefill_respects_token_budget_and_max_num_seqs() -> None:
     assert engine.num_running == 2 and engine.num_waiting == 1
 
 
+def test_long_prefill_token_threshold_lets_a_short_prompt_share_the_step() -> None:
+    # vLLM V1: num_new_tokens of a prefill is capped at the threshold before the step's budget
+    capped = Engine(tiny(200, max_model_len=256, max_num_batched_tokens=100, long_prefill_token_threshold=60))
+    plain = Engine(tiny(200, max_model_len=256, max_num_batched_tokens=100))
+    for engine in (capped, plain):
+        engine.submit("long", 150, 3, 0.0)
+        engine.submit("short", 30, 3, 0.0)
+    c1, p1 = capped.step(0.0), plain.step(0.0)
+    assert c1.num_prefill_tokens == 90 and c1.first_tokens == ("short",)  # 60 of long + all of short
+    assert p1.num_prefill_tokens == 100 and p1.first_tokens == ()  # long takes the whole budget
+    c2 = capped.step(c1.end_time)
+    assert c2.num_prefill_tokens == 60 and c2.num_decode_tokens == 1  # beside short's decode
+    c3 = capped.step(c2.end_time)
+    assert c3.first_tokens == ("long",)  # 150 = 60 + 60 + 30
+
+
+def test_long_prefill_token_threshold_is_checked() -> None:
+    with pytest.raises(ConfigError, match="long_prefill_token_threshold"):
+        tiny(64, long_prefill_token_threshold=-1)
+
+
 def test_preemption_takes_the_last_admitted_request_and_recomputes_it() -> None:
     engine = Engine(tiny(6, max_model_len=96))
     engine.submit("A", 32, 10, 0.0)  # 2 full blocks: its first decode needs a third
