@@ -448,6 +448,15 @@ class Calibrator:
             state = self._states.get(key)
             return state.sigma(self.settings) if state else self._cold_sigma()
 
+    def settled(self, key: CategoryKey, min_samples: int, max_spread: float) -> bool:
+        """Whether `key`'s fit has settled: it rests on at least `min_samples` observations and
+        its learned spread is at most `max_spread` (core/learning.py samples such keys). A
+        regime change widens the spread again, which unsettles the key."""
+        with self._lock:
+            state = self._states.get(key)
+            return (state is not None and state.samples >= min_samples
+                    and state.sigma(self.settings) <= max_spread)
+
     def keys(self) -> list[CategoryKey]:
         with self._lock:
             return list(self._states)

@@ -35,6 +35,7 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_dualpool.config import PluginConfig, load_plugin_config_file
+from litellm_dualpool.core.affinity import session_id_of
 from litellm_dualpool.core.calibration import Calibrator
 from litellm_dualpool.core.plan import RecoveryFailure
 from litellm_dualpool.core.tenant import ObservationTrust
@@ -141,6 +142,22 @@ def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
     last = crumbs[-1] if isinstance(crumbs, list | tuple) and crumbs else None
     text = last.get("exception_string") if isinstance(last, Mapping) else None
     return text if isinstance(text, str) else None
+
+
+#: LiteLLM's mark on a session id it generated for one request (``general_settings.
+#: missing_session_id: generate``): such an id names no conversation (constants.py, 1.106/1.110).
+_SESSION_ID_GENERATED = "litellm_session_id_generated"
+
+
+def request_session_id(data: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> str | None:
+    """The caller's conversation id as LiteLLM's proxy records it: ``metadata.session_id``
+    (from the ``x-litellm-session-id`` header or the body's metadata), else the body's
+    ``litellm_session_id``; None when absent or generated for this request alone."""
+    found = session_id_of(metadata, _SESSION_ID_GENERATED)
+    if found is not None or (metadata or {}).get(_SESSION_ID_GENERATED):
+        return found
+    value = data.get("litellm_session_id")
+    return value[:256] if isinstance(value, str) and value else None
 
 
 #: The call types of OpenAI chat completions, whose user content parts LiteLLM validates.
@@ -313,7 +330,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             user_metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
             record = self.engine.plan(data, group, policy, metadata=user_metadata,
                                       embedding="embed" in str(call_type),
-                                      stream=bool(data.get("stream")))
+                                      stream=bool(data.get("stream")),
+                                      session_id=request_session_id(data, metadata))
             metadata[STASH_KEY] = record
         except NoPoolFitsError as error:  # OpenAI's context-length 400 (client_errors.py)
             from litellm_dualpool.proxy.client_errors import refusal_error
@@ -392,7 +410,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             body["messages"] = messages
         try:
             record = self.engine.plan(body, group, self.caller_policy(metadata), metadata=metadata,
-                                      stream=bool(request_kwargs.get("stream")))
+                                      stream=bool(request_kwargs.get("stream")),
+                                      session_id=request_session_id(request_kwargs, metadata))
         except InvalidRequestError:
             return None
         metadata[STASH_KEY] = record

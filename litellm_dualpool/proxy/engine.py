@@ -9,6 +9,7 @@ hops included) to the success and failure events.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -17,8 +18,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
+from litellm_dualpool.core.affinity import (
+    PINNING_REASONS,
+    AffinityTable,
+    conversation_key,
+    hold,
+    is_continuation,
+)
 from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, Calibrator
 from litellm_dualpool.core.estimator import Estimator
+from litellm_dualpool.core.learning import LearnReason, learn_reason, near_limit
 from litellm_dualpool.core.plan import (
     Plan,
     Progress,
@@ -75,6 +84,14 @@ class DualPoolEngine:
         suffix = self.settings.recovery.group_suffix
         self.recovery_groups: dict[str, str] = (
             {g + suffix: g for g in self.groups} if self.settings.recovery.enabled else {})
+        #: Conversation -> larger pool (core/affinity.py); None when affinity is off.
+        self.affinity = (AffinityTable(self.settings.affinity.to_core())
+                         if self.settings.affinity.enabled else None)
+        self._learning = self.settings.learning.to_core()
+        #: Ordinary requests of settled keys seen per model group (the 1-in-N learning sample).
+        self._ordinary = {name: itertools.count() for name in self.groups}
+        self._limits = {name: tuple(p.max_model_len for p in g.pools)
+                        for name, g in self.groups.items()}
 
     # -- pools -----------------------------------------------------------------------------
     def group_for(self, model: object) -> GroupSpec | None:
@@ -124,8 +141,9 @@ class DualPoolEngine:
 
     def plan(self, body: Mapping[str, Any], group: GroupSpec, policy: TenantPolicy, *,
              metadata: Mapping[str, Any] | None = None, embedding: bool = False,
-             stream: bool = False) -> PlanRecord:
+             stream: bool = False, session_id: str | None = None) -> PlanRecord:
         """Estimate and decide; the record to keep in the request's metadata.
+        `session_id`: the caller's conversation id (LiteLLM's ``metadata.session_id``).
 
         Raises NoPoolFitsError / PoolNotAllowedError (-> 400) and InvalidRequestError."""
         started = self._clock()
@@ -133,18 +151,60 @@ class DualPoolEngine:
         estimate = self.estimator.estimate(
             body, group.model_group, category=policy.category or category,
             default_output_tokens=policy.default_output_tokens, embedding=embedding)
+        pools = self.pool_states(group)
         plan = plan_request(
-            estimate, self.pool_states(group), self._policy,
+            estimate, pools, self._policy,
             plan_id=self._id_prefix + str(next(self._ids)),
             allowed_pools=policy.pools_for([p.name for p in group.pools]), forced_pool=forced,
             tenant=policy.tenant, trust=policy.observation_trust)
+        conversation = None
+        if self.affinity is not None and plan.decision.pool is not None:
+            plan, conversation = self._hold_conversation(self.affinity, plan, group, pools, body,
+                                                         session_id)
         self.metrics.decision_seconds.observe(self._clock() - started)
         refusal = plan.refusal()
         if refusal is not None:
             self.metrics.refusals.labels(group.model_group, plan.decision.reason.value).inc()
             raise refusal
-        return PlanRecord(plan, Progress.start(plan, stream=stream),
-                          expose_budget=policy.expose_budget_header)
+        record = PlanRecord(plan, Progress.start(plan, stream=stream),
+                            expose_budget=policy.expose_budget_header)
+        record.conversation = conversation
+        return record
+
+    # -- conversation affinity ---------------------------------------------------------------
+    def _hold_conversation(self, table: AffinityTable, plan: Plan, group: GroupSpec,
+                           pools: Sequence[PoolState], body: Mapping[str, Any],
+                           session_id: str | None) -> tuple[Plan, bytes | None]:
+        """Conversation affinity (core/affinity.py): hold a continuation turn (or a request with
+        a session id) in its conversation's larger pool; pin a conversation placed by fit in a
+        pool larger than the smallest. The key is hashed only when one of them applies."""
+        now, name, key = self._clock(), group.model_group, None
+        messages = body.get("messages")
+        if session_id or is_continuation(messages):
+            key = conversation_key(plan.tenant, name, session_id, messages)
+            if key is not None:
+                pinned, expired = table.lookup(key, now)
+                if expired is not None:
+                    self.metrics.affinity.labels(name, expired.value).inc()
+                decision, outcome = hold(
+                    plan.decision, pinned, pools, allowed_pools=plan.allowed_pools,
+                    spillover_load_fraction=self._policy.spillover_load_fraction)
+                if outcome is not None:
+                    self.metrics.affinity.labels(name, outcome.value).inc()
+                if decision is not plan.decision:
+                    plan = dataclasses.replace(plan, decision=decision)
+        decision = plan.decision
+        if (decision.pool is not None and decision.reason in PINNING_REASONS
+                and decision.limit_tokens > group.pools[0].max_model_len):
+            key = key or conversation_key(plan.tenant, name, session_id, messages)
+            if key is not None:
+                self._pin(name, key, decision.pool, decision.limit_tokens)
+        return plan, key
+
+    def _pin(self, group: str, key: bytes, pool: str, limit_tokens: int) -> None:
+        if self.affinity is not None:
+            for outcome in self.affinity.pin(key, pool, limit_tokens, self._clock()):
+                self.metrics.affinity.labels(group, outcome.value).inc()
 
     # -- filtering -------------------------------------------------------------------------
     def choose(self, model: str, healthy: Sequence[dict[str, Any]], record: PlanRecord,
@@ -198,6 +258,9 @@ class DualPoolEngine:
             raise record.refusal
         progress.pool, progress.reason, progress.recovered_from = (
             decision.pool, Reason.RECOVERY, failed)
+        if record.conversation is not None:  # the conversation outgrew its pool: pin it up
+            self._pin(group.model_group, record.conversation, decision.pool,
+                      decision.limit_tokens)
 
     def check_recoverable(self, group: GroupSpec, record: PlanRecord,
                           last_failure: str | None) -> None:
@@ -331,7 +394,7 @@ class DualPoolEngine:
         if rejection.prompt_tokens is not None and rejection.prompt_tokens_exact:
             if prompt_tokens_plausible(plan.shape, rejection.prompt_tokens,
                                        self.calibrator.settings.max_bytes_per_token):
-                self.learn(record, rejection.prompt_tokens)
+                self.learn(record, rejection.prompt_tokens, always=True)
             else:
                 self.metrics.learning.labels(group.model_group, Outcome.REJECTED.value).inc()
 
@@ -344,9 +407,13 @@ class DualPoolEngine:
             progress.recovery_failure = (RecoveryFailure.CONTEXT if context_rejected
                                          else RecoveryFailure.ERROR)
 
-    def learn(self, record: PlanRecord, prompt_tokens: int) -> bool:
+    def learn(self, record: PlanRecord, prompt_tokens: int, *, always: bool = False) -> bool:
         """Learn once per request from the backend's prompt token count.
 
+        `always`: an exact count that must be learned whatever the sample (a backend's
+        rejection naming the count; a count asked of the backend's tokenizer). A recovered
+        request is always learned too; an ordinary one of a settled key only when the learning
+        sample takes it (core/learning.py), else it counts as ``skipped``.
         A count that is not an integer in [1, MAX_PROMPT_TOKENS] (a broken or hostile backend)
         is counted as ``invalid_usage`` and goes nowhere: it is neither learned nor shared
         with the other workers, whose calibrators would otherwise all see it."""
@@ -357,6 +424,10 @@ class DualPoolEngine:
             self.metrics.learning.labels(plan.group, "invalid_usage").inc()
             return False
         progress.learned = True
+        if self._learning.sample_every > 1 and self.learn_reason(
+                record, always=always) is LearnReason.SKIPPED:
+            self.metrics.learning.labels(plan.group, LearnReason.SKIPPED.value).inc()
+            return False
         point = plan.budget.prompt_tokens_point or plan.budget.prompt_tokens
         label = self.calibrator.stored_key(plan.key, plan.shape).category  # bounded
         self.metrics.estimate_error.labels(plan.group, label).observe(
@@ -365,3 +436,15 @@ class DualPoolEngine:
         outcome = self.store.observe(plan.key, plan.shape, prompt_tokens, tenant=plan.tenant,
                                      trust=plan.trust)
         return outcome is Outcome.LEARNED
+
+    def learn_reason(self, record: PlanRecord, *, always: bool = False) -> LearnReason:
+        """Whether this request's count is learned (core/learning.py): the settled check and
+        the sample's counter are only consulted for ordinary requests."""
+        plan, settings = record.plan, self._learning
+        always = always or record.progress.recovered_from is not None
+        near = not always and near_limit(plan.budget, self._limits.get(plan.group, ()),
+                                         settings.near_limit_fraction)
+        settled = not (always or near) and self.calibrator.settled(
+            plan.key, settings.settled_samples, settings.settled_max_spread)
+        ordinal = next(self._ordinary[plan.group]) if settled else 0
+        return learn_reason(settings, settled=settled, near=near, always=always, ordinal=ordinal)

@@ -24,10 +24,12 @@ class PlanRecord(dict[str, Any]):
     `refusal`: the recovery hop's "no larger pool" refusal, kept for the post-call failure hook,
     which tells the client in OpenAI's context-length shape (LiteLLM's own error for the failed
     fallback hop wraps it in other text).
+    `conversation`: the conversation's affinity key (core/affinity.py), when one was computed
+    (a recovery to a larger pool pins it there).
     `expose_budget`: the caller's policy shows it ``x-dualpool-budget-tokens`` (resolved once,
     with the plan, not again for the response)."""
 
-    __slots__ = ("expose_budget", "plan", "progress", "refusal")
+    __slots__ = ("conversation", "expose_budget", "plan", "progress", "refusal")
 
     def __init__(self, plan: Plan, progress: Progress, *, expose_budget: bool = False) -> None:
         super().__init__(plan.to_metadata())
@@ -35,6 +37,7 @@ class PlanRecord(dict[str, Any]):
         self.progress = progress
         self.expose_budget = expose_budget
         self.refusal: NoPoolFitsError | None = None
+        self.conversation: bytes | None = None
 
 
 def record_in(metadata: Mapping[str, Any] | None) -> PlanRecord | None:

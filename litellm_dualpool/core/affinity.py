@@ -1,0 +1,205 @@
+"""Conversation affinity: a conversation that went to a larger pool keeps going there.
+
+Why: a chat's next turn resends the whole conversation, so a conversation whose budget hovers
+near a pool's limit would flip pools from turn to turn, and each flip loses the prefix cache the
+other pool built (a long prefill again). So a continuation turn is held *up* in the largest pool
+its conversation was placed in by fit, never down: the hold applies only when that pool is
+allowed to the caller, fits the budget and is not saturated, and only when it is larger than the
+pool the policy chose. A forced placement is never overridden.
+
+A conversation is named by `conversation_key`: LiteLLM's session id when the caller sent one,
+else a hash of its first messages (the system prompt and the first user message, which every
+later turn resends unchanged), always together with the tenant and the model group, so one
+tenant can never pin another's conversation. `AffinityTable` keeps the pins: bounded (least
+recently used first out) and expiring (a sliding TTL); time is passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from litellm_dualpool.core.policy import Decision, PoolState, Reason
+
+#: Characters of each first message hashed for a conversation without a session id: enough to
+#: tell conversations apart, bounded whatever the prompt's size (a hash costs ~1 ns per byte).
+HASHED_CHARS_PER_MESSAGE = 4096
+#: Longest session id taken as given (a longer one is hashed like any other).
+_MAX_SESSION_ID_CHARS = 256
+#: Placements that pin a conversation: chosen by fit (or held, or recovered after a rejection).
+#: Spillover (load) and forced placements do not: they say nothing about the conversation's size.
+PINNING_REASONS = frozenset({Reason.FITS, Reason.BORDERLINE, Reason.AFFINITY, Reason.RECOVERY})
+
+
+class AffinityOutcome(StrEnum):
+    """What conversation affinity did for one request (a bounded metric label)."""
+
+    HELD = "held"                # moved up to its conversation's pool
+    AGREED = "agreed"            # its pool already is the conversation's (or a larger) one
+    EXPIRED = "expired"          # its conversation's pin was older than the TTL
+    NOT_FITTING = "not_fitting"  # the pinned pool does not fit it or the caller may not use it
+    SATURATED = "saturated"      # the pinned pool is at its spillover load: not held
+    PINNED = "pinned"            # a conversation was pinned to a larger pool (new or moved up)
+    EVICTED = "evicted"          # a pin made room for a newer one (max_conversations)
+
+
+@dataclass(frozen=True, slots=True)
+class AffinitySettings:
+    """enabled: hold continuation turns in their conversation's pool.
+    max_conversations: pins kept at most (least recently used first out).
+    ttl_seconds: a pin unused for this long is forgotten."""
+
+    enabled: bool = True
+    max_conversations: int = 10_000
+    ttl_seconds: float = 900.0
+
+
+def _text_of(content: object) -> str:
+    """A message's text (a string, or the text parts of a list), bounded."""
+    if isinstance(content, str):
+        return content[:HASHED_CHARS_PER_MESSAGE]
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, Mapping)]
+        return "\x1f".join(p for p in parts if isinstance(p, str))[:HASHED_CHARS_PER_MESSAGE]
+    return ""
+
+
+def is_continuation(messages: object) -> bool:
+    """Whether a chat request continues a conversation: it carries an earlier assistant turn.
+    Only such turns are held (a single-turn request that repeats another's prompt is not the
+    same conversation)."""
+    if not isinstance(messages, list) or len(messages) < 3:
+        return False
+    return any(isinstance(m, Mapping) and m.get("role") == "assistant" for m in messages)
+
+
+def conversation_key(tenant: str, model_group: str, session_id: str | None,
+                     messages: object) -> bytes | None:
+    """The conversation a request belongs to, as a 16-byte digest, or None (no messages and no
+    session id: nothing names a conversation). Tenant and model group are part of the key."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(tenant.encode("utf-8", "surrogatepass") + b"\0"
+             + model_group.encode("utf-8", "surrogatepass") + b"\0")
+    if session_id:
+        h.update(b"s\0" + session_id[:_MAX_SESSION_ID_CHARS].encode("utf-8", "surrogatepass"))
+        return h.digest()
+    if not isinstance(messages, list) or not messages:
+        return None
+    system = user = None
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        role = message.get("role")
+        if role in ("system", "developer") and system is None and user is None:
+            system = _text_of(message.get("content"))
+        elif role == "user":
+            user = _text_of(message.get("content"))
+            break
+    if user is None:
+        return None
+    h.update(b"m\0" + (system or "").encode("utf-8", "surrogatepass") + b"\0"
+             + user.encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
+def hold(decision: Decision, pinned: str | None, pools: Sequence[PoolState], *,
+         spillover_load_fraction: float | None = None,
+         allowed_pools: frozenset[str] | None = None) -> tuple[Decision, AffinityOutcome | None]:
+    """The decision with conversation affinity applied, and what affinity did (None: no pin).
+
+    Upward only: the pinned pool replaces the policy's when it is larger, allowed, fits the
+    budget and is below the spillover load. A refused or forced decision is left alone."""
+    if pinned is None or decision.pool is None or decision.reason is Reason.FORCED:
+        return decision, None
+    by_name = {p.name: p for p in pools}
+    chosen, target = by_name.get(decision.pool), by_name.get(pinned)
+    if target is None or chosen is None:
+        return decision, AffinityOutcome.NOT_FITTING
+    if target.max_model_len <= chosen.max_model_len:
+        return decision, AffinityOutcome.AGREED
+    if decision.budget_tokens > target.max_model_len or (
+            allowed_pools is not None and pinned not in allowed_pools):
+        return decision, AffinityOutcome.NOT_FITTING
+    if (spillover_load_fraction is not None and target.load_fraction is not None
+            and target.load_fraction >= spillover_load_fraction):
+        return decision, AffinityOutcome.SATURATED
+    return Decision(target.name, Reason.AFFINITY, decision.budget_tokens, target.max_model_len,
+                    decision.category), AffinityOutcome.HELD
+
+
+@dataclass(slots=True)
+class _Pin:
+    pool: str
+    limit_tokens: int
+    at: float
+
+
+class AffinityTable:
+    """Conversation -> the largest pool it was placed in by fit. Bounded and expiring; thread
+    safe (one short lock per call)."""
+
+    def __init__(self, settings: AffinitySettings) -> None:
+        if settings.max_conversations < 1 or not settings.ttl_seconds > 0:
+            raise ValueError("max_conversations must be >= 1 and ttl_seconds > 0")
+        self.settings = settings
+        self._pins: OrderedDict[bytes, _Pin] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pins)
+
+    def lookup(self, key: bytes, now: float) -> tuple[str | None, AffinityOutcome | None]:
+        """(pinned pool, None), or (None, EXPIRED) for a pin past its TTL (then forgotten), or
+        (None, None) when the conversation has no pin. A hit refreshes the pin."""
+        with self._lock:
+            pin = self._pins.get(key)
+            if pin is None:
+                return None, None
+            if now - pin.at > self.settings.ttl_seconds:
+                del self._pins[key]
+                return None, AffinityOutcome.EXPIRED
+            pin.at = now
+            self._pins.move_to_end(key)
+            return pin.pool, None
+
+    def pin(self, key: bytes, pool: str, limit_tokens: int, now: float) -> list[AffinityOutcome]:
+        """Remember that the conversation went to `pool` (kept only if larger than its pin);
+        what happened: PINNED when the pin is new or moved up, EVICTED per pin dropped."""
+        outcomes: list[AffinityOutcome] = []
+        with self._lock:
+            pin = self._pins.get(key)
+            if pin is not None and now - pin.at <= self.settings.ttl_seconds:
+                pin.at = now
+                self._pins.move_to_end(key)
+                if limit_tokens <= pin.limit_tokens:
+                    return outcomes
+                pin.pool, pin.limit_tokens = pool, limit_tokens
+                return [AffinityOutcome.PINNED]
+            self._pins[key] = _Pin(pool, limit_tokens, now)
+            self._pins.move_to_end(key)
+            outcomes.append(AffinityOutcome.PINNED)
+            while len(self._pins) > self.settings.max_conversations:
+                self._pins.popitem(last=False)
+                outcomes.append(AffinityOutcome.EVICTED)
+        return outcomes
+
+    def forget(self, key: bytes) -> None:
+        with self._lock:
+            self._pins.pop(key, None)
+
+
+def session_id_of(metadata: Mapping[str, Any] | None, generated_flag: str) -> str | None:
+    """A caller's session id from request metadata (``session_id``), unless the proxy made it up
+    for this one request (`generated_flag` set: it names no conversation)."""
+    if not metadata:
+        return None
+    value = metadata.get("session_id")
+    if value is None or metadata.get(generated_flag):
+        return None
+    text = str(value) if isinstance(value, str | int) else None
+    return text or None
