@@ -243,20 +243,26 @@ class _KeyState:
             rejected_streak=self.rejected_streak, eager_refits=self.eager_refits)
 
     def stats(self) -> tuple[list[list[float]], list[float]]:
-        """Copies of the decayed statistics (A, b)."""
+        """Copies of the decayed statistics (A, b): A from its upper triangle, mirrored."""
         k = self.scale
-        return [[k * v for v in row] for row in self.a], [k * v for v in self.b]
+        a = [[0.0] * _N for _ in range(_N)]
+        for i, row in enumerate(self.a):
+            out = a[i]
+            for j in range(i, _N):
+                out[j] = a[j][i] = k * row[j]
+        return a, [k * v for v in self.b]
 
     def add(self, x: list[float], y: float, weight: float, decay: float) -> None:
-        """A <- decay*A + weight*x*x', b <- decay*b + weight*x*y (on the scaled statistics)."""
+        """A <- decay*A + weight*x*x', b <- decay*b + weight*x*y (on the scaled statistics).
+        Only A's upper triangle is kept current (`stats` mirrors it; refits are rare)."""
         self.scale *= decay
         g = weight / self.scale
         a, b = self.a, self.b
         nonzero = [i for i in range(_N) if x[i]]
-        for n, i in enumerate(nonzero):  # symmetric: update the upper triangle, mirror it
+        for n, i in enumerate(nonzero):
             row, gxi = a[i], g * x[i]
             for j in nonzero[n:]:
-                row[j] = a[j][i] = row[j] + gxi * x[j]
+                row[j] += gxi * x[j]
             b[i] += gxi * y
         if self.scale < 1e-100:  # fold the scale in long before it could underflow
             self.a, self.b = self.stats()

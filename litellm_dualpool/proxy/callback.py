@@ -83,6 +83,17 @@ def _metadata(container: dict[str, Any] | None, *, create: bool) -> dict[str, An
     return None
 
 
+def _read_metadata(container: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The request's metadata for reading (no copy of the request: the filter runs on every
+    attempt, and copying LiteLLM's ~30-key kwargs twice per call showed in its profile)."""
+    if not container:
+        return {}
+    found = container.get("litellm_metadata")
+    if not isinstance(found, dict):
+        found = container.get("metadata")
+    return found if isinstance(found, dict) else {}
+
+
 def _event_record(kwargs: Mapping[str, Any]) -> tuple[PlanRecord | None, Mapping[str, Any]]:
     params = kwargs.get("litellm_params") or {}
     for key in ("metadata", "litellm_metadata"):
@@ -126,8 +137,7 @@ def stream_prompt_tokens(stream: Any) -> int | None:
 def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset[str]:
     """Deployments that already failed this request: LiteLLM's retry breadcrumbs
     (``metadata.previous_models``, written before the retry is routed; absent on a first try)."""
-    metadata = _metadata(dict(request_kwargs or {}), create=False) or {}
-    crumbs = metadata.get("previous_models")
+    crumbs = _read_metadata(request_kwargs).get("previous_models")
     if not isinstance(crumbs, list | tuple):
         return frozenset()
     return frozenset(c["deployment_id"] for c in crumbs
@@ -137,8 +147,7 @@ def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset
 def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
     """The error text of the attempt that failed last (``exception_string`` of LiteLLM's last
     retry breadcrumb, recorded before a retry or fallback hop is routed), or None."""
-    metadata = _metadata(dict(request_kwargs or {}), create=False) or {}
-    crumbs = metadata.get("previous_models")
+    crumbs = _read_metadata(request_kwargs).get("previous_models")
     last = crumbs[-1] if isinstance(crumbs, list | tuple) and crumbs else None
     text = last.get("exception_string") if isinstance(last, Mapping) else None
     return text if isinstance(text, str) else None

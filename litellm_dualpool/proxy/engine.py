@@ -49,6 +49,8 @@ logger = logging.getLogger("litellm_dualpool")
 
 __all__ = ["STASH_KEY", "DualPoolEngine", "LoadSource", "PlanRecord"]
 
+#: Distinct (group, allowed pools) combinations remembered before the cache starts again.
+_MAX_ALLOWED_CACHE = 1024
 #: Optional extra load signal: (model group, pool) -> load fraction, or None when unknown.
 LoadSource = Callable[[str, PoolSpec], float | None]
 
@@ -92,6 +94,9 @@ class DualPoolEngine:
         self._ordinary = {name: itertools.count() for name in self.groups}
         self._limits = {name: tuple(p.max_model_len for p in g.pools)
                         for name, g in self.groups.items()}
+        self._pool_names = {name: [p.name for p in g.pools] for name, g in self.groups.items()}
+        #: (group, allowed pools, allow long pool) -> the caller's allowed subset; bounded
+        self._allowed: dict[tuple[str, frozenset[str] | None, bool], frozenset[str] | None] = {}
 
     # -- pools -----------------------------------------------------------------------------
     def group_for(self, model: object) -> GroupSpec | None:
@@ -155,7 +160,7 @@ class DualPoolEngine:
         plan = plan_request(
             estimate, pools, self._policy,
             plan_id=self._id_prefix + str(next(self._ids)),
-            allowed_pools=policy.pools_for([p.name for p in group.pools]), forced_pool=forced,
+            allowed_pools=self._allowed_pools(policy, group), forced_pool=forced,
             tenant=policy.tenant, trust=policy.observation_trust)
         conversation = None
         if self.affinity is not None and plan.decision.pool is not None:
@@ -170,6 +175,17 @@ class DualPoolEngine:
                             expose_budget=policy.expose_budget_header)
         record.conversation = conversation
         return record
+
+    def _allowed_pools(self, policy: TenantPolicy, group: GroupSpec) -> frozenset[str] | None:
+        """`policy.pools_for` of the group's pools, remembered (it builds two sets per call)."""
+        key = (group.model_group, policy.allowed_pools, policy.allow_long_pool)
+        try:
+            return self._allowed[key]
+        except KeyError:
+            if len(self._allowed) >= _MAX_ALLOWED_CACHE:
+                self._allowed.clear()
+            found = self._allowed[key] = policy.pools_for(self._pool_names[group.model_group])
+            return found
 
     # -- conversation affinity ---------------------------------------------------------------
     def _hold_conversation(self, table: AffinityTable, plan: Plan, group: GroupSpec,
