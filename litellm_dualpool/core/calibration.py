@@ -42,6 +42,7 @@ import math
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from operator import mul
 from typing import Any
 
 from litellm_dualpool.core.calibration_snapshot import KeyRecord, parse_snapshot, snapshot_object
@@ -313,7 +314,9 @@ def _tokens_per_kb(theta: list[float], densities: list[float] | tuple[float, ...
 
 
 def _dot(theta: list[float], x: list[float]) -> float:
-    return sum(t * v for t, v in zip(theta, x, strict=True))
+    """theta . x (both of length _N; `map` sums in the same order as a loop, ~2x faster)."""
+    total: float = sum(map(mul, theta, x))
+    return total
 
 
 def _learnable(shape: RequestShape, prompt_tokens: int) -> bool:
@@ -505,7 +508,8 @@ class Calibrator:
         """The count implies a ratio within the bounds (for prompts of 64+ bytes), and it is
         no outlier against a warm key's prediction (unless a streak of them says otherwise)."""
         s = self.settings
-        text_tokens = prompt_tokens - _dot(state.theta, [0.0] * _F_MSG + x[_F_MSG:])
+        framing: float = sum(map(mul, state.theta[_F_MSG:], x[_F_MSG:]))
+        text_tokens = prompt_tokens - framing
         if text_tokens > 0 and shape.total_bytes >= 64:
             implied = shape.total_bytes / text_tokens
             if not s.min_bytes_per_token <= implied <= s.max_bytes_per_token:
