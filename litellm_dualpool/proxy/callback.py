@@ -148,7 +148,9 @@ def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
     """The error text of the attempt that failed last (``exception_string`` of LiteLLM's last
     retry breadcrumb, recorded before a retry or fallback hop is routed), or None."""
     crumbs = _read_metadata(request_kwargs).get("previous_models")
-    last = crumbs[-1] if isinstance(crumbs, list | tuple) and crumbs else None
+    if not crumbs:  # a first attempt
+        return None
+    last = crumbs[-1] if isinstance(crumbs, list | tuple) else None
     text = last.get("exception_string") if isinstance(last, Mapping) else None
     return text if isinstance(text, str) else None
 
