@@ -6,11 +6,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
-from litellm_dualpool.config import load_plugin_config
+from litellm_dualpool.config import load_plugin_config, parse_settings
 from litellm_dualpool.core.policy import Reason
+from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.metrics import DualPoolMetrics
+from litellm_dualpool.proxy.callback import request_session_id
 from litellm_dualpool.proxy.engine import DualPoolEngine
 from litellm_dualpool.tenancy import TenantPolicy
 
@@ -214,3 +217,25 @@ def test_sampled_learning_still_follows_a_change_of_tokenizer() -> None:
     key = record.plan.key
     assert eng.calibrator.settled(key, 40, 0.2)  # settled again on the new ratio: sampled
     assert abs(eng.calibrator.ratio(key).bytes_per_token - 4.2) < 0.15
+
+
+# -- settings and the session id as LiteLLM records it ---------------------------------------
+@pytest.mark.parametrize(("settings", "path"), [
+    ({"affinity": {"max_conversations": 0}}, "dualpool_settings.affinity.max_conversations"),
+    ({"affinity": {"ttl_seconds": 0}}, "dualpool_settings.affinity.ttl_seconds"),
+    ({"affinity": {"sticky": True}}, "dualpool_settings.affinity.sticky"),
+    ({"learning": {"sample_every": 0}}, "dualpool_settings.learning.sample_every"),
+    ({"learning": {"near_limit_fraction": 2}}, "dualpool_settings.learning.near_limit_fraction"),
+])
+def test_bad_settings_name_their_path(settings: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(settings)
+    assert caught.value.path == path
+
+
+def test_the_session_id_is_read_where_litellm_records_it() -> None:
+    assert request_session_id({}, {"session_id": "s1"}) == "s1"
+    assert request_session_id({"litellm_session_id": "s2"}, {}) == "s2"
+    generated = {"session_id": "uuid", "litellm_session_id_generated": True}
+    assert request_session_id({"litellm_session_id": "uuid"}, generated) is None
+    assert request_session_id({}, None) is None
