@@ -9,7 +9,6 @@ hops included) to the success and failure events.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
@@ -190,7 +189,7 @@ class DualPoolEngine:
     # -- conversation affinity ---------------------------------------------------------------
     def _hold_conversation(self, table: AffinityTable, plan: Plan, group: GroupSpec,
                            pools: Sequence[PoolState], body: Mapping[str, Any],
-                           session_id: str | None) -> tuple[Plan, bytes | None]:
+                           session_id: str | None) -> tuple[Plan, int | None]:
         """Conversation affinity (core/affinity.py): hold a continuation turn (or a request with
         a session id) in its conversation's larger pool; pin a conversation placed by fit in a
         pool larger than the smallest. The key is hashed only when one of them applies."""
@@ -207,8 +206,10 @@ class DualPoolEngine:
                     spillover_load_fraction=self._policy.spillover_load_fraction)
                 if outcome is not None:
                     self.metrics.affinity.labels(name, outcome.value).inc()
-                if decision is not plan.decision:
-                    plan = dataclasses.replace(plan, decision=decision)
+                if decision is not plan.decision:  # (dataclasses.replace: ~5 us more)
+                    plan = Plan(plan.id, plan.group, plan.category, plan.budget, plan.shape,
+                                decision, plan.preferred, plan.allowed_pools, plan.tenant,
+                                plan.trust)
         decision = plan.decision
         if (decision.pool is not None and decision.reason in PINNING_REASONS
                 and decision.limit_tokens > group.pools[0].max_model_len):
@@ -217,7 +218,7 @@ class DualPoolEngine:
                 self._pin(name, key, decision.pool, decision.limit_tokens)
         return plan, key
 
-    def _pin(self, group: str, key: bytes, pool: str, limit_tokens: int) -> None:
+    def _pin(self, group: str, key: int, pool: str, limit_tokens: int) -> None:
         if self.affinity is not None:
             for outcome in self.affinity.pin(key, pool, limit_tokens, self._clock()):
                 self.metrics.affinity.labels(group, outcome.value).inc()

@@ -37,7 +37,7 @@ class PlanRecord(dict[str, Any]):
         self.progress = progress
         self.expose_budget = expose_budget
         self.refusal: NoPoolFitsError | None = None
-        self.conversation: bytes | None = None
+        self.conversation: int | None = None
 
 
 def record_in(metadata: Mapping[str, Any] | None) -> PlanRecord | None:

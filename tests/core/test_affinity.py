@@ -28,7 +28,7 @@ def turns(first: str, n: int, system: str = "be brief") -> list[dict[str, str]]:
 
 def test_later_turns_share_the_first_turns_key_and_tenants_do_not() -> None:
     key = conversation_key("t1", "llama", None, turns("hello", 1))
-    assert key is not None and len(key) == 16
+    assert key is not None
     assert conversation_key("t1", "llama", None, turns("hello", 3)) == key
     assert conversation_key("t2", "llama", None, turns("hello", 3)) != key
     assert conversation_key("t1", "other", None, turns("hello", 3)) != key
@@ -96,31 +96,31 @@ def test_hold_yields_to_a_saturated_pool() -> None:
 def test_table_is_bounded_least_recently_used_first_out() -> None:
     table = AffinityTable(AffinitySettings(max_conversations=3, ttl_seconds=100))
     for i in range(3):
-        assert table.pin(bytes([i]), "long", 131072, now=float(i)) == [AffinityOutcome.PINNED]
-    assert table.lookup(b"\0", now=5.0) == ("long", None)  # refreshes: 1 is now the oldest
-    assert table.pin(b"\3", "long", 131072, now=6.0) == [AffinityOutcome.PINNED,
-                                                         AffinityOutcome.EVICTED]
+        assert table.pin(i, "long", 131072, now=float(i)) == [AffinityOutcome.PINNED]
+    assert table.lookup(0, now=5.0) == ("long", None)  # refreshes: 1 is now the oldest
+    assert table.pin(3, "long", 131072, now=6.0) == [AffinityOutcome.PINNED,
+                                                     AffinityOutcome.EVICTED]
     assert len(table) == 3
-    assert table.lookup(b"\1", now=7.0) == (None, None)
-    assert table.lookup(b"\0", now=7.0)[0] == "long"
+    assert table.lookup(1, now=7.0) == (None, None)
+    assert table.lookup(0, now=7.0)[0] == "long"
 
 
 def test_table_pins_expire_after_the_ttl_and_a_use_refreshes_them() -> None:
     table = AffinityTable(AffinitySettings(max_conversations=10, ttl_seconds=10))
-    table.pin(b"a", "long", 131072, now=0.0)
-    assert table.lookup(b"a", now=9.0) == ("long", None)
-    assert table.lookup(b"a", now=18.0) == ("long", None)  # 9 s after the last use
-    assert table.lookup(b"a", now=30.0) == (None, AffinityOutcome.EXPIRED)
-    assert table.lookup(b"a", now=30.0) == (None, None) and len(table) == 0
+    table.pin(1, "long", 131072, now=0.0)
+    assert table.lookup(1, now=9.0) == ("long", None)
+    assert table.lookup(1, now=18.0) == ("long", None)  # 9 s after the last use
+    assert table.lookup(1, now=30.0) == (None, AffinityOutcome.EXPIRED)
+    assert table.lookup(1, now=30.0) == (None, None) and len(table) == 0
 
 
 def test_a_pin_only_moves_up() -> None:
     table = AffinityTable(AffinitySettings())
-    table.pin(b"a", "mid", 32768, now=0.0)
-    assert table.pin(b"a", "short", 8192, now=1.0) == []
-    assert table.lookup(b"a", now=2.0)[0] == "mid"
-    assert table.pin(b"a", "long", 131072, now=3.0) == [AffinityOutcome.PINNED]
-    assert table.lookup(b"a", now=4.0)[0] == "long"
+    table.pin(1, "mid", 32768, now=0.0)
+    assert table.pin(1, "short", 8192, now=1.0) == []
+    assert table.lookup(1, now=2.0)[0] == "mid"
+    assert table.pin(1, "long", 131072, now=3.0) == [AffinityOutcome.PINNED]
+    assert table.lookup(1, now=4.0)[0] == "long"
 
 
 def test_table_settings_are_checked() -> None:
