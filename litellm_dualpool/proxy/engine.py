@@ -213,7 +213,8 @@ class DualPoolEngine:
         decision = plan.decision
         if (decision.pool is not None and decision.reason in PINNING_REASONS
                 and decision.limit_tokens > group.pools[0].max_model_len):
-            key = key or conversation_key(plan.tenant, name, session_id, messages)
+            if key is None:
+                key = conversation_key(plan.tenant, name, session_id, messages)
             if key is not None:
                 self._pin(name, key, decision.pool, decision.limit_tokens)
         return plan, key
