@@ -8,9 +8,9 @@ allowed to the caller, fits the budget and is not saturated, and only when it is
 pool the policy chose. A forced placement is never overridden.
 
 A conversation is named by `conversation_key`: LiteLLM's session id when the caller sent one,
-else a hash of its first messages (the system prompt and the first user message, which every
-later turn resends unchanged), always together with the tenant and the model group, so one
-tenant can never pin another's conversation. `AffinityTable` keeps the pins: bounded (least
+else its history (a turn's messages before the last assistant one are the previous turn's
+request), always together with the tenant and the model group, so one tenant can never pin
+another's conversation. `AffinityTable` keeps the pins: bounded (least
 recently used first out) and expiring (a sliding TTL); time is passed in.
 """
 
@@ -25,9 +25,10 @@ from typing import Any
 
 from litellm_dualpool.core.policy import Decision, PoolState, Reason
 
-#: Characters of each first message hashed for a conversation without a session id: enough to
-#: tell conversations apart, bounded whatever the prompt's size.
-HASHED_CHARS_PER_MESSAGE = 4096
+#: Characters of each message's head and of its tail that name a conversation without a
+#: session id (with its length and role): enough to tell conversations apart, bounded whatever
+#: the prompt's size.
+SUMMARY_CHARS = 512
 #: Longest session id taken as given (a longer one is hashed like any other).
 _MAX_SESSION_ID_CHARS = 256
 #: Placements that pin a conversation: chosen by fit (or held, or recovered after a rejection).
@@ -58,51 +59,66 @@ class AffinitySettings:
     ttl_seconds: float = 900.0
 
 
-def _text_of(content: object) -> str:
-    """A message's text (a string, or the text parts of a list), bounded."""
-    if isinstance(content, str):
-        return content[:HASHED_CHARS_PER_MESSAGE]
+def _text_summary(text: str) -> tuple[int, str, str]:
+    """A long text's length, head and tail: what tells two messages apart, bounded."""
+    if len(text) <= 2 * SUMMARY_CHARS:
+        return len(text), text, ""
+    return len(text), text[:SUMMARY_CHARS], text[-SUMMARY_CHARS:]
+
+
+def _message_summary(message: object) -> tuple[Any, ...]:
+    """One message as the conversation key sees it: role, text summary, tool calls (bounded)."""
+    if type(message) is not dict:  # what JSON gives; anything else is summarised by its type
+        return (type(message).__name__,)
+    content = message.get("content")
     if type(content) is list:
-        parts = [p.get("text") for p in content if type(p) is dict]
-        return "\x1f".join(p for p in parts if isinstance(p, str))[:HASHED_CHARS_PER_MESSAGE]
-    return ""
+        content = "\x1f".join(p["text"] for p in content
+                              if type(p) is dict and isinstance(p.get("text"), str))
+    text = _text_summary(content) if isinstance(content, str) else None
+    calls = message.get("tool_calls")
+    return (message.get("role"), text,
+            None if calls is None else _text_summary(repr(calls)[:4 * SUMMARY_CHARS]))
 
 
 def is_continuation(messages: object) -> bool:
     """Whether a chat request continues a conversation: it carries an earlier assistant turn.
     Only such turns are held (a single-turn request that repeats another's prompt is not the
     same conversation)."""
-    if type(messages) is not list or len(messages) < 3:
+    if type(messages) is not list or len(messages) < 2:
         return False
     return any(type(m) is dict and m.get("role") == "assistant" for m in messages)
 
 
 def conversation_key(tenant: str, model_group: str, session_id: str | None,
-                     messages: object) -> int | None:
-    """The conversation a request belongs to, or None (no messages and no session id: nothing
-    names a conversation). Tenant and model group are part of the key.
+                     messages: object, *, previous: bool = False) -> int | None:
+    """The conversation a request belongs to, or None (nothing names one). Tenant and model
+    group are part of the key.
 
-    The key is Python's own hash of (tenant, group, what names the conversation): SipHash with
-    a per-process random key, so nobody outside the worker can aim a collision at another
-    tenant's pin, and ~40x cheaper than a cryptographic digest of the same 8 KB (blake2b took
-    ~25 us a request at 32 KB). Pins live in one worker's memory, where the key is stable."""
+    With a session id, the id. Else the messages themselves: a client resends a conversation's
+    history verbatim, so the request of turn N, up to its last assistant message (the answer
+    to turn N-1, which may be followed by tool results and the next user message), is the
+    whole request of turn N-1. So a request pins under the key of all its messages, and a
+    continuation looks up the key of its messages before the last assistant one
+    (`previous=True`): two conversations share a key only if their histories are the same
+    (a fixed system prompt and first instruction do not make two agents one conversation).
+    Each message counts by its role, length and first and last `SUMMARY_CHARS` characters.
+
+    The key is Python's own hash: SipHash with a per-process random key, so nobody outside
+    the worker can aim a collision at another tenant's pin, and ~20x cheaper than a
+    cryptographic digest (blake2b of 8 KB took ~25 us). Pins live in one worker's memory,
+    where the key is stable."""
     if session_id:
         return hash((tenant, model_group, "s", session_id[:_MAX_SESSION_ID_CHARS]))
-    if not isinstance(messages, list) or not messages:
+    if type(messages) is not list or not messages:
         return None
-    system = user = None
-    for message in messages:
-        if type(message) is not dict:  # what JSON gives; anything else names no conversation
-            continue
-        role = message.get("role")
-        if role in ("system", "developer") and system is None and user is None:
-            system = _text_of(message.get("content"))
-        elif role == "user":
-            user = _text_of(message.get("content"))
-            break
-    if user is None:
-        return None
-    return hash((tenant, model_group, "m", system or "", user))
+    if previous:
+        last = next((i for i in range(len(messages) - 1, -1, -1)
+                     if type(messages[i]) is dict and messages[i].get("role") == "assistant"),
+                    None)
+        if not last:
+            return None
+        messages = messages[:last]
+    return hash((tenant, model_group, "m", tuple(map(_message_summary, messages))))
 
 
 def hold(decision: Decision, pinned: str | None, pools: Sequence[PoolState], *,

@@ -172,7 +172,9 @@ class DualPoolEngine:
             raise refusal
         record = PlanRecord(plan, Progress.start(plan, stream=stream),
                             expose_budget=policy.expose_budget_header)
-        record.conversation = conversation
+        if self.affinity is not None:
+            record.conversation, record.session_id = conversation, session_id
+            record.messages = body.get("messages")
         return record
 
     def _allowed_pools(self, policy: TenantPolicy, group: GroupSpec) -> frozenset[str] | None:
@@ -192,13 +194,14 @@ class DualPoolEngine:
                            session_id: str | None) -> tuple[Plan, int | None]:
         """Conversation affinity (core/affinity.py): hold a continuation turn (or a request with
         a session id) in its conversation's larger pool; pin a conversation placed by fit in a
-        pool larger than the smallest. The key is hashed only when one of them applies."""
+        pool larger than the smallest. Keys are hashed only when one of them applies; the one
+        returned is the pin's (what the next turn looks up, and a recovery pins)."""
         now, name, key = self._clock(), group.model_group, None
         messages = body.get("messages")
         if session_id or is_continuation(messages):
-            key = conversation_key(plan.tenant, name, session_id, messages)
-            if key is not None:
-                pinned, expired = table.lookup(key, now)
+            found = conversation_key(plan.tenant, name, session_id, messages, previous=True)
+            if found is not None:
+                pinned, expired = table.lookup(found, now)
                 if expired is not None:
                     self.metrics.affinity.labels(name, expired.value).inc()
                 decision, outcome = hold(
@@ -213,8 +216,7 @@ class DualPoolEngine:
         decision = plan.decision
         if (decision.pool is not None and decision.reason in PINNING_REASONS
                 and decision.limit_tokens > group.pools[0].max_model_len):
-            if key is None:
-                key = conversation_key(plan.tenant, name, session_id, messages)
+            key = conversation_key(plan.tenant, name, session_id, messages)
             if key is not None:
                 self._pin(name, key, decision.pool, decision.limit_tokens)
         return plan, key
@@ -276,9 +278,18 @@ class DualPoolEngine:
             raise record.refusal
         progress.pool, progress.reason, progress.recovered_from = (
             decision.pool, Reason.RECOVERY, failed)
-        if record.conversation is not None:  # the conversation outgrew its pool: pin it up
-            self._pin(group.model_group, record.conversation, decision.pool,
-                      decision.limit_tokens)
+        self._pin_recovered(record, group, decision.pool, decision.limit_tokens)
+
+    def _pin_recovered(self, record: PlanRecord, group: GroupSpec, pool: str,
+                       limit_tokens: int) -> None:
+        """A conversation that outgrew its pool (a recovery) is pinned to the larger one."""
+        if self.affinity is None:
+            return
+        if record.conversation is None:
+            record.conversation = conversation_key(record.plan.tenant, group.model_group,
+                                                   record.session_id, record.messages)
+        if record.conversation is not None:
+            self._pin(group.model_group, record.conversation, pool, limit_tokens)
 
     def check_recoverable(self, group: GroupSpec, record: PlanRecord,
                           last_failure: str | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from litellm_dualpool.core.affinity import (
@@ -26,14 +28,42 @@ def turns(first: str, n: int, system: str = "be brief") -> list[dict[str, str]]:
     return messages
 
 
-def test_later_turns_share_the_first_turns_key_and_tenants_do_not() -> None:
+def test_a_turn_looks_up_the_previous_turns_key_and_tenants_do_not_share() -> None:
     key = conversation_key("t1", "llama", None, turns("hello", 1))
     assert key is not None
-    assert conversation_key("t1", "llama", None, turns("hello", 3)) == key
-    assert conversation_key("t2", "llama", None, turns("hello", 3)) != key
-    assert conversation_key("t1", "other", None, turns("hello", 3)) != key
-    assert conversation_key("t1", "llama", None, turns("hello!", 3)) != key
-    assert conversation_key("t1", "llama", None, turns("hello", 3, system="x")) != key
+    assert conversation_key("t1", "llama", None, turns("hello", 2), previous=True) == key
+    second = conversation_key("t1", "llama", None, turns("hello", 2))
+    assert conversation_key("t1", "llama", None, turns("hello", 3), previous=True) == second
+    assert conversation_key("t2", "llama", None, turns("hello", 2), previous=True) != key
+    assert conversation_key("t1", "other", None, turns("hello", 2), previous=True) != key
+    assert conversation_key("t1", "llama", None, turns("hello!", 2), previous=True) != key
+    assert conversation_key("t1", "llama", None, turns("hello", 2, system="x"),
+                            previous=True) != key
+
+
+def test_a_fixed_prompt_and_first_instruction_do_not_make_one_conversation() -> None:
+    """Agents sharing a system prompt and a first user message differ in what follows."""
+    def agent(call: str) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": "tools"}, {"role": "user", "content": "go"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": call, "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "{}"},
+                {"role": "user", "content": "next?"}]
+    a = conversation_key("t", "g", None, agent("search"))
+    assert a != conversation_key("t", "g", None, agent("fetch"))
+    # the next turn of agent a, after the assistant's answer, finds a's pin
+    follow = [*agent("search"), {"role": "assistant", "content": "done"},
+              {"role": "user", "content": "thanks"}]
+    assert conversation_key("t", "g", None, follow, previous=True) == a
+
+
+def test_long_messages_count_by_length_head_and_tail() -> None:
+    base = "x" * 5000
+    one = conversation_key("t", "g", None, [{"role": "user", "content": base}])
+    assert one == conversation_key("t", "g", None, [{"role": "user", "content": base}])
+    middle = base[:2500] + "y" + base[2501:]  # same length, head and tail: the same summary
+    assert one == conversation_key("t", "g", None, [{"role": "user", "content": middle}])
+    assert one != conversation_key("t", "g", None, [{"role": "user", "content": base + "x"}])
 
 
 def test_a_session_id_names_the_conversation_whatever_its_messages() -> None:
@@ -43,16 +73,19 @@ def test_a_session_id_names_the_conversation_whatever_its_messages() -> None:
     assert a != conversation_key("t1", "llama", None, turns("hello", 1))
 
 
-def test_nothing_names_a_conversation_without_a_user_message() -> None:
-    assert conversation_key("t", "g", None, [{"role": "system", "content": "x"}]) is None
+def test_nothing_names_a_conversation_without_messages_or_an_earlier_answer() -> None:
     assert conversation_key("t", "g", None, None) is None
+    assert conversation_key("t", "g", None, []) is None
     assert conversation_key("t", "g", None, "text") is None
+    assert conversation_key("t", "g", None, turns("hello", 1), previous=True) is None
 
 
 def test_only_a_request_with_an_earlier_assistant_turn_continues() -> None:
     assert not is_continuation(turns("hello", 1))
     assert is_continuation(turns("hello", 2))
     assert not is_continuation([{"role": "user", "content": "a"}] * 3)
+    assert is_continuation([{"role": "user", "content": "a"}, {"role": "assistant",
+                                                               "content": "b"}])
     assert not is_continuation(None)
 
 

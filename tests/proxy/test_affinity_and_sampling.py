@@ -136,6 +136,24 @@ def test_affinity_never_bypasses_the_callers_pools() -> None:
                     limited).plan.decision.pool == "short"
 
 
+def test_a_conversation_recovered_into_the_long_pool_stays_there() -> None:
+    eng, registry, _ = engine()
+    policy = TenantPolicy(tenant="t1")
+    first = text(random.Random(10), 8000)
+    record = eng.plan(conversation(first, 1, 100), eng.groups["llama"], policy)
+    assert record.plan.decision.pool == "short" and record.conversation is None
+    deployments = [{"model_info": {"id": pool, "max_model_len": limit, "pool": pool}}
+                   for pool, limit in (("short", SHORT), ("long", LONG))]
+    eng.choose("llama", deployments, record)
+    rejection = (f"This model's maximum context length is {SHORT} tokens. However, your prompt "
+                 f"contains at least {SHORT + 1} input tokens.")
+    chosen = eng.choose("llama::dualpool-recovery", deployments, record, last_failure=rejection)
+    assert [d["model_info"]["pool"] for d in chosen] == ["long"]
+    assert value(registry, "dualpool_affinity_total", model_group="llama", outcome="pinned") == 1
+    held = eng.plan(conversation(first, 2, 100), eng.groups["llama"], policy)
+    assert (held.plan.decision.pool, held.plan.decision.reason) == ("long", Reason.AFFINITY)
+
+
 def test_the_table_is_bounded_by_max_conversations() -> None:
     eng, registry, _ = engine({"affinity": {"max_conversations": 5}})
     policy = TenantPolicy(tenant="t1")
