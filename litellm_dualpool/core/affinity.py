@@ -28,7 +28,7 @@ from litellm_dualpool.core.policy import Decision, PoolState, Reason
 #: Characters of each message's head and of its tail that name a conversation without a
 #: session id (with its length and role): enough to tell conversations apart, bounded whatever
 #: the prompt's size.
-SUMMARY_CHARS = 512
+SUMMARY_CHARS = 128
 #: Longest session id taken as given (a longer one is hashed like any other).
 _MAX_SESSION_ID_CHARS = 256
 #: Placements that pin a conversation: chosen by fit (or held, or recovered after a rejection).
@@ -71,6 +71,9 @@ def _message_summary(message: object) -> tuple[Any, ...]:
     if type(message) is not dict:  # what JSON gives; anything else is summarised by its type
         return (type(message).__name__,)
     content = message.get("content")
+    if type(content) is str and len(message) == 2:  # the common {"role", "content"}
+        return (message.get("role"), len(content), content[:SUMMARY_CHARS],
+                content[-SUMMARY_CHARS:])
     if type(content) is list:
         content = "\x1f".join(p["text"] for p in content
                               if type(p) is dict and isinstance(p.get("text"), str))
