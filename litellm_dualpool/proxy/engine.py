@@ -198,7 +198,8 @@ class DualPoolEngine:
         returned is the pin's (what the next turn looks up, and a recovery pins)."""
         now, name, key = self._clock(), group.model_group, None
         messages = body.get("messages")
-        if session_id or is_continuation(messages):
+        upward = plan.decision.limit_tokens < group.largest.max_model_len  # else nothing to hold
+        if upward and (session_id or is_continuation(messages)):
             found = conversation_key(plan.tenant, name, session_id, messages, previous=True)
             if found is not None:
                 pinned, expired = table.lookup(found, now)
