@@ -3,6 +3,9 @@ calls them (pre-call hook, filter, success event), with realistic arguments.
 
 Rerun:  .venv/bin/python bench/profile_plugin.py [--json] [--requests 3000] [--profile]
         (--profile: cProfile over the same loop, the top functions by own time, to stderr)
+        Before/after on one machine: `git worktree add /tmp/base <older commit>`, then
+        .venv/bin/python bench/profile_plugin.py --json --baseline-src /tmp/base [--repeats 3]
+        (each tree measured in its own subprocess, alternating run by run)
 
 Per request: `async_pre_call_hook(UserAPIKeyAuth(...), None, data, "acompletion")` on a proxy-like
 body (model, messages, max_tokens, the metadata the proxy adds), then
@@ -118,7 +121,7 @@ def p99(values: list[float]) -> float:
 
 
 async def measure(size: str, requests: int, profile: cProfile.Profile | None,
-                  caller: str = "admin") -> dict[str, Any]:
+                  caller: str = "admin", warmup: int = 600) -> dict[str, Any]:
     from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
     from litellm_dualpool.emulator.prompt import PromptCounter
@@ -134,10 +137,11 @@ async def measure(size: str, requests: int, profile: cProfile.Profile | None,
     counter = PromptCounter("llama3")
     bodies = []
     for i in range(VARIANTS):  # distinct bodies, exact Llama-3 token counts as a backend reports
-        last = dict(base["messages"][-1], content=f"[request {i}] " + base["messages"][-1]["content"])
-        body = dict(base, messages=[*base["messages"][:-1], last])
+        # the first message differs: distinct conversations (core/affinity.py), not turns of one
+        first = dict(base["messages"][0], content=f"[request {i}] " + base["messages"][0]["content"])
+        body = dict(base, messages=[first, *base["messages"][1:]])
         bodies.append((body, counter.chat(body).token_count))
-    for i in range(min(200, requests)):  # warm: calibrator past its cold start, caches filled
+    for i in range(warmup):  # warm: calibration settled (core/learning.py), caches filled
         body, tokens = bodies[i % VARIANTS]
         await one_request(plugin, user, body, deployments, tokens)
     if profile is not None:
@@ -159,6 +163,7 @@ async def measure(size: str, requests: int, profile: cProfile.Profile | None,
         **{f"{h}_us_median": round(statistics.median(v), 2) for h, v in per_hook.items()},
         **{f"{h}_us_mean": round(statistics.fmean(v), 2) for h, v in per_hook.items()},
         "pools": pools, "learned_bytes_per_token": _learned(plugin),
+        "learning_outcomes": _outcomes(plugin),
         "callback_errors": _errors(plugin), "requests": requests,
     }
 
@@ -170,11 +175,74 @@ def _errors(plugin: Any) -> float:
     return total
 
 
+def _outcomes(plugin: Any) -> dict[str, float]:
+    """Learning outcomes over warm-up and timed requests (learned, skipped, ...)."""
+    out: dict[str, float] = {}
+    for metric in plugin.metrics.learning.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["outcome"]] = sample.value
+    return out
+
+
 def _learned(plugin: Any) -> float | None:
     for metric in plugin.metrics.bytes_per_token.collect():
         for sample in metric.samples:
             return round(sample.value, 3)
     return None
+
+
+def _run_tree(src: Path, size: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement of one size in a subprocess importing the plugin from `src`."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(src.resolve()))
+    argv = [sys.executable, str(Path(__file__).resolve()), "--json", "--sizes", size,
+            "--requests", str(args.requests), "--warmup", str(args.warmup),
+            "--caller", args.caller]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(result["sizes"][size])
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Baseline and current trees, alternating run by run on the same machine: the means
+    (per hook too) of each run, the median over runs, and current over baseline."""
+    current_src = Path(__file__).resolve().parents[1]
+    trees = {"baseline": args.baseline_src, "current": current_src}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {t: {s: [] for s in args.sizes}
+                                                        for t in trees}
+    for size in args.sizes:
+        for r in range(args.repeats):
+            order = list(trees) if r % 2 == 0 else list(reversed(trees))
+            for tree in order:
+                runs[tree][size].append(_run_tree(trees[tree], size, args))
+    keys = ("total_us_mean", "pre_call_us_mean", "filter_us_mean", "success_us_mean")
+    out: dict[str, Any] = {}
+    print(f"{'size':>6} {'hook':<16} {'baseline us':>12} {'current us':>11} {'ratio':>7}"
+          "   (median over runs of per-run means)")
+    for size in args.sizes:
+        out[size] = {}
+        for key in keys:
+            base = statistics.median(r[key] for r in runs["baseline"][size])
+            cur = statistics.median(r[key] for r in runs["current"][size])
+            out[size][key] = {"baseline": round(base, 2), "current": round(cur, 2),
+                              "ratio": round(cur / base, 3) if base else None}
+            print(f"{size:>6} {key:<16} {base:>12.1f} {cur:>11.1f} {cur / base:>7.3f}")
+        out[size]["pools"] = {t: runs[t][size][-1]["pools"] for t in trees}
+        out[size]["learning_outcomes"] = {t: runs[t][size][-1].get("learning_outcomes")
+                                          for t in trees}
+    result = {"compare": out, "baseline_src": str(args.baseline_src), "repeats": args.repeats,
+              "requests": args.requests, "warmup": args.warmup, "caller": args.caller,
+              "runs": runs,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "python": sys.version.split()[0],
+                          "loadavg": [round(v, 2) for v in os.getloadavg()],
+                          "date": datetime.datetime.now(datetime.UTC).isoformat(
+                              timespec="seconds")}}
+    if args.json:
+        print(json.dumps(result, separators=(",", ":")))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=3000, help="timed requests per size")
     ap.add_argument("--profile", action="store_true", help="cProfile top functions to stderr")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    ap.add_argument("--warmup", type=int, default=600,
+                    help="untimed requests first: past the 512 observations after which a key "
+                         "counts as settled (dualpool_settings.learning), caches filled")
     ap.add_argument("--caller", choices=["admin", "key"], default="admin",
                     help="admin: the master key, trusted, every request learned (as in "
                          "bench/proxy_overhead.py); key: a virtual key under the influence guard "
                          "(after a few requests per minute its observations are capped)")
+    ap.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                    help="also measure the plugin's code in DIR (e.g. a `git worktree add` of an "
+                         "older commit), interleaved run by run with this tree's, in subprocesses")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="with --baseline-src: runs of each tree per size (alternating)")
     args = ap.parse_args(argv)
+    if args.baseline_src is not None:
+        return compare(args)
     import litellm  # noqa: F401  (import cost outside the timing)
 
     results: dict[str, Any] = {}
@@ -195,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'filter':>8} {'success':>8} {'errors':>7}   (per hook: means)")
     for size in args.sizes:
         profile = cProfile.Profile() if args.profile else None
-        results[size] = asyncio.run(measure(size, args.requests, profile, args.caller))
+        results[size] = asyncio.run(measure(size, args.requests, profile, args.caller,
+                                            args.warmup))
         r = results[size]
         print(f"{size:>6} {r['total_us_mean']:>14.1f} {r['total_us_median']:>8.1f} "
               f"{r['total_us_p99']:>8.1f} {r['pre_call_us_mean']:>9.1f} {r['filter_us_mean']:>8.1f} "
@@ -208,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         # mean: learning refits every few requests (~0.1 ms), which a median would hide
         "per_request_cpu_us": {s: r["total_us_mean"] for s, r in results.items()},
         "per_request_cpu_us_median": {s: r["total_us_median"] for s, r in results.items()},
-        "sizes": results, "caller": args.caller,
+        "sizes": results, "caller": args.caller, "warmup": args.warmup,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": sys.version.split()[0], "loadavg": [round(v, 2) for v in os.getloadavg()],
                     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},

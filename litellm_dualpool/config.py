@@ -22,7 +22,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from litellm_dualpool.core.affinity import AffinitySettings
 from litellm_dualpool.core.calibration import CalibrationSettings
+from litellm_dualpool.core.learning import LearningSettings
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.limits import MAX_MODEL_LEN_BOUND, deployment_key
@@ -171,6 +173,51 @@ class ArbitrationConfig(_Model):
         description="LiteLLM providers (the model prefix) whose deployments are asked.")
 
 
+class AffinityConfig(_Model):
+    """Conversation affinity (core/affinity.py): a continuation turn stays in the larger pool
+    its conversation went to, so turns near a limit do not flip pools and lose the prefix cache.
+    Pins are kept per proxy worker (not shared through Redis)."""
+
+    enabled: bool = Field(True, description="Hold continuation turns in their conversation's "
+                                            "larger pool (upward only).")
+    max_conversations: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="Conversations remembered at most per worker (least recently used first "
+                    "out; ~150 bytes each).")
+    ttl_seconds: float = Field(
+        900.0, gt=0, le=7 * 86400,
+        description="A conversation unseen for this long is forgotten (about how long a "
+                    "backend's prefix cache outlives a pause under load).")
+
+    def to_core(self) -> AffinitySettings:
+        return AffinitySettings(**self.model_dump())
+
+
+class LearningConfig(_Model):
+    """Learning at bounded cost (core/learning.py): once a key's fit has settled, one ordinary
+    request in `sample_every` is learned from; requests near a pool's limit, misroutes and exact
+    counts always are."""
+
+    sample_every: int = Field(
+        16, ge=1, le=1_000_000,
+        description="Learn one ordinary request in this many once a key has settled (1: all).")
+    settled_samples: int = Field(
+        512, ge=1, le=100_000_000,
+        description="Observations a key's fit needs before it counts as settled (the fit's "
+                    "window is ~500 at ema_beta 0.998).")
+    settled_max_spread: float = Field(
+        0.05, ge=0, le=1,
+        description="Largest learned spread (sigma) of a settled key; a regime change widens "
+                    "it and unsettles the key.")
+    near_limit_fraction: float = Field(
+        0.15, ge=0, le=1,
+        description="A request whose budget range, widened by this fraction, holds a pool's "
+                    "max_model_len is near the limit: always learned from.")
+
+    def to_core(self) -> LearningSettings:
+        return LearningSettings(**self.model_dump())
+
+
 class DualPoolSettings(_Model):
     """The root of ``dualpool_settings:``."""
 
@@ -195,6 +242,8 @@ class DualPoolSettings(_Model):
     state: StateConfig = Field(default_factory=StateConfig)
     tenancy: TenancyConfig = Field(default_factory=TenancyConfig)
     arbitration: ArbitrationConfig = Field(default_factory=ArbitrationConfig)
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
 
     def policy_settings(self) -> PolicySettings:
         spill = self.spillover.load_fraction if self.spillover.enabled else None

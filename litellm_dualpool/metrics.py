@@ -104,7 +104,8 @@ class DualPoolMetrics:
         self.learning = Counter(
             "dualpool_learning_samples",
             "Finished requests by learning outcome (learned, rejected, limited, untrusted, "
-            "no_backend_usage, invalid_usage).",
+            "no_backend_usage, invalid_usage; skipped: an ordinary request of a settled key "
+            "left out of the learning sample, see dualpool_settings.learning).",
             ["model_group", "outcome"], registry=registry)
         self.misroutes = Counter(
             "dualpool_misroutes",
@@ -151,6 +152,11 @@ class DualPoolMetrics:
             "Planned requests by estimation tier: far (bytes alone), near (character counts), "
             "ambiguous (estimates straddle a pool limit).",
             ["model_group", "tier"], registry=registry)
+        self.affinity = Counter(
+            "dualpool_affinity",
+            "Conversation affinity by outcome: held (moved up to its conversation's pool), "
+            "agreed, expired, not_fitting, saturated (not held), pinned, evicted.",
+            ["model_group", "outcome"], registry=registry)
         self.callback_errors = Counter(
             "dualpool_callback_errors", "Exceptions caught at the plugin's hook boundaries.",
             ["hook"], registry=registry)

@@ -42,6 +42,7 @@ import math
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from operator import mul
 from typing import Any
 
 from litellm_dualpool.core.calibration_snapshot import KeyRecord, parse_snapshot, snapshot_object
@@ -251,20 +252,26 @@ class _KeyState:
             rejected_streak=self.rejected_streak, eager_refits=self.eager_refits)
 
     def stats(self) -> tuple[list[list[float]], list[float]]:
-        """Copies of the decayed statistics (A, b)."""
+        """Copies of the decayed statistics (A, b): A from its upper triangle, mirrored."""
         k = self.scale
-        return [[k * v for v in row] for row in self.a], [k * v for v in self.b]
+        a = [[0.0] * _N for _ in range(_N)]
+        for i, row in enumerate(self.a):
+            out = a[i]
+            for j in range(i, _N):
+                out[j] = a[j][i] = k * row[j]
+        return a, [k * v for v in self.b]
 
     def add(self, x: list[float], y: float, weight: float, decay: float) -> None:
-        """A <- decay*A + weight*x*x', b <- decay*b + weight*x*y (on the scaled statistics)."""
+        """A <- decay*A + weight*x*x', b <- decay*b + weight*x*y (on the scaled statistics).
+        Only A's upper triangle is kept current (`stats` mirrors it; refits are rare)."""
         self.scale *= decay
         g = weight / self.scale
         a, b = self.a, self.b
         nonzero = [i for i in range(_N) if x[i]]
-        for n, i in enumerate(nonzero):  # symmetric: update the upper triangle, mirror it
+        for n, i in enumerate(nonzero):
             row, gxi = a[i], g * x[i]
             for j in nonzero[n:]:
-                row[j] = a[j][i] = row[j] + gxi * x[j]
+                row[j] += gxi * x[j]
             b[i] += gxi * y
         if self.scale < 1e-100:  # fold the scale in long before it could underflow
             self.a, self.b = self.stats()
@@ -327,7 +334,9 @@ def _far_text(coeffs: tuple[float, ...], shape: RequestShape) -> float:
 
 
 def _dot(theta: list[float], x: list[float]) -> float:
-    return sum(t * v for t, v in zip(theta, x, strict=True))
+    """theta . x (both of length _N; `map` sums in the same order as a loop, ~2x faster)."""
+    total: float = sum(map(mul, theta, x))
+    return total
 
 
 def _learnable(shape: RequestShape, prompt_tokens: int) -> bool:
@@ -531,6 +540,15 @@ class Calibrator:
             state = self._states.get(key)
             return state.sigma(self.settings) if state else self._cold_sigma()
 
+    def settled(self, key: CategoryKey, min_samples: int, max_spread: float) -> bool:
+        """Whether `key`'s fit has settled: it rests on at least `min_samples` observations and
+        its learned spread is at most `max_spread` (core/learning.py samples such keys). A
+        regime change widens the spread again, which unsettles the key."""
+        with self._lock:
+            state = self._states.get(key)
+            return (state is not None and state.samples >= min_samples
+                    and state.sigma(self.settings) <= max_spread)
+
     def keys(self) -> list[CategoryKey]:
         with self._lock:
             return list(self._states)
@@ -573,7 +591,8 @@ class Calibrator:
         """The count implies a ratio within the bounds (for prompts of 64+ bytes), and it is
         no outlier against a warm key's prediction (unless a streak of them says otherwise)."""
         s = self.settings
-        text_tokens = prompt_tokens - _dot(state.theta, [0.0] * _F_MSG + x[_F_MSG:])
+        framing: float = sum(map(mul, state.theta[_F_MSG:], x[_F_MSG:]))
+        text_tokens = prompt_tokens - framing
         if text_tokens > 0 and shape.total_bytes >= 64:
             implied = shape.total_bytes / text_tokens
             if not s.min_bytes_per_token <= implied <= s.max_bytes_per_token:

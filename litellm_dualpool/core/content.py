@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, dataclass
 
 #: Characters sampled per request (text and structured strings each) for single-character
 #: counts; strings up to this size are counted exactly.
@@ -133,11 +133,10 @@ def measure_strings(strings: Sequence[str], total_chars: int, budget: int = SAMP
     f = len(singles) / len(seq) if seq else 0.0
     sequences = [round(n * f) for n in _sequence_counts(seq.encode("utf-8", "surrogatepass"),
                                                          first)]
-    stats = _stats(len(singles), _single_counts(singles.encode("utf-8", "surrogatepass")),
-                   sequences, first)
-    if total_chars <= exact_run_chars:
-        stats = replace(stats, exact_space_runs=sum(s.count("    ") for s in strings))
-    return stats
+    exact_runs = (sum(s.count("    ") for s in strings) if total_chars <= exact_run_chars
+                  else None)
+    return _stats(len(singles), _single_counts(singles.encode("utf-8", "surrogatepass")),
+                  sequences, first, exact_runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +188,14 @@ def _sequence_counts(raw: bytes, first: str) -> list[int]:
             raw.count(b'":') if first in ("{", "[") else 0]
 
 
-def _stats(chars: int, singles: list[int], sequences: list[int], first: str) -> SampleStats:
+def _stats(chars: int, singles: list[int], sequences: list[int], first: str,
+           exact_space_runs: int | None = None) -> SampleStats:
     spaces, newlines, digits, punctuation, uppercase, code_marks, kana, cjk = singles
     indents, space_runs, json_pairs = sequences
     return SampleStats(chars=chars, spaces=spaces, newlines=newlines, digits=digits,
                        punctuation=punctuation, uppercase=uppercase, code_marks=code_marks,
                        indents=indents, space_runs=space_runs, kana=kana, cjk=cjk,
-                       json_pairs=json_pairs, first=first)
+                       json_pairs=json_pairs, first=first, exact_space_runs=exact_space_runs)
 
 
 def measure(text: str) -> SampleStats:

@@ -32,6 +32,7 @@ class Reason(StrEnum):
                                        # (optimistic prompt, vLLM lowering max_tokens): that backend decides
     FITS_NOWHERE = "fits_nowhere"      # larger than every pool -> 400
     NOT_ALLOWED = "not_allowed"        # only a pool the tenant may not use would fit -> 400
+    AFFINITY = "affinity"              # held up in its conversation's larger pool (core/affinity.py)
 
 
 class Tier(StrEnum):

@@ -37,6 +37,7 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_dualpool.config import PluginConfig, load_plugin_config, read_yaml
+from litellm_dualpool.core.affinity import session_id_of
 from litellm_dualpool.core.calibration import Calibrator
 from litellm_dualpool.core.plan import RecoveryFailure
 from litellm_dualpool.core.tenant import ObservationTrust
@@ -87,6 +88,17 @@ def _metadata(container: dict[str, Any] | None, *, create: bool) -> dict[str, An
     return None
 
 
+def _read_metadata(container: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The request's metadata for reading (no copy of the request: the filter runs on every
+    attempt, and copying LiteLLM's ~30-key kwargs twice per call showed in its profile)."""
+    if not container:
+        return {}
+    found = container.get("litellm_metadata")
+    if not isinstance(found, dict):
+        found = container.get("metadata")
+    return found if isinstance(found, dict) else {}
+
+
 def _event_record(kwargs: Mapping[str, Any]) -> tuple[PlanRecord | None, Mapping[str, Any]]:
     params = kwargs.get("litellm_params") or {}
     for key in ("metadata", "litellm_metadata"):
@@ -130,8 +142,7 @@ def stream_prompt_tokens(stream: Any) -> int | None:
 def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset[str]:
     """Deployments that already failed this request: LiteLLM's retry breadcrumbs
     (``metadata.previous_models``, written before the retry is routed; absent on a first try)."""
-    metadata = _metadata(dict(request_kwargs or {}), create=False) or {}
-    crumbs = metadata.get("previous_models")
+    crumbs = _read_metadata(request_kwargs).get("previous_models")
     if not isinstance(crumbs, list | tuple):
         return frozenset()
     return frozenset(c["deployment_id"] for c in crumbs
@@ -141,9 +152,10 @@ def failed_deployment_ids(request_kwargs: Mapping[str, Any] | None) -> frozenset
 def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
     """The error text of the attempt that failed last (``exception_string`` of LiteLLM's last
     retry breadcrumb, recorded before a retry or fallback hop is routed), or None."""
-    metadata = _metadata(dict(request_kwargs or {}), create=False) or {}
-    crumbs = metadata.get("previous_models")
-    last = crumbs[-1] if isinstance(crumbs, list | tuple) and crumbs else None
+    crumbs = _read_metadata(request_kwargs).get("previous_models")
+    if not crumbs:  # a first attempt
+        return None
+    last = crumbs[-1] if isinstance(crumbs, list | tuple) else None
     text = last.get("exception_string") if isinstance(last, Mapping) else None
     return text if isinstance(text, str) else None
 
@@ -152,6 +164,24 @@ def last_failure_text(request_kwargs: Mapping[str, Any] | None) -> str | None:
 #: Anthropic Messages, Responses and embeddings are not arbitrated.
 _ARBITRATED_CALL_TYPES = frozenset({"completion", "acompletion", "text_completion",
                                     "atext_completion"})
+
+
+#: LiteLLM's mark on a session id it generated for one request (``general_settings.
+#: missing_session_id: generate``): such an id names no conversation (constants.py, 1.106/1.110).
+_SESSION_ID_GENERATED = "litellm_session_id_generated"
+
+
+def request_session_id(data: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> str | None:
+    """The caller's conversation id as LiteLLM's proxy records it: ``metadata.session_id``
+    (from the ``x-litellm-session-id`` header or the body's metadata), else the body's
+    ``litellm_session_id``; None when absent or generated for this request alone."""
+    found = session_id_of(metadata, _SESSION_ID_GENERATED)
+    if found is not None or (metadata or {}).get(_SESSION_ID_GENERATED):
+        return found
+    value = data.get("litellm_session_id")
+    return value[:256] if isinstance(value, str) and value else None
+
+
 #: The call types of OpenAI chat completions, whose user content parts LiteLLM validates.
 _CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 
@@ -361,7 +391,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             user_metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
             record = self.engine.plan(data, group, policy, metadata=user_metadata,
                                       embedding="embed" in str(call_type),
-                                      stream=bool(data.get("stream")))
+                                      stream=bool(data.get("stream")),
+                                      session_id=request_session_id(data, metadata))
             if (record.plan.arbiter_pool is not None and self.arbiter is not None
                     and str(getattr(call_type, "value", call_type)) in _ARBITRATED_CALL_TYPES):
                 record = await self.arbitrate(record, data, group)
@@ -468,7 +499,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             body["messages"] = messages
         try:
             record = self.engine.plan(body, group, self.caller_policy(metadata), metadata=metadata,
-                                      stream=bool(request_kwargs.get("stream")))
+                                      stream=bool(request_kwargs.get("stream")),
+                                      session_id=request_session_id(request_kwargs, metadata))
         except InvalidRequestError:
             return None
         metadata[STASH_KEY] = record

@@ -17,8 +17,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from litellm_dualpool.config import GroupSpec, PluginConfig, PoolSpec
+from litellm_dualpool.core.affinity import (
+    PINNING_REASONS,
+    AffinityTable,
+    conversation_key,
+    hold,
+    is_continuation,
+)
 from litellm_dualpool.core.calibration import MAX_PROMPT_TOKENS, Calibrator
 from litellm_dualpool.core.estimator import Estimator, learning_shape
+from litellm_dualpool.core.learning import LearnReason, learn_reason, near_limit
 from litellm_dualpool.core.plan import (
     Plan,
     Progress,
@@ -42,6 +50,8 @@ logger = logging.getLogger("litellm_dualpool")
 
 __all__ = ["STASH_KEY", "DualPoolEngine", "LoadSource", "PlanRecord"]
 
+#: Distinct (group, allowed pools) combinations remembered before the cache starts again.
+_MAX_ALLOWED_CACHE = 1024
 #: Optional extra load signal: (model group, pool) -> load fraction, or None when unknown.
 LoadSource = Callable[[str, PoolSpec], float | None]
 
@@ -77,9 +87,13 @@ class DualPoolEngine:
         suffix = self.settings.recovery.group_suffix
         self.recovery_groups: dict[str, str] = (
             {g + suffix: g for g in self.groups} if self.settings.recovery.enabled else {})
-        #: each group's pool limits, ascending (what the estimate's tiers are judged against)
-        self._limits = {name: tuple(p.max_model_len for p in g.pools)
-                        for name, g in self.groups.items()}
+        #: Conversation -> larger pool (core/affinity.py); None when affinity is off.
+        self.affinity = (AffinityTable(self.settings.affinity.to_core())
+                         if self.settings.affinity.enabled else None)
+        self._learning = self.settings.learning.to_core()
+        #: Ordinary requests of settled keys seen per model group (the 1-in-N learning sample).
+        self._ordinary = {name: itertools.count() for name in self.groups}
+        self._index_pools()
         for name in self.groups:
             init_group_series(self.metrics, name)
         #: max_model_len read from the backend, by LiteLLM's deployment id (model_info.id), for
@@ -90,8 +104,7 @@ class DualPoolEngine:
     def update_config(self, config: PluginConfig) -> None:
         """Pools rebuilt after more limits were read from the backends (same groups)."""
         self.config, self.groups = config, config.groups
-        self._limits = {name: tuple(p.max_model_len for p in g.pools)
-                        for name, g in self.groups.items()}
+        self._index_pools()
 
     def learn_deployment_ids(self, deployments: Iterable[Mapping[str, Any]]) -> None:
         """Map the router's deployments (recovery copies included) without a configured
@@ -103,6 +116,15 @@ class DualPoolEngine:
             length = limits.get(deployment_key(deployment.get("litellm_params")) or ("", ""))
             if isinstance(info.get("id"), str) and length is not None:
                 self._limit_by_id[info["id"]] = length
+
+    def _index_pools(self) -> None:
+        """Per-group views of the pools, rebuilt when discovery changes them."""
+        #: each group's pool limits, ascending (what the estimate's tiers are judged against)
+        self._limits = {name: tuple(p.max_model_len for p in g.pools)
+                        for name, g in self.groups.items()}
+        self._pool_names = {name: [p.name for p in g.pools] for name, g in self.groups.items()}
+        #: (group, allowed pools, allow long pool) -> the caller's allowed subset; bounded
+        self._allowed: dict[tuple[str, frozenset[str] | None, bool], frozenset[str] | None] = {}
 
     # -- pools -----------------------------------------------------------------------------
     def group_for(self, model: object) -> GroupSpec | None:
@@ -159,8 +181,9 @@ class DualPoolEngine:
 
     def plan(self, body: Mapping[str, Any], group: GroupSpec, policy: TenantPolicy, *,
              metadata: Mapping[str, Any] | None = None, embedding: bool = False,
-             stream: bool = False) -> PlanRecord:
+             stream: bool = False, session_id: str | None = None) -> PlanRecord:
         """Estimate and decide; the record to keep in the request's metadata.
+        `session_id`: the caller's conversation id (LiteLLM's ``metadata.session_id``).
 
         Raises NoPoolFitsError / PoolNotAllowedError (-> 400) and InvalidRequestError."""
         started = self._clock()
@@ -170,19 +193,28 @@ class DualPoolEngine:
             default_output_tokens=policy.default_output_tokens, embedding=embedding,
             limits=self._limits.get(group.model_group),
             headroom_fraction=self._policy.headroom_fraction)
+        pools = self.pool_states(group)
         self.metrics.decisions_by_tier.labels(group.model_group, estimate.tier.value).inc()
         plan = plan_request(
-            estimate, self.pool_states(group), self._policy,
+            estimate, pools, self._policy,
             plan_id=self._id_prefix + str(next(self._ids)),
-            allowed_pools=policy.pools_for([p.name for p in group.pools]), forced_pool=forced,
+            allowed_pools=self._allowed_pools(policy, group), forced_pool=forced,
             tenant=policy.tenant, trust=policy.observation_trust)
+        conversation = None
+        if self.affinity is not None and plan.decision.pool is not None:
+            plan, conversation = self._hold_conversation(self.affinity, plan, group, pools, body,
+                                                         session_id)
         self.metrics.decision_seconds.observe(self._clock() - started)
         refusal = plan.refusal()
         if refusal is not None:
             self.metrics.refusals.labels(group.model_group, plan.decision.reason.value).inc()
             raise refusal
-        return PlanRecord(plan, Progress.start(plan, stream=stream),
-                          expose_budget=policy.expose_budget_header, draft=estimate.draft)
+        record = PlanRecord(plan, Progress.start(plan, stream=stream),
+                            expose_budget=policy.expose_budget_header, draft=estimate.draft)
+        if self.affinity is not None:
+            record.conversation, record.session_id = conversation, session_id
+            record.messages = body.get("messages")
+        return record
 
     def arbitrated(self, record: PlanRecord, prompt_tokens: int) -> PlanRecord:
         """The record of an AMBIGUOUS request once the backend's tokenizer has counted it: the
@@ -198,15 +230,81 @@ class DualPoolEngine:
             return record
         group = self.groups[plan.group]
         counted = plan_counted(plan, prompt_tokens, self.pool_states(group), self._policy)
-        self.learn(record, prompt_tokens)
+        self.learn(record, prompt_tokens, always=True)
         refusal = counted.refusal()
         if refusal is not None:
             self.metrics.refusals.labels(group.model_group, counted.decision.reason.value).inc()
             raise refusal
         progress = Progress.start(counted, stream=record.progress.stream)
         progress.learned = True
-        return PlanRecord(counted, progress, expose_budget=record.expose_budget,
-                          draft=record.draft)
+        arbitrated = PlanRecord(counted, progress, expose_budget=record.expose_budget,
+                                draft=record.draft)
+        arbitrated.conversation, arbitrated.session_id, arbitrated.messages = (
+            record.conversation, record.session_id, record.messages)
+        if self.affinity is not None:
+            arbitrated.conversation = self._pin_placed(
+                counted, group, record.session_id, record.messages) or record.conversation
+        return arbitrated
+
+    def _allowed_pools(self, policy: TenantPolicy, group: GroupSpec) -> frozenset[str] | None:
+        """`policy.pools_for` of the group's pools, remembered (it builds two sets per call)."""
+        key = (group.model_group, policy.allowed_pools, policy.allow_long_pool)
+        try:
+            return self._allowed[key]
+        except KeyError:
+            if len(self._allowed) >= _MAX_ALLOWED_CACHE:
+                self._allowed.clear()
+            found = self._allowed[key] = policy.pools_for(self._pool_names[group.model_group])
+            return found
+
+    # -- conversation affinity ---------------------------------------------------------------
+    def _hold_conversation(self, table: AffinityTable, plan: Plan, group: GroupSpec,
+                           pools: Sequence[PoolState], body: Mapping[str, Any],
+                           session_id: str | None) -> tuple[Plan, int | None]:
+        """Conversation affinity (core/affinity.py): hold a continuation turn (or a request with
+        a session id) in its conversation's larger pool; pin a conversation placed by fit in a
+        pool larger than the smallest. Keys are hashed only when one of them applies; the one
+        returned is the pin's (what the next turn looks up, and a recovery pins)."""
+        now, name, key = self._clock(), group.model_group, None
+        messages = body.get("messages")
+        upward = plan.decision.limit_tokens < group.largest.max_model_len  # else nothing to hold
+        if upward and (session_id or is_continuation(messages)):
+            found = conversation_key(plan.tenant, name, session_id, messages, previous=True)
+            if found is not None:
+                pinned, expired = table.lookup(found, now)
+                if expired is not None:
+                    self.metrics.affinity.labels(name, expired.value).inc()
+                decision, outcome = hold(
+                    plan.decision, pinned, pools, allowed_pools=plan.allowed_pools,
+                    spillover_load_fraction=self._policy.spillover_load_fraction)
+                if outcome is not None:
+                    self.metrics.affinity.labels(name, outcome.value).inc()
+                if decision is not plan.decision:  # (dataclasses.replace: ~5 us more)
+                    # held above the band: nothing left to arbitrate
+                    plan = Plan(plan.id, plan.group, plan.category, plan.budget, plan.shape,
+                                decision, plan.preferred, plan.allowed_pools, plan.tenant,
+                                plan.trust, plan.tier, plan.count, None)
+        if plan.arbiter_pool is None:  # else the exact count decides, and pins (`arbitrated`)
+            key = self._pin_placed(plan, group, session_id, messages)
+        return plan, key
+
+    def _pin_placed(self, plan: Plan, group: GroupSpec, session_id: str | None,
+                    messages: Any) -> int | None:
+        """Pin the conversation of a plan placed by fit in a pool larger than the smallest;
+        its key, or None when nothing was pinned."""
+        decision, name = plan.decision, group.model_group
+        if (decision.pool is None or decision.reason not in PINNING_REASONS
+                or decision.limit_tokens <= group.pools[0].max_model_len):
+            return None
+        key = conversation_key(plan.tenant, name, session_id, messages)
+        if key is not None:
+            self._pin(name, key, decision.pool, decision.limit_tokens)
+        return key
+
+    def _pin(self, group: str, key: int, pool: str, limit_tokens: int) -> None:
+        if self.affinity is not None:
+            for outcome in self.affinity.pin(key, pool, limit_tokens, self._clock()):
+                self.metrics.affinity.labels(group, outcome.value).inc()
 
     # -- filtering -------------------------------------------------------------------------
     def choose(self, model: str, healthy: Sequence[dict[str, Any]], record: PlanRecord,
@@ -260,6 +358,18 @@ class DualPoolEngine:
             raise record.refusal
         progress.pool, progress.reason, progress.recovered_from = (
             decision.pool, Reason.RECOVERY, failed)
+        self._pin_recovered(record, group, decision.pool, decision.limit_tokens)
+
+    def _pin_recovered(self, record: PlanRecord, group: GroupSpec, pool: str,
+                       limit_tokens: int) -> None:
+        """A conversation that outgrew its pool (a recovery) is pinned to the larger one."""
+        if self.affinity is None:
+            return
+        if record.conversation is None:
+            record.conversation = conversation_key(record.plan.tenant, group.model_group,
+                                                   record.session_id, record.messages)
+        if record.conversation is not None:
+            self._pin(group.model_group, record.conversation, pool, limit_tokens)
 
     def check_recoverable(self, group: GroupSpec, record: PlanRecord,
                           last_failure: str | None) -> None:
@@ -401,7 +511,7 @@ class DualPoolEngine:
         if rejection.prompt_tokens is not None and rejection.prompt_tokens_exact:
             if prompt_tokens_plausible(plan.shape, rejection.prompt_tokens,
                                        self.calibrator.settings.max_bytes_per_token):
-                self.learn(record, rejection.prompt_tokens)
+                self.learn(record, rejection.prompt_tokens, always=True)
             else:
                 self.metrics.learning.labels(group.model_group, Outcome.REJECTED.value).inc()
 
@@ -414,9 +524,13 @@ class DualPoolEngine:
             progress.recovery_failure = (RecoveryFailure.CONTEXT if context_rejected
                                          else RecoveryFailure.ERROR)
 
-    def learn(self, record: PlanRecord, prompt_tokens: int) -> bool:
+    def learn(self, record: PlanRecord, prompt_tokens: int, *, always: bool = False) -> bool:
         """Learn once per request from the backend's prompt token count.
 
+        `always`: an exact count that must be learned whatever the sample (a backend's
+        rejection naming the count; a count asked of the backend's tokenizer). A recovered
+        request is always learned too; an ordinary one of a settled key only when the learning
+        sample takes it (core/learning.py), else it counts as ``skipped``.
         A count that is not an integer in [1, MAX_PROMPT_TOKENS] (a broken or hostile backend)
         is counted as ``invalid_usage`` and goes nowhere: it is neither learned nor shared
         with the other workers, whose calibrators would otherwise all see it."""
@@ -427,6 +541,10 @@ class DualPoolEngine:
             self.metrics.learning.labels(plan.group, "invalid_usage").inc()
             return False
         progress.learned = True
+        if self._learning.sample_every > 1 and self.learn_reason(
+                record, always=always) is LearnReason.SKIPPED:
+            self.metrics.learning.labels(plan.group, LearnReason.SKIPPED.value).inc()
+            return False
         point = plan.budget.prompt_tokens_point or plan.budget.prompt_tokens
         shape, key = learning_shape(plan.shape, plan.key, record.draft)
         label = self.calibrator.stored_key(key, shape).category  # bounded
@@ -436,3 +554,15 @@ class DualPoolEngine:
         outcome = self.store.observe(key, shape, prompt_tokens, tenant=plan.tenant,
                                      trust=plan.trust)
         return outcome is Outcome.LEARNED
+
+    def learn_reason(self, record: PlanRecord, *, always: bool = False) -> LearnReason:
+        """Whether this request's count is learned (core/learning.py): the settled check and
+        the sample's counter are only consulted for ordinary requests."""
+        plan, settings = record.plan, self._learning
+        always = always or record.progress.recovered_from is not None
+        near = not always and near_limit(plan.budget, self._limits.get(plan.group, ()),
+                                         settings.near_limit_fraction)
+        settled = not (always or near) and self.calibrator.settled(
+            plan.key, settings.settled_samples, settings.settled_max_spread)
+        ordinal = next(self._ordinary[plan.group]) if settled else 0
+        return learn_reason(settings, settled=settled, near=near, always=always, ordinal=ordinal)

@@ -25,12 +25,16 @@ class PlanRecord(dict[str, Any]):
     `refusal`: the recovery hop's "no larger pool" refusal, kept for the post-call failure hook,
     which tells the client in OpenAI's context-length shape (LiteLLM's own error for the failed
     fallback hop wraps it in other text).
+    `conversation`: the conversation's affinity key (core/affinity.py), when one was computed;
+    else `messages` / `session_id` (references, no copies) let a recovery to a larger pool
+    compute it and pin the conversation there.
     `expose_budget`: the caller's policy shows it ``x-dualpool-budget-tokens`` (resolved once,
     with the plan, not again for the response).
     `draft`: the walked body of a FAR plan (its shape has no character counts; learning
     completes it, `core.estimator.learning_shape`)."""
 
-    __slots__ = ("draft", "expose_budget", "plan", "progress", "refusal")
+    __slots__ = ("conversation", "draft", "expose_budget", "messages", "plan", "progress",
+                 "refusal", "session_id")
 
     def __init__(self, plan: Plan, progress: Progress, *, expose_budget: bool = False,
                  draft: ShapeDraft | None = None) -> None:
@@ -40,6 +44,9 @@ class PlanRecord(dict[str, Any]):
         self.expose_budget = expose_budget
         self.draft = draft
         self.refusal: NoPoolFitsError | None = None
+        self.conversation: int | None = None
+        self.messages: Any = None
+        self.session_id: str | None = None
 
 
 def record_in(metadata: Mapping[str, Any] | None) -> PlanRecord | None:

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from litellm_dualpool.metrics import DualPoolMetrics
 
 
+#: The learned-state gauges follow every observation of a key up to this many, then every
+#: `_GAUGE_EVERY`-th (at most 7 observations stale: a fit's window is ~500).
+_GAUGE_EVERY_AFTER = 64
+_GAUGE_EVERY = 8
+
+
 def new_worker_id() -> str:
     """A fresh id per process start (observations are unique by worker id and sequence)."""
     return uuid.uuid4().hex[:12]
@@ -45,6 +51,11 @@ class StateStore:
         self.worker_id = worker_id or new_worker_id()
         self._wall_clock = wall_clock
         self._seq = itertools.count(1)
+        #: Learned observations reported per calibration key (bounded like the keys): the
+        #: learned-state gauges are refreshed on every one of the first `_GAUGE_EVERY_AFTER`
+        #: and then on every `_GAUGE_EVERY`-th (reading both back takes three locks and two
+        #: gauge writes, a third of learning's cost; a scrape every 15 s sees the same).
+        self._reported: dict[CategoryKey, int] = {}
 
     @property
     def calibrator(self) -> Any:
@@ -105,6 +116,9 @@ class StateStore:
         if outcome is Outcome.LEARNED:
             calibrator = self.learner.calibrator
             key = calibrator.stored_key(obs.key, obs.shape)  # bounded labels
+            seen = self._reported[key] = self._reported.get(key, 0) + 1
+            if seen > _GAUGE_EVERY_AFTER and seen % _GAUGE_EVERY:
+                return
             metrics.bytes_per_token.labels(group, key.category).set(calibrator.bytes_per_token(key))
             metrics.spread.labels(group, key.category).set(calibrator.spread(key))
 
