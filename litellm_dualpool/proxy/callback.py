@@ -396,6 +396,8 @@ class DualPoolCallback(CustomLogger):  # type: ignore[misc]  # LiteLLM is not fo
             if (record.plan.arbiter_pool is not None and self.arbiter is not None
                     and str(getattr(call_type, "value", call_type)) in _ARBITRATED_CALL_TYPES):
                 record = await self.arbitrate(record, data, group)
+            if record.plan.arbiter_pool is not None:  # no exact count: the estimate's pool pins
+                self.engine.pin_estimated(record)
             metadata[STASH_KEY] = record
         except NoPoolFitsError as error:  # OpenAI's context-length 400 (client_errors.py)
             from litellm_dualpool.proxy.client_errors import refusal_error

@@ -246,6 +246,14 @@ class DualPoolEngine:
                 counted, group, record.session_id, record.messages) or record.conversation
         return arbitrated
 
+    def pin_estimated(self, record: PlanRecord) -> None:
+        """Pin the conversation of an AMBIGUOUS plan that got no exact count (arbitration off,
+        failed or not for this call type): the estimate's pool stands, so it pins as a plan
+        placed by fit does."""
+        if self.affinity is not None and record.conversation is None:
+            record.conversation = self._pin_placed(record.plan, self.groups[record.plan.group],
+                                                   record.session_id, record.messages)
+
     def _allowed_pools(self, policy: TenantPolicy, group: GroupSpec) -> frozenset[str] | None:
         """`policy.pools_for` of the group's pools, remembered (it builds two sets per call)."""
         key = (group.model_group, policy.allowed_pools, policy.allow_long_pool)

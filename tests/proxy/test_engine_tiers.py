@@ -107,3 +107,31 @@ def test_an_exact_count_one_token_over_the_short_pool_goes_long() -> None:
     record = ambiguous(eng, ObservationTrust.TRUSTED)
     counted = eng.arbitrated(record, SHORT - record.plan.budget.output_tokens + 1)
     assert (counted.plan.decision.pool, counted.plan.count) == ("long", CountSource.ARBITRATED)
+
+
+def pins(registry: CollectorRegistry) -> float:
+    return registry_value(registry, "dualpool_affinity_total", model_group="g", outcome="pinned")
+
+
+def test_an_ambiguous_plan_pins_its_conversation_only_once_its_count_decides() -> None:
+    """Affinity and arbitration: the estimate of an ambiguous request may say long where the
+    exact count says short, so the pin waits for the count (or, without one, for the estimate's
+    pool to stand: `pin_estimated`)."""
+    eng, registry = engine()
+    record = ambiguous(eng, ObservationTrust.TRUSTED)
+    assert record.plan.arbiter_pool == "short" and record.plan.decision.pool == "long"
+    assert pins(registry) == 0  # not pinned on the estimate
+    budget_output = record.plan.budget.output_tokens
+    short_fit = eng.arbitrated(record, SHORT - budget_output - 500)
+    assert short_fit.plan.decision.pool == "short"
+    assert pins(registry) == 0  # the exact count fits short: nothing to hold
+
+    record = ambiguous(eng, ObservationTrust.TRUSTED)
+    long_fit = eng.arbitrated(record, SHORT - budget_output + 200)
+    assert long_fit.plan.decision.pool == "long" and long_fit.conversation is not None
+    assert pins(registry) == 1
+
+    unanswered = ambiguous(eng, ObservationTrust.TRUSTED)
+    unanswered.session_id = "another conversation"
+    eng.pin_estimated(unanswered)  # no exact count came: the estimate's long pool stands
+    assert unanswered.conversation is not None and pins(registry) == 2
