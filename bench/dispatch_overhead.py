@@ -15,6 +15,12 @@ estimator's calibrator is warmed with a few observations first, as in a running 
 against pools it is far from (`FAR_POOLS`: the 1 KB and 32 KB bodies clearly inside the short
 pool, the 512 KB body clearly beyond it), so that the bytes alone decide: no character counts
 (core.policy.Tier.FAR). "dualpool_us_median" stays the full (near-tier) estimate.
+
+--breakdown adds "far_breakdown": the far path's stages timed alone per size (medians, us):
+walk (`measure_request`: one pass over the body for its sizes, UTF-8 encoding the non-ASCII
+strings), utf8_encode (the part of the walk that encodes those strings), bytes_shape (building
+the `RequestShape`), far_range (`Calibrator.estimate_far`), estimate (the whole tiered
+`Estimator.estimate`) and decide (`core.policy.decide`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
-from litellm_dualpool.core.calibration import Calibrator
+from litellm_dualpool.core.calibration import Calibrator, CategoryKey
 from litellm_dualpool.core.estimator import Estimator
 from litellm_dualpool.core.policy import PolicySettings, PoolState, decide
 
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     ap.add_argument("--repeat-scale", type=float, default=1.0, help="scale the call counts")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the far path's stages alone (module docstring)")
     args = ap.parse_args(argv)
 
     import litellm  # only here: the bench compares against it
@@ -157,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:>6} {med:>16.2f} {p99(ours):>10.2f} {tc_med:>21.1f} "
               f"{tc_med / med:>8.0f}x {statistics.median(ja):>10.2f} {far_med:>11.2f} "
               f"{tc_med / far_med:>11.0f}x")
+    if args.breakdown:
+        for label, size in SIZES.items():
+            body = chat_body(english, size, MESSAGES[label])
+            n = max(3, int(REPEATS[label][0] * args.repeat_scale))
+            details[label]["far_breakdown"] = far_breakdown(estimator, body, FAR_POOLS[label],
+                                                            settings, n)
+            print(f"{label:>6} far path stages (median us): {details[label]['far_breakdown']}")
     result = {
         "sizes": sizes, "details": details,
         "targets": {"speedup_at_32KB": 100, "far_speedup_at_32KB": 100},
@@ -168,6 +183,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
     return 0
+
+
+def far_breakdown(estimator: Estimator, body: dict[str, Any], limits: tuple[int, int],
+                  settings: PolicySettings, repeats: int) -> dict[str, float]:
+    """Median microseconds of each stage of the far path, each timed alone."""
+    from litellm_dualpool.core.shape import measure_request, utf8_len
+
+    draft = measure_request(body)
+    shape = draft.bytes_shape()
+    key = CategoryKey("g", shape.content_class.value)
+    pools = [PoolState("short", limits[0], 0.3), PoolState("long", limits[1], 0.1)]
+    est = estimator.estimate(body, "g", limits=limits,
+                             headroom_fraction=settings.headroom_fraction)
+    non_ascii = [m["content"] for m in body["messages"] if not m["content"].isascii()]
+    stages: dict[str, Callable[[], object]] = {
+        "walk": lambda: measure_request(body),
+        "utf8_encode": lambda: [utf8_len(t) for t in non_ascii],
+        "bytes_shape": lambda: draft._build(None, shape.content_class),
+        "far_range": lambda: estimator.calibrator.estimate_far(key, shape),
+        "estimate": lambda: estimator.estimate(body, "g", limits=limits,
+                                               headroom_fraction=settings.headroom_fraction),
+        "decide": lambda: decide(est.budget.total_tokens, pools, settings,
+                                 category=est.key.category),
+    }
+    out = {name: round(statistics.median(time_calls(fn, repeats)), 2)
+           for name, fn in stages.items()}
+    out["non_ascii_messages"] = len(non_ascii)
+    return out
 
 
 def _litellm_version() -> str:
