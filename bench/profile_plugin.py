@@ -114,7 +114,8 @@ class TokenizeStub:
         if found is None:
             found = self._answers[tokens] = json.dumps(
                 {"count": tokens, "max_model_len": self.max_model_len,
-                 "tokens": [1000 + i % 100000 for i in range(tokens)]}).encode()
+                 "tokens": [1000 + i % 100000 for i in range(tokens)], "token_strs": None},
+                separators=(",", ":")).encode()  # compact, as vLLM's JSONResponse writes it
         return found
 
     def __call__(self, request: Any) -> Any:

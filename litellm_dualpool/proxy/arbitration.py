@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import time
@@ -99,6 +100,33 @@ def parse_count(payload: Any) -> int | None:
     if tokens is not None and (not isinstance(tokens, list) or len(tokens) != count):
         return None
     return count
+
+
+#: The bytes a compact list of token ids is made of (vLLM writes `[128000,128006,...]`).
+_ID_LIST_BYTES = b"0123456789,"
+
+
+def parse_answer(raw: bytes) -> int | None:
+    """`parse_count` of a /tokenize answer's bytes, without decoding its token ids one by one
+    (json.loads of the ~7,000 ids of a 32 KB prompt costs ~0.7 ms of the proxy's CPU): when
+    the top-level ``tokens`` is a compact list of non-negative integers, its ids are counted
+    by their commas and the rest of the answer is parsed as JSON; anything else (whitespace,
+    signs, fractions, a leading zero, a nested or repeated ``tokens``) is parsed in full.
+    Same result as ``parse_count(json.loads(raw))``; ValueError for a body that is not JSON."""
+    start = raw.find(b'"tokens"')
+    opening = raw.find(b"[", start) if start >= 0 else -1
+    closing = raw.find(b"]", opening) if opening >= 0 else -1
+    if closing > 0 and raw[start + 8:opening].strip(b" \t\r\n") == b":":
+        ids = raw[opening + 1:closing]
+        if not ids.translate(None, _ID_LIST_BYTES) and not (
+                ids.startswith((b",", b"0")) or ids.endswith(b",") or b",," in ids
+                or b",0" in ids):
+            payload = json.loads(raw[:opening + 1] + raw[closing:])
+            if isinstance(payload, Mapping) and payload.get("tokens") == []:
+                count = parse_count({**payload, "tokens": None})
+                ids_count = ids.count(b",") + 1 if ids else 0
+                return count if count == ids_count else None
+    return parse_count(json.loads(raw))
 
 
 def _served_model(deployment: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -203,7 +231,7 @@ class Arbiter:
                     return Outcome.UNSUPPORTED, None, False
                 if status != 200 or len(response.content) > MAX_RESPONSE_BYTES:
                     return Outcome.ERROR, None, not 400 <= status < 500
-                count = parse_count(response.json())
+                count = parse_answer(response.content)
         except (TimeoutError, httpx.TimeoutException):
             return Outcome.TIMEOUT, None, True
         except (httpx.HTTPError, ValueError) as error:

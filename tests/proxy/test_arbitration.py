@@ -4,6 +4,7 @@ answer, timeouts, 404s remembered, the concurrency cap, and which deployments ar
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from litellm_dualpool.metrics import DualPoolMetrics, init_group_series
 from litellm_dualpool.proxy.arbitration import (
     Arbiter,
     Outcome,
+    parse_answer,
     parse_count,
     tokenize_body,
     tokenize_url,
@@ -90,6 +92,42 @@ def test_tokenize_url_is_at_the_server_root() -> None:
 ])
 def test_answers_are_validated(payload: Any, count: int | None) -> None:
     assert parse_count(payload) == count
+
+
+_IDS = ",".join(str(128000 + i) for i in range(5000))
+
+
+@pytest.mark.parametrize(("raw", "count"), [
+    ('{"count":5000,"max_model_len":8192,"tokens":[' + _IDS + '],"token_strs":null}', 5000),
+    ('{"count":4999,"max_model_len":8192,"tokens":[' + _IDS + ']}', None),  # one id more
+    ('{"count": 3, "tokens" : [1, 2, 3]}', 3),        # whitespace: parsed in full
+    ('{"count":3,"tokens":[0,2,3]}', 3),              # id 0: parsed in full
+    ('{"count":3,"tokens":[1,,3]}', "error"),         # not JSON: neither path accepts it
+    ('{"count":3,"tokens":[1,2,3,]}', "error"),
+    ('{"count":3,"tokens":[1,02,3]}', "error"),
+    ('{"count":2,"tokens":[1,2.5]}', 2),              # not an id, but a list of 2
+    ('{"count":2,"tokens":[-1,2]}', 2),
+    ('{"count":2,"tokens":[[1],[2]]}', 2),
+    ('{"count":0,"tokens":[]}', None),
+    ('{"count":3}', 3),
+    ('{"meta":{"tokens":[1]},"count":1}', 1),         # a nested "tokens" is not the answer's
+    ('{"meta":{"tokens":[1]},"count":2,"tokens":[1,2]}', 2),
+    ('{"tokens":[1,2],"count":2,"tokens":[1]}', None),  # a repeated key: the last one counts
+    ('{"count":2,"token_strs":["tokens",":"],"tokens":[1,2]}', 2),
+    ('[{"count":1,"tokens":[1]}]', None),
+    ('{"count":2,"tokens":[1,2]', "error"),
+    ('not json', "error"),
+])
+def test_answer_bytes_are_counted_as_their_json_says(raw: str, count: int | str | None) -> None:
+    # the fast path (ids counted by commas) answers what decoding the whole answer answers
+    if count == "error":
+        with pytest.raises(ValueError):
+            json.loads(raw)
+        with pytest.raises(ValueError):
+            parse_answer(raw.encode())
+        return
+    assert parse_count(json.loads(raw)) == count
+    assert parse_answer(raw.encode()) == count
 
 
 @respx.mock
