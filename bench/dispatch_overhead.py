@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": sys.version.split()[0], "litellm": litellm.__version__
                     if hasattr(litellm, "__version__") else _litellm_version(),
+                    "loadavg": [round(v, 2) for v in os.getloadavg()],
                     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
     }
     if args.json:
