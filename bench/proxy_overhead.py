@@ -7,7 +7,8 @@ Rerun:  .venv/bin/python bench/proxy_overhead.py [--json] [--quick] [--py-spy 10
 
 Set-up, all processes on 127.0.0.1: two emulated vLLM servers in instant mode (no engine: the
 answer comes at once, so what is measured is the proxy), declared to the proxy as a short pool
-(max_model_len 8192) and a long pool (131072) of one model group. Both servers accept any prompt
+(max_model_len 8192, or `--short-len`: at 8192 the 32 KB request is in the plugin's near tier,
+at 32768 in its far tier) and a long pool (131072) of one model group. Both servers accept any prompt
 up to 262144 tokens, so that every configuration answers every request with 200 even where it
 does not route by length (a). Five proxies run at once, one per configuration, each a plain
 `litellm --config` process with one worker:
@@ -110,10 +111,10 @@ TARGETS = {"plugin_vs_stock_throughput_32KB_min": 0.97, "added_latency_p50_ms_32
 
 
 # -- set-up ------------------------------------------------------------------------------------
-def model_list(short: RunningEmulator, long: RunningEmulator, *, max_input_tokens: bool
-               ) -> list[dict[str, Any]]:
+def model_list(short: RunningEmulator, long: RunningEmulator, *, max_input_tokens: bool,
+               short_len: int = SHORT_LEN) -> list[dict[str, Any]]:
     out = []
-    for emu, pool, length in ((short, "short", SHORT_LEN), (long, "long", LONG_LEN)):
+    for emu, pool, length in ((short, "short", short_len), (long, "long", LONG_LEN)):
         info: dict[str, Any] = {"max_model_len": length, "pool": pool}
         if max_input_tokens:
             info["max_input_tokens"] = length
@@ -124,11 +125,12 @@ def model_list(short: RunningEmulator, long: RunningEmulator, *, max_input_token
     return out
 
 
-def proxy_config(name: str, short: RunningEmulator, long: RunningEmulator, redis_prefix: str
-                 ) -> dict[str, Any]:
+def proxy_config(name: str, short: RunningEmulator, long: RunningEmulator, redis_prefix: str,
+                 short_len: int = SHORT_LEN) -> dict[str, Any]:
     router: dict[str, Any] = {"routing_strategy": "simple-shuffle"}
     config: dict[str, Any] = {
-        "model_list": model_list(short, long, max_input_tokens=name == "precall"),
+        "model_list": model_list(short, long, max_input_tokens=name == "precall",
+                                 short_len=short_len),
         "router_settings": router,
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
     }
@@ -429,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="latency cycles per size, concurrency 1 (default 12; --quick 2)")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight (load)")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    ap.add_argument("--short-len", type=int, default=SHORT_LEN,
+                    help="the short pool's max_model_len: 8192 puts the 32 KB request (~7,200 "
+                         "tokens) near its limit (the plugin's near tier, learned from every "
+                         "time); 32768 puts it far (bytes alone decide, issue 15's common case)")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT_CONFIGS,
                     help="configurations (a and b are always included: the references)")
     ap.add_argument("--paired-cycles", type=int, default=None,
@@ -464,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           dict(emulator_flags)))
         if "plugin_redis" in names:
             stack.callback(delete_redis_prefix, redis_prefix)
-        configs = {n: proxy_config(n, short, long, redis_prefix) for n in names}
+        configs = {n: proxy_config(n, short, long, redis_prefix, args.short_len) for n in names}
         proxies = stack.enter_context(start_proxies(configs, Path(tmp)))
         targets = [{"name": n, "url": proxies[n].url, "key": proxies[n].master_key,
                     "pids": proxy_pids(Path(tmp) / n / "litellm.yaml")} for n in names]
@@ -515,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{found['plugin_cpu_ms_per_request']:.3f} ms of "
                   f"{found['proxy_cpu_ms_per_request']:.2f} ms CPU per request")
     settings = {"rounds": rounds, "warmup_requests": WARMUP_REQUESTS, "quick": args.quick,
+                "short_len": args.short_len,
                 "phases": {p: {"concurrency": c, "cycles": n, "slice_s": sl}
                            for p, (c, n, sl) in phases.items()}}
     result = build_result(summaries, names, settings, args.sizes, load_start, load_end,
@@ -618,7 +625,7 @@ def build_result(summaries: dict[str, tuple[dict[str, Any], dict[str, Any]]], na
         "comparisons": {phase: pairs for phase, (_, pairs) in summaries.items()},
         "settings": {**settings,
                      "sizes": {s: {"bytes": SIZES[s][0], "messages": SIZES[s][1]} for s in sizes},
-                     "pools": {"short": SHORT_LEN, "long": LONG_LEN},
+                     "pools": {"short": settings["short_len"], "long": LONG_LEN},
                      "configs": {n: CONFIGS[n] for n in names}},
         "targets": targets(load, latency),
         "machine": {**machine(), "loadavg_start": [round(v, 2) for v in load_start],
