@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from litellm_dualpool.config import ArbitrationConfig
@@ -128,6 +130,15 @@ def test_answer_bytes_are_counted_as_their_json_says(raw: str, count: int | str 
         return
     assert parse_count(json.loads(raw)) == count
     assert parse_answer(raw.encode()) == count
+
+
+@given(ids=st.lists(st.integers(0, 300_000), max_size=40), delta=st.integers(-2, 2),
+       compact=st.booleans(), extra=st.sampled_from(['', ',"token_strs":null', ',"x":{"tokens":[7]}']))
+def test_counting_ids_by_commas_agrees_with_decoding_them(ids: list[int], delta: int,
+                                                          compact: bool, extra: str) -> None:
+    payload = {"count": len(ids) + delta, "max_model_len": 8192, "tokens": ids}
+    raw = json.dumps(payload, separators=(",", ":") if compact else None)[:-1] + extra + "}"
+    assert parse_answer(raw.encode()) == parse_count(json.loads(raw))
 
 
 @respx.mock
