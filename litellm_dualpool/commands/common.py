@@ -90,6 +90,18 @@ def add_hidden_alias(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
                         help=argparse.SUPPRESS, action=_DeprecatedAlias, new=new)
 
 
+def add_slo_ttft_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`plan` and `simulate`'s TTFT target, one flag for every form (`planner.model.Slo.parse`);
+    the older spelling ``--ttft-slo`` still works."""
+    parser.add_argument("--slo-ttft", metavar="TARGET", default="2",
+                        help="P99 TTFT target: seconds (2, 2s, 500ms), a rule that grows with the "
+                             "prompt (2s+1s/8k: 2 s plus 1 s per 8192 prompt tokens), or one per "
+                             "request class (short=1s,long=4s+1s/8k[,boundary=8k]; long: over "
+                             "boundary total tokens); the same rule for both fleets "
+                             "(default %(default)s s)")
+    add_hidden_alias(parser, "--ttft-slo", dest="slo_ttft", new="--slo-ttft")
+
+
 def parse_pool(text: str, allowed: Mapping[str, str], *, index: int = 0) -> dict[str, str]:
     """One ``--pool`` value as fields: ``name=short,max_model_len=8192,...`` or the shorthand
     ``short=8192`` (name and max_model_len), optionally ``short=8192@0.95`` (with ``load``).

@@ -23,7 +23,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from litellm_dualpool.commands.common import EXIT_UNAVAILABLE, add_hidden_alias, require_modules
+from litellm_dualpool.commands.common import (
+    EXIT_UNAVAILABLE,
+    add_hidden_alias,
+    add_slo_ttft_flag,
+    require_modules,
+)
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.planner.model import (
     DEFAULT_LONG_MAX_MODEL_LEN,
@@ -87,13 +92,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price", metavar="USD|GPU=USD,...",
                         help="USD per GPU-hour: one figure (one GPU) or per GPU, e.g. a100=1.9,l40s=0.9 "
                              "(default: catalogue price)")
-    parser.add_argument("--slo-ttft", metavar="TARGET", default="2",
-                        help="P99 TTFT target: seconds (2, 2s, 500ms), a rule that grows with the "
-                             "prompt (2s+1s/8k: 2 s plus 1 s per 8192 prompt tokens), or one per "
-                             "request class (short=1s,long=4s+1s/8k[,boundary=8k]; long: over "
-                             "boundary total tokens); the same rule for both fleets "
-                             "(default %(default)s s)")
-    add_hidden_alias(parser, "--ttft-slo", dest="slo_ttft", new="--slo-ttft")
+    add_slo_ttft_flag(parser)
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="P99 TPOT target, seconds")
     parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
                         help="utilisation cap per pool (share of saturation throughput)")

@@ -26,6 +26,7 @@ from litellm_dualpool.commands.common import (
     EXIT_UNAVAILABLE,
     add_hidden_alias,
     add_json_flag,
+    add_slo_ttft_flag,
     parse_pool,
     require_modules,
     warn,
@@ -88,13 +89,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pool load fraction that triggers spillover (<= 0 disables)")
     parser.add_argument("--no-recovery", action="store_true",
                         help="do not retry a context-length 400 on a larger pool")
-    parser.add_argument("--slo-ttft", metavar="TARGET", default="2",
-                        help="P99 TTFT target: seconds (2, 2s, 500ms), a rule that grows with the "
-                             "prompt (2s+1s/8k: 2 s plus 1 s per 8192 prompt tokens), or one per "
-                             "request class (short=1s,long=4s+1s/8k[,boundary=8k]; long: over "
-                             "boundary total tokens); the same rule for both fleets "
-                             "(default %(default)s s)")
-    add_hidden_alias(parser, "--ttft-slo", dest="slo_ttft", new="--slo-ttft")
+    add_slo_ttft_flag(parser)
     parser.add_argument("--slo-tpot", type=float, default=0.080, help="seconds")
     parser.add_argument("--price", type=float, help="USD per GPU-hour (default: catalogue)")
     parser.add_argument("--seed", type=int, default=0)
