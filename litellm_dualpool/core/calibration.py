@@ -432,16 +432,14 @@ class Calibrator:
         fixed = (self._media_tokens(shape) if shape.media_count else 0) + (
             shape.exact_prompt_tokens or 0)
         floor = math.ceil(shape.total_bytes / self.settings.max_bytes_per_token)
-        text, sigma = _far_text(coeffs, shape), coeffs[5]
-        routing = self.settings.gamma * sigma
-        optimistic = max(math.floor(text * max(1.0 - routing, 0.0)), floor)
-        conservative = math.ceil(text * (1.0 + routing))
-        margin = self.far_margin(sigma)
-        low, high = text * (1.0 - margin), text * (1.0 + margin)
+        text = _far_text(coeffs, shape)
+        optimistic = max(math.floor(text * coeffs[6]), floor)
+        conservative = math.ceil(text * coeffs[7])
+        low, high = text * coeffs[8], text * coeffs[9]
         if other is not None:
-            other_text, other_margin = _far_text(other, shape), self.far_margin(other[5])
-            low = min(low, other_text * (1.0 - other_margin))
-            high = max(high, other_text * (1.0 + other_margin))
+            other_text = _far_text(other, shape)
+            low = min(low, other_text * other[8])
+            high = max(high, other_text * other[9])
         low_tokens = max(math.floor(max(low, 0.0)), floor)
         high_tokens = math.ceil(high)
         upper = prompt_tokens_upper_bound(shape)
@@ -451,21 +449,28 @@ class Calibrator:
                 fixed + conservative, fixed + max(high_tokens, conservative))
 
     def _far_coefficients(self, state: _KeyState | None) -> tuple[float, ...]:
-        """(tokens per KB at the usual mix, per message, per tool, fixed, tool preamble, sigma)
-        of a key, cached until its fit or its observations change; under the lock."""
+        """(tokens per KB at the usual mix, per message, per tool, fixed, tool preamble, sigma,
+        then the factors of the text estimate: optimistic `max(1 - gamma * sigma, 0)`,
+        conservative `1 + gamma * sigma`, wide `1 -/+ far_margin(sigma)`) of a key, cached until
+        its fit or its observations change (not computed per request); under the lock."""
         if state is None:
             if self._prior_far is None:
                 t = self._prior
-                self._prior_far = (_tokens_per_kb(t, DEFAULT_DENSITIES), t[_F_MSG], t[_F_TOOL],
-                                   t[_F_FIXED], t[_F_TOOLSET], self._cold_sigma())
+                self._prior_far = self._far_tuple(t, DEFAULT_DENSITIES, self._cold_sigma())
             return self._prior_far
         cached = state.far
         if cached is None or cached[0] is not state.theta or cached[1] != state.samples:
             t = state.theta
-            cached = state.far = (t, state.samples, (
-                _tokens_per_kb(t, state.densities), t[_F_MSG], t[_F_TOOL], t[_F_FIXED],
-                t[_F_TOOLSET], state.sigma(self.settings)))
+            cached = state.far = (t, state.samples, self._far_tuple(
+                t, state.densities, state.sigma(self.settings)))
         return cached[2]
+
+    def _far_tuple(self, t: list[float], densities: list[float] | tuple[float, ...],
+                   sigma: float) -> tuple[float, ...]:
+        routing = self.settings.gamma * sigma
+        margin = self.far_margin(sigma)
+        return (_tokens_per_kb(t, densities), t[_F_MSG], t[_F_TOOL], t[_F_FIXED], t[_F_TOOLSET],
+                sigma, max(1.0 - routing, 0.0), 1.0 + routing, 1.0 - margin, 1.0 + margin)
 
     def far_margin(self, sigma: float) -> float:
         """Relative margin of the far tier around a bytes-only point estimate: at least
