@@ -239,11 +239,11 @@ class DualPoolEngine:
         progress.learned = True
         arbitrated = PlanRecord(counted, progress, expose_budget=record.expose_budget,
                                 draft=record.draft)
-        arbitrated.conversation, arbitrated.session_id, arbitrated.messages = (
-            record.conversation, record.session_id, record.messages)
-        if self.affinity is not None:
-            arbitrated.conversation = self._pin_placed(
-                counted, group, record.session_id, record.messages) or record.conversation
+        arbitrated.session_id, arbitrated.messages = record.session_id, record.messages
+        pinned = (self._pin_placed(counted, group, record.session_id, record.messages)
+                  if self.affinity is not None else None)
+        # (a key of 0 is a key: not `or`)
+        arbitrated.conversation = pinned if pinned is not None else record.conversation
         return arbitrated
 
     def pin_estimated(self, record: PlanRecord) -> None:
