@@ -80,6 +80,15 @@ def output_budget_tokens(body: Mapping[str, Any], default_output_tokens: int, *,
     nothing (0)."""
     if not isinstance(body, Mapping):
         raise InvalidRequestError("the request body must be a JSON object", field="body")
+    if not embedding and type(default_output_tokens) is int and default_output_tokens >= 0:
+        # the usual body: one limit field at most, a valid integer (checked as below)
+        present = [field for field in OUTPUT_LIMIT_FIELDS if body.get(field) is not None]
+        if not present:
+            return default_output_tokens
+        if len(present) == 1:
+            value = body[present[0]]
+            if type(value) is int and value >= 0:
+                return value
     found: int | None = None
     for field in OUTPUT_LIMIT_FIELDS:
         value = _non_negative_int(body, field, 0)
@@ -98,6 +107,8 @@ def output_budget_tokens(body: Mapping[str, Any], default_output_tokens: int, *,
 
 def sequence_count(body: Mapping[str, Any]) -> int:
     """max(`n`, `best_of`), 1 when absent; InvalidRequestError for values below 1."""
+    if body.get("n") is None and body.get("best_of") is None:  # the usual body
+        return 1
     n = _non_negative_int(body, "n", 1) or 1
     best_of = _non_negative_int(body, "best_of", 1) or 1
     return max(n, best_of)

@@ -510,12 +510,10 @@ class ShapeDraft:
 
     def _build(self, counts: CharCounts | None, content_class: ContentClass) -> RequestShape:
         w = self.walker
-        return RequestShape(
-            text_bytes=w.text, structured_bytes=w.structured, message_count=max(w.messages, 1),
-            tool_count=w.tools, image_count=w.images, audio_count=w.audio,
-            exact_prompt_tokens=w.token_ids, content_class=content_class,
-            file_count=w.files, chat_template=self.chat_template, has_tools=w.has_tools,
-            char_counts=counts, text_chars=w.text_chars)
+        # positional, in field order (keywords cost ~0.4 us more per request)
+        return RequestShape(w.text, w.structured, max(w.messages, 1), w.tools, w.images, w.audio,
+                            w.token_ids, content_class, w.files, self.chat_template, w.has_tools,
+                            counts, w.text_chars)
 
     def shape(self) -> RequestShape:
         """The full shape: character counts from the bounded samples (`core.content`)."""

@@ -120,3 +120,62 @@ def test_bytes_per_token_is_the_ratio_views() -> None:
         cal.observe(warm, shape, max(1, round(len(text) / rng.uniform(3.5, 4.5))))
         assert cal.bytes_per_token(warm) == cal.ratio(warm).bytes_per_token
     assert cal.ratio(warm).samples > 64
+
+
+_LIMIT_VALUES = st.one_of(st.none(), st.integers(-3, 10**6), st.booleans(), st.floats(0, 10),
+                          st.just("12"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "max_completion_tokens": _LIMIT_VALUES, "max_tokens": _LIMIT_VALUES,
+    "max_output_tokens": _LIMIT_VALUES, "n": _LIMIT_VALUES, "best_of": _LIMIT_VALUES}),
+       st.integers(0, 4096), st.booleans())
+def test_output_budget_and_sequences_fast_paths_agree_with_the_checks(
+        body: dict[str, object], default: int, embedding: bool) -> None:
+    """The one-field fast path of `output_budget_tokens` and the no-`n` one of `sequence_count`
+    give what the field-by-field checks give, errors included."""
+    from litellm_dualpool.core import budget
+    from litellm_dualpool.errors import InvalidRequestError
+
+    def checked() -> tuple[int, int]:  # the plain algorithm, field by field
+        found = None
+        for field in budget.OUTPUT_LIMIT_FIELDS:
+            value = budget._non_negative_int(body, field, 0)
+            if found is None and value is not None:
+                found = value
+        output = 0 if embedding else (default if found is None else found)
+        n = budget._non_negative_int(body, "n", 1) or 1
+        best_of = budget._non_negative_int(body, "best_of", 1) or 1
+        return output, max(n, best_of)
+
+    try:
+        expected: object = checked()
+    except InvalidRequestError as error:
+        expected = type(error)
+    try:
+        got: object = (budget.output_budget_tokens(body, default, embedding=embedding),
+                       budget.sequence_count(body))
+    except InvalidRequestError as error:
+        got = type(error)
+    assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "short", "long"]),
+                          st.one_of(st.integers(-2, 10), st.booleans(), st.just(4.0))),
+                min_size=2, max_size=2))
+def test_two_pool_sort_fast_path_agrees_with_the_checked_sort(pairs: list[tuple[str, object]]
+                                                               ) -> None:
+    """`sort_pools` on two pools orders and refuses exactly as the general loop does."""
+    from litellm_dualpool.core.policy import PoolState, sort_pools
+    from litellm_dualpool.errors import ConfigError
+
+    pools = [PoolState(name, limit) for name, limit in pairs]  # type: ignore[arg-type]
+    valid = (all(type(p.max_model_len) is int and p.max_model_len > 0 for p in pools)
+             and pools[0].name != pools[1].name)
+    if not valid:
+        with pytest.raises(ConfigError):
+            sort_pools(pools)
+        return
+    assert sort_pools(pools) == sorted(pools, key=lambda p: (p.max_model_len, p.name))
