@@ -111,7 +111,10 @@ def _event_record(kwargs: Mapping[str, Any]) -> tuple[PlanRecord | None, Mapping
 def _prompt_tokens(usage: Any) -> int | None:
     if usage is None:
         return None
-    value = usage.get("prompt_tokens") if isinstance(usage, Mapping) else getattr(
+    # LiteLLM's Usage (an object) first: isinstance(x, Mapping) of a non-mapping walks the ABC's
+    # registry (~1 us per success event)
+    value = usage.get("prompt_tokens") if type(usage) is dict or (
+        not hasattr(usage, "prompt_tokens") and isinstance(usage, Mapping)) else getattr(
         usage, "prompt_tokens", None)
     return value if type(value) is int and value > 0 else None
 

@@ -466,10 +466,11 @@ class DualPoolEngine:
             return
         pool = self.pool_of(group, {"model_info": model_info or {}})
         deployment_id = (model_info or {}).get("id")
-        self.inflight.close(plan.id, pool=pool.name if pool else None,
-                            deployment_id=deployment_id if isinstance(deployment_id, str) else None)
-        for p in group.pools:
-            self._set_in_flight_gauge(group.model_group, p.name)
+        closed = self.inflight.close(
+            plan.id, pool=pool.name if pool else None,
+            deployment_id=deployment_id if isinstance(deployment_id, str) else None)
+        if closed is not None:  # only that pool's count changed
+            self._set_in_flight_gauge(group.model_group, closed)
 
     def close_request(self, record: PlanRecord) -> None:
         """The request is over: close every attempt still open."""

@@ -62,17 +62,18 @@ class InFlight:
                     return
 
     def close(self, request_id: str, *, pool: str | None = None,
-              deployment_id: str | None = None) -> bool:
+              deployment_id: str | None = None) -> str | None:
         """Close one open attempt of the request: the one on `deployment_id`, else on `pool`,
-        else the oldest. False when the request has none open."""
+        else the oldest. The pool of the attempt closed; None when the request has none open."""
         with self._lock:
             attempts = self._open.get(request_id)
             if not attempts:
-                return False
+                return None
             match = next((a for a in attempts if deployment_id and a.deployment_id == deployment_id),
                          None) or next((a for a in attempts if pool and a.pool == pool), None)
-            self._remove(request_id, match or attempts[0])
-            return True
+            closed = match or attempts[0]
+            self._remove(request_id, closed)
+            return closed.pool
 
     def close_all(self, request_id: str) -> None:
         with self._lock:

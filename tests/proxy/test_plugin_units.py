@@ -52,11 +52,11 @@ def test_in_flight_counts_by_pool_and_deployment() -> None:
     inflight.assign("r1", "d1")
     inflight.open("r1", "g", "long", "d2")  # a recovery hop opened before the first closed
     assert (inflight.pool("g", "short"), inflight.pool("g", "long")) == (1, 1)
-    assert inflight.close("r1", pool="long", deployment_id="d2")
+    assert inflight.close("r1", pool="long", deployment_id="d2") == "long"  # the pool closed
     assert (inflight.pool("g", "short"), inflight.deployment("d1"), inflight.deployment("d2")) == (
         1, 1, 0)
-    assert inflight.close("r1", pool="short")
-    assert not inflight.close("r1")
+    assert inflight.close("r1", pool="long") == "short"  # none open there: the oldest
+    assert inflight.close("r1") is None
     assert inflight.requests() == 0 and inflight.deployment("d1") == 0
 
 
