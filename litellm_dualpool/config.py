@@ -281,15 +281,22 @@ class GroupSpec:
     model_group: str
     pools: tuple[PoolSpec, ...]
     _by_len: Mapping[int, PoolSpec] = field(default_factory=dict, repr=False, compare=False)
+    _by_name: Mapping[str, PoolSpec] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_len", {p.max_model_len: p for p in self.pools})
+        # the first pool of a name, as a search of `pools` would find it (names are unique)
+        object.__setattr__(self, "_by_name", {p.name: p for p in reversed(self.pools)})
 
     def pool_for_len(self, max_model_len: object) -> PoolSpec | None:
         return self._by_len.get(max_model_len) if isinstance(max_model_len, int) else None
 
     def pool(self, name: str) -> PoolSpec | None:
-        return next((p for p in self.pools if p.name == name), None)
+        """The pool named `name` (a dict lookup: the filter asks once per deployment)."""
+        try:
+            return self._by_name.get(name)
+        except TypeError:  # an unhashable label from a deployment's model_info
+            return None
 
     @property
     def largest(self) -> PoolSpec:
