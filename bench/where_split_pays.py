@@ -35,7 +35,7 @@ import numpy as np
 
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.planner.model import (
-    BALANCED_LEVEL_GAP,
+    BALANCER_POOLING,
     FleetPlan,
     Hardware,
     LengthMix,
@@ -98,9 +98,8 @@ SCENARIOS = (
              "llama-3.1-8b", "bfloat16", "2s", 5, 60),
 )
 CDF_COUNT = 20000
-#: Balancer terms compared per pool against the simulator: None is the planner's own term
-#: (``_level_wait_share``), the numbers prompt queues pooled over that many instances (the
-#: previous family of terms).
+#: Balancer terms compared per pool against the simulator: None is the planner's own per-pool
+#: term (``balancer_pooling``), the numbers fixed poolings for every pool.
 POOLINGS: tuple[float | None, ...] = (None, 1, 2, 4, 8)
 #: Fewest one-second windows a burstiness figure is shown for.
 MIN_WINDOWS = 5
@@ -427,19 +426,15 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
         out += ["", f"Target, planner within 5 pp of the simulator on every scenario: met on {len(met)} of "
                 f"{len(errors)}" + (f"; **missed** on {', '.join(missed)}." if missed else "."), "",
                 "The balancer term. Least-loaded balancing picks the instance with the fewest requests in "
-                "flight and keeps the counts level, so a prompt's arrival lifts its instance above the others "
-                "until one of its requests leaves; the instance was picked for holding the fewest, about B - "
-                f"{BALANCED_LEVEL_GAP:g} decoding requests (B the mean per instance), each leaving at lambda_i/B, "
-                "so that takes X ~ Exp(lambda_i (B - 1)/B), and a later prompt lands behind a prefill of S only in "
-                "its part after X: the chance of waiting is lambda_i E[(S - X)+], and the wait is what is left of "
-                "the prefill (M/G/1's shape). Prefill times S sum the prompt's chunk steps with attention growing "
-                "with the offset; TPOT counts the full steps of prompts arriving while a request decodes, in runs. "
-                "Nothing depends on the pool's size (the simulator's P99 TTFT is flat from 164 to 1,308 "
-                "instances of Mooncake's tuned fleet), so the slice checks the full-rate plan. Per pool with "
-                "traffic, the planner run on the slice's own rate and arrivals (same configuration) with its own "
-                "term and with the chance of waiting from prompt queues pooled over fixed numbers of instances "
-                "(the previous family of terms), beside the simulator's smallest count (slice instances) and the "
-                "squared coefficient of variation of the pool's prompts:", "",
+                "flight: decoding requests (mean B per instance, variance ~ B) plus prompts waiting or in prefill "
+                "(M/G/1 mean L, variance ~ L). The share of the count's variance that is the prefill queue, "
+                "w = L/(L+B), is how far the choice follows that queue, so the planner's prefill wait is the "
+                "geometric mean of a queue per instance and a queue pooled over g = n^w instances (n the pool's "
+                f"instances), never below pairs (`BALANCER_POOLING` = {BALANCER_POOLING}): a pool of long prompts "
+                "with little decoding pools almost like one queue, a pool that decodes much only in pairs. Per "
+                "pool with traffic, the planner run on the slice's own rate and arrivals (same configuration) "
+                "with its own term and with fixed poolings, beside the simulator's smallest count (slice "
+                "instances) and the squared coefficient of variation of the pool's prompts:", "",
                 "| scenario | pool | share | prompt cv2 | simulator | planner (own term) | "
                 + " | ".join(f"pooling {g}" for g in POOLINGS if g is not None) + " |",
                 "|---|---|---|---|---|---|" + "---|" * (len(POOLINGS) - 1)]

@@ -79,9 +79,10 @@ BATCH_TOKENS_MAX = 16384
 BURST_WINDOW_SECONDS = 1.0
 #: Windows of the burstier fit (``arrivals="burst"``): the largest dispersion over them.
 BURST_FIT_WINDOWS_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
-#: Least-loaded balancing keeps in-flight counts within this many requests of each other, so
-#: the instance it picks holds about that many fewer than the mean (``_level_wait_share``).
-BALANCED_LEVEL_GAP = 1.0
+#: Least-loaded balancing pools prefill queues only partly (it sees in-flight counts, not
+#: queued prompt tokens): at least pairs of instances, more where few requests decode and the
+#: count is mostly the prefill queue (``balancer_pooling``).
+BALANCER_POOLING = 2
 #: max_num_seqs values the configuration search tries (each capped at the pool's KV-safe count).
 SEARCH_MAX_NUM_SEQS = (16, 32, 64, 128, 256, 512, 1024)
 #: The seqs sweep of one (GPU, TP, batched tokens) stops when doubling max_num_seqs raises the
@@ -497,66 +498,42 @@ def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[flo
             st.step_seconds(b, b * ctx, ((offset, chunk),)))
 
 
-#: Offset (tokens) at which the attention cost of a prefill chunk is sampled for its slope.
-_OFFSET_PROBE_TOKENS = 16384
-
-
-def _prefill_seconds(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per request of ``mix``: (prefill seconds, chunk steps) on an instance decoding ``batch``.
-
-    Why: a prompt runs as ceil-free k = P / (C - B) chunk steps, and each chunk attends to every
-    token before it, so a step at offset x costs t0 + s * x (affine in the offset, as the
-    engine's roofline is): P costs k * t0 + s * (C - B) * k (k - 1) / 2, quadratic in P. A
-    linear rate at the mean offset gets the mean about right but makes a 124K-token prompt half
-    as long as it is, and those long prefills are what other prompts wait behind."""
-    b = max(round(batch), 0)
-    ctx = int(mix.prompt_tokens.mean() + mix.output_tokens.mean() / 2)
-    st = engine.step_time
-    chunk = max(engine.max_num_batched_tokens - b, 1)
-    t0 = st.step_seconds(b, b * ctx, ((0, chunk),))
-    t1 = st.step_seconds(b, b * ctx, ((_OFFSET_PROBE_TOKENS, chunk),))
-    slope = max(t1 - t0, 0.0) / _OFFSET_PROBE_TOKENS
-    k = mix.prompt_tokens.astype(np.float64) / chunk
-    return k * t0 + slope * chunk * k * np.maximum(k - 1.0, 0.0) / 2.0, k
-
-
 def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
                  *, seed: int = 0, slo: Slo | None = None, arrival_cv2: float | None = None,
                  pooling: float | None = None) -> LoadPrediction:
     """Queueing model of one pool (n instances, least-loaded balancing).
 
-    Per instance at lambda_i = lambda/n: each prompt runs as chunk steps of the step budget C
-    minus the B decodes, each chunk attending to the tokens before it (:func:`_prefill_seconds`:
-    a prompt's prefill time S grows faster than its length); otherwise steps are pure decodes
-    of t_dec. The instance is busy prefilling rho_p = lambda_i * E[S] of the time; TPOT = 1 /
-    (steps per second) = 1 / (lambda_i * E[chunks] + (1 - rho_p) / t_dec), and B = lambda_i *
-    E[output] * TPOT (Little), solved by fixed point.
+    Arrivals are as bursty as the pool's own stream in the trace: Allen-Cunneen's G/G/c factor
+    (ca^2 + cs^2) / 2 takes ca^2 = the index of dispersion of the pool's arrival counts per
+    second (1 without a trace), which captures clustered long requests that inter-arrival
+    gaps alone miss. Least-loaded balancing sees in-flight counts, not queued prompt tokens, so
+    prompts queue per instance more than in one pooled M/G/n queue: the prefill wait is the
+    geometric mean of the G/G/1 wait per instance and the G/G/g wait of groups of g instances,
+    g from how much of the in-flight count the balancer sees is the prefill queue
+    (:func:`balancer_pooling`, at least pairs; ``pooling`` overrides it, for comparisons),
+    checked against the fleet simulator on every scenario of docs/evaluation.md.
 
-    Two waits precede the first token. The prefill wait: least-loaded balancing sees in-flight
-    counts, not queued prompt tokens, so a prompt lands behind another's prefill with a chance
-    p_wait (:func:`_level_wait_share`: a fresh prompt lifts its instance above the others until
-    one of its requests leaves; it does not shrink as the pool grows, as the simulator shows),
-    and then waits what is left of that prefill, M/G/1's shape (:func:`_draw_residual_wait`).
-    ``pooling`` (for comparisons only) takes p_wait from prompt queues pooled over that many
-    instances instead (:func:`_balanced_prefill_wait`, the previous term). The slot
-    wait, if the decode batch nears ``max_num_seqs``: one M/G/c queue of the n * max_num_seqs
-    slots (Allen-Cunneen; ca^2 = the index of dispersion of the pool's arrivals per second,
-    ``arrival_cv2``). P99 TTFT = P99 of (prefill wait + slot wait + own prefill time). P99 TPOT
-    = P99 over requests of the mean of o steps of which the full ones are the chunks of the
-    prompts reaching the instance while the request decodes (and, at the balancer's
-    p_wait / rho_p, during its own prefill), in runs (:func:`_full_steps_in_runs`). Both by Monte
-    Carlo on the pool's own lengths; checked against the fleet simulator on every scenario of
-    docs/evaluation.md.
+    Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
+    (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
+    pure decodes of t_dec. The prefill "server" therefore runs at r = (C - B) / t_full
+    tokens/s and is busy rho_p = lambda_i * E[prompt] / r of the time; TPOT = 1 / (steps per
+    second) = 1 / (rho_p / t_full + (1 - rho_p) / t_dec), and B = lambda_i * E[output] * TPOT
+    (Little), solved by fixed point. Two waits precede the first token, each an M/G/c queue
+    (Allen-Cunneen): prompts queue for the n prefill servers (service = prompt / r), and, if the
+    decode batch nears ``max_num_seqs``, requests queue for the n * max_num_seqs slots (service =
+    the request's residence). P99 TTFT = P99 of (prefill wait + slot wait + own prefill time),
+    and P99 TPOT = P99 over requests of the mean of o steps of which Binomial(o, phi) are full
+    (phi = share of steps carrying prefill); both by Monte Carlo on the pool's own lengths.
     """
     lam = rate_per_second / instances
+    p_mean = float(mix.prompt_tokens.mean())
     o_mean = float(mix.output_tokens.mean())
     seqs = engine.max_num_seqs
     batch, rho_p, t_dec, t_full, tpot = 0.0, 0.0, 0.0, 0.0, 0.0
     for _ in range(30):
-        t_dec, _ = _step_times(engine, mix, batch)
-        service, chunks = _prefill_seconds(engine, mix, batch)
-        t_full = float(service.mean() / chunks.mean())  # the mean step carrying prefill
-        rho_p = lam * float(service.mean())
+        t_dec, t_full = _step_times(engine, mix, batch)
+        rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
+        rho_p = lam * p_mean / rate_tokens
         if rho_p >= 1.0:
             return _unstable(instances, rate_per_second, batch)
         tpot = 1.0 / (rho_p / t_full + (1.0 - rho_p) / t_dec)
@@ -565,76 +542,60 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
             batch = new_batch
             break
         batch = 0.5 * (batch + new_batch)
-    service, chunks = _prefill_seconds(engine, mix, batch)
-    t_full = float(service.mean() / chunks.mean())
+    rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
+    service = mix.prompt_tokens / rate_tokens
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
-    if pooling is None:
-        p_wait = _level_wait_share(lam, service, batch)
-    else:
-        pooled = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst, pooling)
-        if not math.isfinite(pooled.mean_if_waiting_seconds):
-            return _unstable(instances, rate_per_second, batch)
-        p_wait = pooled.p_wait
+    # the balancer sees in-flight counts, not queued prefill work (see _balanced_prefill_wait)
+    prefill_wait = _balanced_prefill_wait(lam, instances, s_mean, cv2, burst,
+                                          balancer_pooling(instances, lam * s_mean, cv2, batch) if pooling is None else pooling)
     rng = np.random.default_rng(seed)
-    residence = s_mean + p_wait * _residual_mean(service) / (1.0 - min(p_wait, 0.99)) + o_mean * tpot
+    residence = s_mean + prefill_wait.mean_seconds + o_mean * tpot
     out = mix.output_tokens.astype(np.float64)
     res_cv2 = float((out * tpot).var() / residence**2) if residence > 0 else 0.0
     # slots, in contrast, are exactly what the balancer equalises: one pool of n * seqs slots
     slot_wait = mgc_wait(instances * seqs, rate_per_second, residence, res_cv2, burst)
-    if not math.isfinite(slot_wait.mean_if_waiting_seconds):
+    if not (math.isfinite(prefill_wait.mean_if_waiting_seconds)
+            and math.isfinite(slot_wait.mean_if_waiting_seconds)):
         return _unstable(instances, rate_per_second, batch)
     idx = rng.integers(0, len(mix), _SAMPLES)
-    prefill_wait = _draw_residual_wait(p_wait, service, rng)
-    ttft = service[idx] + prefill_wait + _draw(slot_wait, rng)
+    ttft = service[idx] + _draw(prefill_wait, rng) + _draw(slot_wait, rng)
+    phi = (rho_p / t_full) * tpot
     o = np.maximum(mix.output_tokens[idx] - 1, 1)
-    # prompts reaching the instance during the request's own prefill queue behind it and run in
-    # its first decode steps; the balancer steers them away as it steers prompts from prefills
-    steered = min(p_wait / max(rho_p, 1e-9), 1.0)
-    full = _full_steps_in_runs(o, lam * (steered * service[idx] + o * tpot), chunks, rng)
+    full = rng.binomial(o, min(max(phi, 0.0), 1.0))
     tpot_samples = (full * t_full + (o - full) * t_dec) / o
     over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx], mix.total_tokens[idx])
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
-                          float(np.quantile(prefill_wait, _Q)), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
+                          prefill_wait.quantile(_Q), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
 
 
-def _level_wait_share(lam: float, service: np.ndarray, decode_batch: float) -> float:
-    """Chance that a prompt lands on an instance busy prefilling, under least-loaded balancing:
-    ``lambda_i * E[(S - X)+]``, X ~ Exp(lambda_i * (B - gap) / B), gap = BALANCED_LEVEL_GAP.
+def balancer_pooling(instances: int, prefill_load: float, service_cv2: float, decode_batch: float) -> float:
+    """Over how many instances least-loaded balancing pools prompt queues, for a pool of
+    ``instances`` each busy prefilling ``prefill_load`` of the time (prompts' prefill times of
+    squared coefficient of variation ``service_cv2``) with ``decode_batch`` requests decoding.
 
-    Why: the balancer keeps in-flight counts level, and a prompt's arrival lifts its instance
-    above the others', so no other request picks it until one of its requests leaves. It was
-    picked for holding the fewest, about B - gap decoding requests, each leaving at
-    lambda_i / B (Little: B = lambda_i * decode time), so that takes X; a prefill of S is
-    exposed only for its part after X. A blind choice would be exposed for all of S
-    (rho_p = lambda_i * E[S]). Nothing here depends on the pool's size: the simulator finds
-    the chance of waiting and the P99 TTFT of a pool flat from 164 to 1,308 instances."""
-    if lam <= 0:
-        return 0.0
-    leave = lam * max(decode_batch - BALANCED_LEVEL_GAP, 0.0) / max(decode_batch, 1e-9)
-    s = np.asarray(service, dtype=np.float64)
-    if leave <= 0:  # nothing decodes beside the prompt: nothing leaves before its prefill ends
-        return 0.0
-    exposed = s - (1.0 - np.exp(-leave * s)) / leave
-    return min(float(lam * exposed.mean()), 1.0)
-
-
-def _residual_mean(service: np.ndarray) -> float:
-    """E[S^2] / (2 E[S]): the mean of what is left of a prefill in progress at a random moment."""
-    s = np.asarray(service, dtype=np.float64)
-    total = float(s.sum())
-    return float((s * s).sum() / (2.0 * total)) if total > 0 else 0.0
+    Why: the balancer picks the instance with the fewest requests in flight, and that count is
+    the decoding requests (mean B, Poisson-like spread: variance ~ B) plus the prompts waiting
+    or in prefill (M/G/1 mean L = rho + rho^2 (1 + cv2) / (2 (1 - rho)), variance ~ L). The
+    share of the count's variance that is the prefill queue, w = L / (L + B), is how far its
+    choice follows that queue: w = 1 (nothing decoding) is join-the-shortest-queue on prompts,
+    close to one queue for all n instances; w = 0 is a choice blind to it. The pooling is
+    n ** w, never below BALANCER_POOLING (pairs, the term for pools that decode much)."""
+    rho = min(max(prefill_load, 0.0), 1.0 - 1e-9)
+    queued = rho + rho * rho * (1.0 + max(service_cv2, 0.0)) / (2.0 * (1.0 - rho))
+    share = queued / (queued + max(decode_batch, 0.0)) if queued > 0 else 0.0
+    return max(float(BALANCER_POOLING), float(max(instances, 1) ** share))
 
 
 def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
                            burst: float, pooling: float | None = None) -> WaitDistribution:
     """Geometric mean of the waits with queues pooled over 1 and over ``pooling`` instances
-    (fractional: log-interpolated; default pairs): least-loaded balancing on
+    (fractional: log-interpolated; default BALANCER_POOLING): least-loaded balancing on
     in-flight counts lies between the two. A bursty stream split over n/g groups leaves each
     g/n of its excess dispersion."""
-    group = max(1.0, min(2.0 if pooling is None else float(pooling), instances))
+    group = max(1.0, min(float(BALANCER_POOLING if pooling is None else pooling), instances))
     waits = [_group_wait(lam, instances, s_mean, cv2, burst, g) for g in {1.0, group}]
     if any(not math.isfinite(w.mean_if_waiting_seconds) for w in waits):
         return WaitDistribution(1.0, math.inf)
@@ -661,50 +622,6 @@ def _group_wait(lam: float, instances: int, s_mean: float, cv2: float, burst: fl
         return WaitDistribution(1.0, math.inf)
     return WaitDistribution(a.p_wait ** (1 - frac) * b.p_wait ** frac,
                             a.mean_if_waiting_seconds ** (1 - frac) * b.mean_if_waiting_seconds ** frac)
-
-
-def _draw_residual_wait(p_wait: float, service: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Samples of a prompt's wait for prefill: 0 with chance 1 - ``p_wait``, else the sum of K
-    residuals of prefills in progress (a prefill picked in proportion to its length, cut at a
-    uniform point), K geometric from 1 with P(K > k) = p_wait^k: M/G/1's shape (Benes), each
-    prompt ahead having itself waited with the same chance.
-
-    Why: the wait behind a prompt in prefill is what is left of that prefill, so its tail is the
-    prefill times' own (long for a heavy-tailed mix like Mooncake's, short for prompts of nearly
-    one size); an exponential misprices both."""
-    out = np.zeros(_SAMPLES)
-    waits = rng.random(_SAMPLES) < p_wait
-    m = int(waits.sum())
-    s = np.asarray(service, dtype=np.float64)
-    total = float(s.sum())
-    if m == 0 or total <= 0:
-        return out
-    k = rng.geometric(1.0 - min(max(p_wait, 0.0), 0.99), m)
-    picks = rng.choice(len(s), int(k.sum()), p=s / total)
-    residuals = s[picks] * rng.random(len(picks))
-    out[waits] = np.add.reduceat(residuals, np.concatenate(([0], np.cumsum(k)[:-1])))
-    return out
-
-
-def _full_steps_in_runs(steps: np.ndarray, arrivals_mean: np.ndarray, chunks: np.ndarray,
-                        rng: np.random.Generator) -> np.ndarray:
-    """Full (prefill-carrying) steps among a decoding request's ``steps``: the prompts that
-    reach its instance while it decodes (Poisson, mean ``arrivals_mean``) each bring a run of
-    its chunks (``chunks``: per prompt of the mix, fractional: short prompts share a step),
-    capped at ``steps``.
-
-    Why: a prompt's prefill runs as consecutive chunk steps, so a request decoding beside a
-    long prompt sees a run of full steps, not full steps scattered one at a time (a binomial
-    count of independent steps has the same mean and a far thinner tail)."""
-    n = rng.poisson(np.maximum(arrivals_mean, 0.0))
-    total = int(n.sum())
-    if total == 0:
-        return np.zeros_like(steps)
-    drawn = np.append(chunks[rng.integers(0, len(chunks), total)], 0.0)  # a sentinel for trailing zeros
-    starts = np.concatenate(([0], np.cumsum(n)[:-1]))
-    sums = np.where(n > 0, np.add.reduceat(drawn, starts), 0.0)
-    capped: np.ndarray = np.minimum(sums, steps)
-    return capped
 
 
 def _draw(wait: WaitDistribution, rng: np.random.Generator) -> np.ndarray:
@@ -873,8 +790,7 @@ class Planner:
     check_slo: bool = True
     saturation_requests: int = 1200
     search: SearchSpace | None = None
-    #: pool prompt queues over this many instances for every pool instead of the balancer term
-    #: (None: the term, ``_level_wait_share``);
+    #: the balancer term's pooling for every pool (None: each pool's own, ``balancer_pooling``);
     #: set only to compare terms against the simulator
     pooling: float | None = None
     _mu_cache: dict[tuple[Hardware, int, int, int, int], float] = field(default_factory=dict, repr=False)

@@ -10,16 +10,13 @@ import pytest
 
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.planner.model import (
+    BALANCER_POOLING,
     TPOT_STEP_MARGIN,
     Hardware,
     LengthMix,
     Planner,
     Slo,
-    _balanced_prefill_wait,
-    _draw_residual_wait,
-    _full_steps_in_runs,
-    _level_wait_share,
-    _prefill_seconds,
+    balancer_pooling,
     batch_tokens_for_tpot,
     closed_form_saving,
     instances_for_rate,
@@ -202,86 +199,24 @@ def test_predict_saving_for_the_demo() -> None:
                                                   tensor_parallel_size=1, threshold=4096))
 
 
-def test_pooled_comparison_terms_wait_less_the_more_they_pool() -> None:
-    """The comparison terms (``pooling``): prompt queues pooled over more instances wait less,
-    and a fractional pooling lies between its two whole neighbours."""
+def test_balancer_term_lies_between_a_blind_and_a_fully_pooled_balancer() -> None:
+    """More pooling, less waiting: the pool's own term sits between prompts queued per
+    instance and one queue for the whole pool; a fractional pooling lies between its two
+    whole neighbours."""
     rng = np.random.default_rng(0)
-    mix = LengthMix(rng.integers(500, 30000, 2000), rng.integers(1, 4, 2000))
-    engine = Hardware.build("h100", "llama-3.1-8b").engine(32768, 64, 2048)
-    waits = {g: predict_load(engine, mix, 8.0, 12, pooling=g).prefill_wait_p99_seconds for g in (1, 12)}
-    assert waits[1] > waits[12] > 0
-    chance = {g: _balanced_prefill_wait(0.5, 12, 1.0, 1.0, 1.0, g).p_wait for g in (2, 2.5, 3)}
-    assert chance[2] > chance[2.5] > chance[3]
+    mix = LengthMix(rng.integers(500, 3000, 2000), rng.integers(50, 300, 2000))
+    engine = Hardware.build("h100", "llama-3.1-8b").engine(8192, 64, 2048)
+    waits = {g: predict_load(engine, mix, 120.0, 12, pooling=g).prefill_wait_p99_seconds
+             for g in (1, None, 2, 2.5, 3, 12)}
+    assert waits[1] > waits[None] > waits[12]
+    assert waits[2] > waits[2.5] > waits[3]
 
 
-def test_level_wait_share_is_the_exposed_part_of_each_prefill() -> None:
-    """lambda_i * E[(S - X)+], X ~ Exp(lambda_i (B - 1) / B): with B = 2 decoding, S = 2 s at
-    0.5/s, X's rate is 0.25 and the share 0.5 * (2 - (1 - e^-0.5) / 0.25) = 2 e^-0.5 - 1
-    (0.213); with many decoding it tends to lambda S - 1 + e^-(lambda S) (e^-1 here); short
-    prefills are exposed about (lambda S)^2 / 2, well below the blind lambda S; with at most
-    one request per instance nothing leaves first, so no prompt waits."""
-    assert _level_wait_share(0.5, np.array([2.0]), 2.0) == pytest.approx(2 * math.exp(-0.5) - 1)
-    assert _level_wait_share(0.5, np.array([2.0]), 1e6) == pytest.approx(math.exp(-1.0), rel=1e-4)
-    assert _level_wait_share(0.01, np.array([1.0]), 1e6) == pytest.approx(0.01**2 / 2, rel=0.01)
-    assert _level_wait_share(0.5, np.array([1.0, 3.0]), 5.0) == pytest.approx(
-        (_level_wait_share(0.5, np.array([1.0]), 5.0) + _level_wait_share(0.5, np.array([3.0]), 5.0)) / 2)
-    assert _level_wait_share(0.5, np.array([2.0]), 1.0) == 0.0
-    assert _level_wait_share(0.0, np.array([1.0]), 5.0) == 0.0
-
-
-def test_balancer_term_does_not_depend_on_the_pool_size() -> None:
-    """The simulator's chance of waiting and P99 TTFT are flat in the pool's size at a fixed
-    load per instance (docs/evaluation.md), so the planner's prediction is too: ten times the
-    rate on ten times the instances predicts the same TTFT."""
-    rng = np.random.default_rng(0)
-    mix = LengthMix(rng.integers(500, 30000, 2000), rng.integers(50, 400, 2000))
-    engine = Hardware.build("h100", "llama-3.1-8b").engine(32768, 64, 2048)
-    small = predict_load(engine, mix, 8.0, 12)
-    large = predict_load(engine, mix, 80.0, 120)
-    assert small.ttft_p99_seconds == pytest.approx(large.ttft_p99_seconds)
-    assert small.prefill_wait_p99_seconds > 0
-
-
-def test_prefill_seconds_sums_the_chunks_at_their_offsets() -> None:
-    """A prompt of k chunks costs the engine's steps at offsets 0, C, 2C, ... (attention grows
-    with the offset), so 16 chunks cost more than 16 times one chunk; the model's closed form
-    matches summing the engine's own step times."""
-    engine = Hardware.build("a100", "llama-3-70b", tensor_parallel_size=8).engine(131072, 64, 2048)
-    chunk = engine.max_num_batched_tokens
-    mix = LengthMix(np.array([chunk, 16 * chunk]), np.array([100, 100]))
-    seconds, chunks = _prefill_seconds(engine, mix, 0.0)
-    assert chunks.tolist() == [1.0, 16.0]
-    st = engine.step_time
-    summed = sum(st.step_seconds(0, 0, ((i * chunk, chunk),)) for i in range(16))
-    assert seconds[0] == pytest.approx(st.step_seconds(0, 0, ((0, chunk),)))
-    assert seconds[1] == pytest.approx(summed, rel=0.01)
-    assert seconds[1] > 16 * seconds[0] * 1.05
-
-
-def test_residual_wait_has_the_prefills_own_tail() -> None:
-    """Prefills of one length S: a prompt that waits, waits K residuals, each uniform on
-    (0, S), K geometric from 1 with P(K > k) = p^k, so given a wait the mean is S / 2 / (1 - p)
-    and, at small p, no wait exceeds S (an exponential would put 1% above 2.3 S / 2)."""
-    rng = np.random.default_rng(0)
-    s = np.full(10, 2.0)
-    rare = _draw_residual_wait(0.01, s, rng)
-    assert 0 < np.count_nonzero(rare) < 0.02 * rare.size
-    half = _draw_residual_wait(0.5, s, rng)
-    waited = half[half > 0]
-    assert waited.size / half.size == pytest.approx(0.5, abs=0.03)
-    assert waited.mean() == pytest.approx(2.0, rel=0.08)  # S / 2 / (1 - 0.5)
-    assert _draw_residual_wait(0.01, s, rng).max() <= 4.0  # at most two residuals of S
-
-
-def test_full_steps_come_in_runs_of_a_prompts_chunks() -> None:
-    """Every prompt reaching the instance brings all its chunks as a run: with prompts of 3
-    chunks and 2 arrivals expected the full steps are multiples of 3, with mean 6; a request of
-    2 steps sees at most 2."""
-    rng = np.random.default_rng(0)
-    steps = np.full(4000, 1000)
-    full = _full_steps_in_runs(steps, np.full(4000, 2.0), np.full(5, 3.0), rng)
-    assert np.all(full % 3 == 0)
-    assert full.mean() == pytest.approx(6.0, rel=0.05)
-    short = _full_steps_in_runs(np.full(4000, 2), np.full(4000, 2.0), np.full(5, 3.0), rng)
-    assert short.max() == 2 and short.min() == 0
-    assert _full_steps_in_runs(steps, np.zeros(4000), np.full(5, 3.0), rng).sum() == 0
+def test_balancer_pooling_follows_the_share_of_the_count_that_is_the_prefill_queue() -> None:
+    # rho 0.5, cv2 1: L = 0.5 + 0.25 * 2 / (2 * 0.5) = 1 prompt waiting or in prefill
+    assert balancer_pooling(100, 0.5, 1.0, 0.0) == pytest.approx(100.0)  # nothing decodes: all pooled
+    assert balancer_pooling(100, 0.5, 1.0, 1.0) == pytest.approx(10.0)  # w = 1 / (1 + 1)
+    assert balancer_pooling(100, 0.5, 1.0, 3.0) == pytest.approx(100 ** 0.25)
+    # a pool that decodes much: the count hides the queue, pairs (BALANCER_POOLING) remain
+    assert balancer_pooling(100, 0.5, 1.0, 200.0) == pytest.approx(BALANCER_POOLING)
+    assert balancer_pooling(1, 0.5, 1.0, 0.0) == pytest.approx(BALANCER_POOLING)
