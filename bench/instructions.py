@@ -67,9 +67,24 @@ def _finish(coro: Coroutine[Any, Any, Any]) -> Any:
 def worker(scenarios: list[str], sizes: list[str], requests: int, warmup: int) -> None:
     """Inside valgrind: per (scenario, size) a warm plugin, then `requests` requests inside one
     functools.reduce (the only code counted)."""
+    from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+
+    from litellm_dualpool.emulator.prompt import PromptCounter
+
+    counter = PromptCounter("llama3")
+    user = UserAPIKeyAuth(token="0" * 64, api_key="sk-bench",
+                          user_role=LitellmUserRoles.PROXY_ADMIN)
+    for scenario in scenarios:
+        for size in sizes:
+            _count_cell(scenario, size, requests, warmup, counter, user)
+            print(json.dumps({"scenario": scenario, "size": size}), flush=True)
+
+
+def _count_cell(scenario: str, size: str, requests: int, warmup: int, counter: Any,
+                user: Any) -> None:
+    """One (scenario, size): a warm plugin, then `requests` requests inside functools.reduce."""
     import statistics
 
-    from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
     from profile_plugin import (
         SIZES as BODY_SIZES,
     )
@@ -84,57 +99,48 @@ def worker(scenarios: list[str], sizes: list[str], requests: int, warmup: int) -
         success_kwargs,
     )
 
-    from litellm_dualpool.emulator.prompt import PromptCounter
+    size_bytes, messages = BODY_SIZES[size]
+    base = chat_body(_turns("mt_bench_question.jsonl"), size_bytes, messages)
+    base.update(model="llama", max_tokens=16)
+    bodies = []
+    for i in range(VARIANTS):
+        first = dict(base["messages"][0],
+                     content=f"[request {i}] " + base["messages"][0]["content"])
+        body = dict(base, messages=[first, *base["messages"][1:]])
+        bodies.append((body, counter.chat(body).token_count))
+    exact_budget = int(statistics.median(t for _, t in bodies)) + int(base["max_tokens"])
+    plugin, router = build_plugin(plugin_config(scenario, exact_budget))
+    plugin.ensure_prepared()
+    deployments = [dict(d) for d in router.get_model_list(model_name="llama")]
+    # the backend's answers, built once (LiteLLM builds them, not the plugin)
+    answers = [success_kwargs(proxy_data(body, user), deployments[0], tokens)
+               for body, tokens in bodies]
 
-    counter = PromptCounter("llama3")
-    user = UserAPIKeyAuth(token="0" * 64, api_key="sk-bench",
-                          user_role=LitellmUserRoles.PROXY_ADMIN)
-    for scenario in scenarios:
-        for size in sizes:
-            size_bytes, messages = BODY_SIZES[size]
-            base = chat_body(_turns("mt_bench_question.jsonl"), size_bytes, messages)
-            base.update(model="llama", max_tokens=16)
-            bodies = []
-            for i in range(VARIANTS):
-                first = dict(base["messages"][0],
-                             content=f"[request {i}] " + base["messages"][0]["content"])
-                body = dict(base, messages=[first, *base["messages"][1:]])
-                bodies.append((body, counter.chat(body).token_count))
-            exact_budget = int(statistics.median(t for _, t in bodies)) + int(base["max_tokens"])
-            plugin, router = build_plugin(plugin_config(scenario, exact_budget))
-            plugin.ensure_prepared()
-            deployments = [dict(d) for d in router.get_model_list(model_name="llama")]
+    def one(done: int, i: int) -> int:
+        body, _ = bodies[i % VARIANTS]
+        data = _finish(plugin.async_pre_call_hook(user, None, proxy_data(body, user),
+                                                  "acompletion"))
+        chosen = _finish(plugin.async_filter_deployments(
+            "llama", [dict(d) for d in deployments], data["messages"], dict(data)))
+        template, response = answers[i % VARIANTS]
+        params = chosen[0]
+        kwargs = dict(template, messages=data["messages"], litellm_params={
+            "metadata": data["metadata"], "model_info": params["model_info"],
+            "api_base": params["litellm_params"]["api_base"]})
+        _finish(plugin.async_log_success_event(kwargs, response, None, None))
+        return done + 1
 
-            # the backend's answers, built once (LiteLLM builds them, not the plugin)
-            answers = [success_kwargs(proxy_data(body, user), deployments[0], tokens)
-                       for body, tokens in bodies]
+    async def warm() -> None:  # may wait (an early arbitration)
+        for i in range(warmup):
+            body, tokens = bodies[i % VARIANTS]
+            await one_request(plugin, user, body, deployments, tokens)
 
-            def one(done: int, i: int) -> int:
-                body, _ = bodies[i % VARIANTS]
-                data = _finish(plugin.async_pre_call_hook(user, None, proxy_data(body, user),
-                                                          "acompletion"))
-                chosen = _finish(plugin.async_filter_deployments(
-                    "llama", [dict(d) for d in deployments], data["messages"], dict(data)))
-                template, response = answers[i % VARIANTS]
-                params = chosen[0]
-                kwargs = dict(template, messages=data["messages"], litellm_params={
-                    "metadata": data["metadata"], "model_info": params["model_info"],
-                    "api_base": params["litellm_params"]["api_base"]})
-                _finish(plugin.async_log_success_event(kwargs, response, None, None))
-                return done + 1
+    asyncio.run(warm())
 
-            async def warm(plugin: Any = plugin) -> None:  # may wait (an early arbitration)
-                for i in range(warmup):
-                    body, tokens = bodies[i % VARIANTS]
-                    await one_request(plugin, user, body, deployments, tokens)
+    async def counted() -> None:  # a running loop, as in the proxy; nothing waits
+        functools.reduce(one, range(requests), 0)  # the only reduce call: counted
 
-            asyncio.run(warm())
-
-            async def counted() -> None:  # a running loop, as in the proxy; nothing waits
-                functools.reduce(one, range(requests), 0)  # the only reduce call: counted
-
-            asyncio.run(counted())
-            print(json.dumps({"scenario": scenario, "size": size}), flush=True)
+    asyncio.run(counted())
 
 
 def _count(tree: Path, scenarios: list[str], sizes: list[str], requests: int,

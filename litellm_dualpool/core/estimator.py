@@ -37,6 +37,9 @@ _NEIGHBOUR_CLASS = {ContentClass.PROSE: ContentClass.CODE.value,
 _MAX_CLASS_KEYS = 1024
 #: Longest caller-supplied category name kept (longer ones are an error, not a new key).
 MAX_CATEGORY_CHARS = 64
+#: A limit whose room lies within this fraction of a body's text estimate rules the far tier
+#: out before it is tried (`Estimator._surely_not_far`); below the far margin's 30%.
+_SURELY_NOT_FAR = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +66,32 @@ class Estimate:
             prompt_tokens_point=point, prompt_tokens_optimistic=optimistic), tier)
 
 
+def _surely_not_far(text_tokens: float, output_tokens: int, limits: Sequence[int],
+                    headroom_fraction: float) -> bool:
+    """Whether the far tier cannot decide a request whose text is about `text_tokens` (its
+    bytes at its key's latest tokens per byte, `Estimator._remember_ratio`): then the far
+    attempt (~7 us at 32 KB: a shape, the calibrator's range, the tier rule) is skipped.
+
+    Why it is safe: the far range is the bytes-only estimate of the text within at least
+    +-`FAR_MARGIN_FRACTION` (30%), widened by the neighbour class; a limit whose room for the
+    prompt (after headroom and the output budget) lies within +-`_SURELY_NOT_FAR` (25%) of
+    that estimate is inside it, so the request is not far. A stale ratio can only skip an
+    attempt that would have succeeded: the full estimate then decides, exactly as for any
+    NEAR request (more CPU, the same pool rule)."""
+    low = text_tokens * (1.0 - _SURELY_NOT_FAR)
+    high = text_tokens * (1.0 + _SURELY_NOT_FAR)
+    scale = 1.0 + headroom_fraction
+    return any(low <= limit / scale - output_tokens <= high for limit in limits)
+
+
 def category_key(model_group: str, shape: RequestShape, category: str | None = None) -> CategoryKey:
     """(model group, caller category or the content class). InvalidRequestError for a bad name."""
     if category is None:
         return CategoryKey(model_group, shape.content_class.value)
+    return _caller_key(model_group, category)
+
+
+def _caller_key(model_group: str, category: object) -> CategoryKey:
     if not isinstance(category, str) or not category or len(category) > MAX_CATEGORY_CHARS:
         raise InvalidRequestError(
             f"category must be a non-empty string of at most {MAX_CATEGORY_CHARS} characters",
@@ -83,6 +108,8 @@ class Estimator:
         self.calibrator = calibrator
         self.default_output_tokens = default_output_tokens
         self._keys: dict[tuple[str, ContentClass], tuple[CategoryKey, CategoryKey | None]] = {}
+        #: tokens per byte of each far key's latest estimate (`_surely_not_far`)
+        self._ratios: dict[CategoryKey, float] = {}
 
     def estimate(
         self,
@@ -104,20 +131,28 @@ class Estimator:
             default_output_tokens)
         output_tokens = output_budget_tokens(body, default, embedding=embedding)
         sequences = sequence_count(body)
+        far_key: CategoryKey | None = None
+        text_bytes: int | None = None
         if limits:
-            bytes_shape = draft.bytes_shape()
             if category is None:
-                key, neighbour = self._class_keys(model_group, bytes_shape.content_class)
+                far_key, neighbour = self._class_keys(model_group, draft.bytes_class())
             else:
-                key, neighbour = category_key(model_group, bytes_shape, category), None
-            far = self._far(bytes_shape, key, neighbour, output_tokens, limits,
-                            headroom_fraction, sequences, draft)
-            if far is not None:
-                return far
+                far_key, neighbour = _caller_key(model_group, category), None
+            text_bytes = draft.text_only_bytes
+            ratio = self._ratios.get(far_key) if text_bytes else None
+            if text_bytes is None or ratio is None or not _surely_not_far(
+                    text_bytes * ratio, output_tokens, limits, headroom_fraction):
+                far = self._far(draft.bytes_shape(), far_key, neighbour, output_tokens, limits,
+                                headroom_fraction, sequences, draft)
+                if far is not None:
+                    return far
         shape = draft.shape()
         key = category_key(model_group, shape, category)
-        return self.estimate_shape(shape, key, output_tokens, sequences=sequences,
-                                   limits=limits, headroom_fraction=headroom_fraction)
+        estimate = self.estimate_shape(shape, key, output_tokens, sequences=sequences,
+                                       limits=limits, headroom_fraction=headroom_fraction)
+        if far_key is not None and text_bytes:
+            self._remember_ratio(far_key, estimate.budget.prompt_tokens_point, text_bytes)
+        return estimate
 
     def estimate_far(self, shape: RequestShape, key: CategoryKey, output_tokens: int,
                      limits: Sequence[int], headroom_fraction: float, *, sequences: int = 1,
@@ -141,6 +176,17 @@ class Estimator:
             return None
         return Estimate(shape, key, TokenBudget(conservative, output_tokens, sequences, point,
                                                 optimistic), Tier.FAR, draft)
+
+    def _remember_ratio(self, key: CategoryKey, point_tokens: int | None,
+                        text_bytes: int) -> None:
+        """Keep the far key's latest full point estimate per byte of a text-only body, for
+        `_surely_not_far`. Only requests the far tier did not decide set it: a request it skips
+        is estimated in full and corrects the ratio, so a stale one cannot persist, and a
+        far request pays nothing for it. Bounded like the class keys."""
+        if point_tokens:
+            if len(self._ratios) >= _MAX_CLASS_KEYS and key not in self._ratios:
+                self._ratios.clear()
+            self._ratios[key] = point_tokens / text_bytes
 
     def _class_keys(self, model_group: str,
                     content_class: ContentClass) -> tuple[CategoryKey, CategoryKey | None]:

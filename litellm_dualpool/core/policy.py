@@ -144,7 +144,7 @@ def sort_pools(pools: Sequence[PoolState]) -> list[PoolState]:
     if len(pools) == 2:  # the usual case, checked without a set or a sort (~1 us per decision)
         a, b = pools
         if (type(a.max_model_len) is int and type(b.max_model_len) is int
-                and 0 < a.max_model_len and 0 < b.max_model_len and a.name != b.name):
+                and a.max_model_len > 0 and b.max_model_len > 0 and a.name != b.name):
             return [a, b] if (a.max_model_len, a.name) <= (b.max_model_len, b.name) else [b, a]
     seen: set[str] = set()
     for i, pool in enumerate(pools):

@@ -500,13 +500,14 @@ class ShapeDraft:
     what the far tier decides from (sizes and a small class sample), `shape()` the full shape
     with its character counts (the near tier). Either is computed at most once."""
 
-    __slots__ = ("_bytes_shape", "_shape", "chat_template", "walker")
+    __slots__ = ("_bytes_class", "_bytes_shape", "_shape", "chat_template", "walker")
 
     def __init__(self, walker: _Walker, chat_template: bool) -> None:
         self.walker = walker
         self.chat_template = chat_template
         self._shape: RequestShape | None = None
         self._bytes_shape: RequestShape | None = None
+        self._bytes_class: ContentClass | None = None
 
     def _build(self, counts: CharCounts | None, content_class: ContentClass) -> RequestShape:
         w = self.walker
@@ -526,10 +527,25 @@ class ShapeDraft:
         """The shape without character counts (None: the calibrator assumes the key's usual
         mix); its content class read from the sizes (`bytes_content_class`)."""
         if self._bytes_shape is None:
-            w = self.walker
-            self._bytes_shape = self._build(None, bytes_content_class(
-                w.text, w.text_chars, w.structured, w.has_tools or w.tools > 0))
+            self._bytes_shape = self._build(None, self.bytes_class())
         return self._bytes_shape
+
+    def bytes_class(self) -> ContentClass:
+        """The content class read from the sizes alone (`bytes_content_class`), kept."""
+        if self._bytes_class is None:
+            w = self.walker
+            self._bytes_class = bytes_content_class(w.text, w.text_chars, w.structured,
+                                                    w.has_tools or w.tools > 0)
+        return self._bytes_class
+
+    @property
+    def text_only_bytes(self) -> int | None:
+        """The body's UTF-8 bytes when nothing but text sets its count (no media, no token
+        ids), else None."""
+        w = self.walker
+        if w.images or w.audio or w.files or w.token_ids is not None:
+            return None
+        return w.text + w.structured
 
 
 def shape_request(body: Mapping[str, Any]) -> RequestShape:

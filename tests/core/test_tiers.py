@@ -218,3 +218,68 @@ def test_the_far_range_spans_the_neighbour_class() -> None:
     alone = calibrator.estimate_far(CategoryKey("g", "prose"), shape)
     both = calibrator.estimate_far(CategoryKey("g", "prose"), shape, CategoryKey("g", "code"))
     assert both[4] > alone[4] and both[:4] == alone[:4]
+
+
+# -- skipping a far attempt that cannot succeed (`estimator._surely_not_far`) ---------------
+def test_surely_not_far_is_a_band_around_the_room_for_the_prompt() -> None:
+    from litellm_dualpool.core.estimator import _surely_not_far
+
+    assert _surely_not_far(1000.0, 0, [1000], 0.0)             # the limit at the estimate
+    assert _surely_not_far(1000.0, 200, [1150], 0.0)           # room 950: within 25%
+    assert not _surely_not_far(1000.0, 0, [2000, 4000], 0.0)   # room 2000: far below it
+    assert not _surely_not_far(1000.0, 0, [500], 0.0)          # far above it
+    assert _surely_not_far(1000.0, 0, [500, 1200], 0.0)        # any limit in the band
+    assert not _surely_not_far(1000.0, 0, [1300], 0.0)         # room 1300 > 1250
+    assert _surely_not_far(1000.0, 0, [1300], 0.1)             # headroom: room 1182
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(200, 60000), st.integers(0, 4000), st.integers(1, 4),
+       st.sampled_from([0.0, 0.02, 0.1]), st.floats(0.3, 3.0))
+def test_surely_not_far_only_where_the_far_tier_fails(
+        text_bytes: int, output: int, messages: int, headroom: float, limit_factor: float
+        ) -> None:
+    """With the key's own ratio, a request `_surely_not_far` rules out is one the far tier would
+    not decide: the band lies inside the far range's guaranteed margin."""
+    from litellm_dualpool.core.estimator import _surely_not_far
+
+    calibrator = Calibrator()
+    estimator = Estimator(calibrator)
+    per = max(text_bytes // messages, 1)
+    body = {"messages": [{"role": "user", "content": (PROSE * (per // len(PROSE) + 1))[:per]}
+                         for _ in range(messages)], "max_tokens": output}
+    draft = measure_request(body)
+    shape = draft.bytes_shape()
+    key = CategoryKey("g", shape.content_class.value)
+    point = calibrator.estimate_far(key, shape)[2]
+    limits = [max(1, int((point + output) * limit_factor)), 10**7]
+    if _surely_not_far(float(point), output, limits, headroom):
+        low, _, _, _, high = calibrator.estimate_far(
+            key, shape, CategoryKey("g", ContentClass.CODE.value))
+        assert tier_of(low + output, high + output, limits, headroom, wide=True) is not Tier.FAR
+        assert estimator.estimate(body, "g", limits=limits,
+                                  headroom_fraction=headroom).tier is not Tier.FAR
+
+
+def test_a_near_request_skips_the_far_attempt_once_the_ratio_is_known() -> None:
+    """The second near-limit request of a key is not tried far (the calibrator's far range is
+    not asked), and its estimate is the one the full path gives."""
+    calls = []
+
+    class Counting(Calibrator):
+        def estimate_far(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return super().estimate_far(*args, **kwargs)
+
+    body = chat(PROSE * 300, max_tokens=64)  # ~6.9K tokens at 4 bytes per token: near 8192
+    estimator = Estimator(Counting())
+    first = estimator.estimate(body, "g", limits=LIMITS)
+    assert first.tier is not Tier.FAR and len(calls) == 1
+    second = estimator.estimate(body, "g", limits=LIMITS)
+    assert len(calls) == 1  # skipped
+    assert second == first
+    fresh = Estimator(Calibrator()).estimate(body, "g", limits=LIMITS)
+    assert fresh.budget == second.budget and fresh.tier is second.tier
+    far_body = chat(PROSE * 20)  # far from both limits: still tried far, and decided so
+    assert estimator.estimate(far_body, "g", limits=LIMITS).tier is Tier.FAR
+    assert len(calls) == 2
