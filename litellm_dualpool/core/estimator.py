@@ -81,7 +81,10 @@ def _surely_not_far(text_tokens: float, output_tokens: int, limits: Sequence[int
     low = text_tokens * (1.0 - _SURELY_NOT_FAR)
     high = text_tokens * (1.0 + _SURELY_NOT_FAR)
     scale = 1.0 + headroom_fraction
-    return any(low <= limit / scale - output_tokens <= high for limit in limits)
+    for limit in limits:  # noqa: SIM110 (any() of a generator costs more, on every request)
+        if low <= limit / scale - output_tokens <= high:
+            return True
+    return False
 
 
 def category_key(model_group: str, shape: RequestShape, category: str | None = None) -> CategoryKey:
@@ -108,8 +111,9 @@ class Estimator:
         self.calibrator = calibrator
         self.default_output_tokens = default_output_tokens
         self._keys: dict[tuple[str, ContentClass], tuple[CategoryKey, CategoryKey | None]] = {}
-        #: tokens per byte of each far key's latest estimate (`_surely_not_far`)
-        self._ratios: dict[CategoryKey, float] = {}
+        #: tokens per byte of each far key's latest estimate (`_surely_not_far`), by
+        #: (model group, category)
+        self._ratios: dict[tuple[str, str], float] = {}
 
     def estimate(
         self,
@@ -139,7 +143,8 @@ class Estimator:
             else:
                 far_key, neighbour = _caller_key(model_group, category), None
             text_bytes = draft.text_only_bytes
-            ratio = self._ratios.get(far_key) if text_bytes else None
+            # keyed by the key's two strings: a tuple of str hashes in C, the dataclass in Python
+            ratio = self._ratios.get((far_key.model_group, far_key.category)) if text_bytes else None
             if text_bytes is None or ratio is None or not _surely_not_far(
                     text_bytes * ratio, output_tokens, limits, headroom_fraction):
                 far = self._far(draft.bytes_shape(), far_key, neighbour, output_tokens, limits,
@@ -184,9 +189,10 @@ class Estimator:
         is estimated in full and corrects the ratio, so a stale one cannot persist, and a
         far request pays nothing for it. Bounded like the class keys."""
         if point_tokens:
-            if len(self._ratios) >= _MAX_CLASS_KEYS and key not in self._ratios:
+            slot = (key.model_group, key.category)
+            if len(self._ratios) >= _MAX_CLASS_KEYS and slot not in self._ratios:
                 self._ratios.clear()
-            self._ratios[key] = point_tokens / text_bytes
+            self._ratios[slot] = point_tokens / text_bytes
 
     def _class_keys(self, model_group: str,
                     content_class: ContentClass) -> tuple[CategoryKey, CategoryKey | None]:
