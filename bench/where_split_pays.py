@@ -431,10 +431,7 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
                 "w = L/(L+B), is how far the choice follows that queue, so the planner's prefill wait is the "
                 "geometric mean of a queue per instance and a queue pooled over g = n^w instances (n the pool's "
                 f"instances), never below pairs (`BALANCER_POOLING` = {BALANCER_POOLING}): a pool of long prompts "
-                "with little decoding pools almost like one queue, a pool that decodes much only in pairs. A "
-                "prompt's prefill time sums its chunk steps at their offsets (the engine's step time: attention "
-                "grows with the offset, so a long prompt costs more than its length at one rate), and TPOT counts "
-                "the chunks of the prompts reaching an instance while a request decodes as runs of full steps. Per "
+                "with little decoding pools almost like one queue, a pool that decodes much only in pairs. Per "
                 "pool with traffic, the planner run on the slice's own rate and arrivals (same configuration) "
                 "with its own term and with fixed poolings, beside the simulator's smallest count (slice "
                 "instances) and the squared coefficient of variation of the pool's prompts:", "",

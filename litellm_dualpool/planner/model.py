@@ -487,29 +487,32 @@ class LoadPrediction:
         return "+".join(misses) or None
 
 
-def _decode_context_tokens(mix: LengthMix) -> int:
-    """Mean context a decoding request attends to: its prompt plus half its output."""
-    return int(mix.prompt_tokens.mean() + mix.output_tokens.mean() / 2)
-
-
-def _decode_step_seconds(engine: EngineConfig, mix: LengthMix, batch: float) -> float:
-    """A pure decode step at a decode batch of ``batch`` (at least one request)."""
-    b = max(round(batch), 1)
-    return engine.step_time.step_seconds(b, b * _decode_context_tokens(mix), ())
+def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[float, float]:
+    """(decode-only step, step with a full prefill chunk) at a decode batch of ``batch``."""
+    b = max(round(batch), 0)
+    ctx = int(mix.prompt_tokens.mean() + mix.output_tokens.mean() / 2)
+    st = engine.step_time
+    chunk = max(engine.max_num_batched_tokens - b, 1)
+    offset = int(mix.prompt_tokens.mean() / 2)
+    return (st.step_seconds(max(b, 1), max(b, 1) * ctx, ()),
+            st.step_seconds(b, b * ctx, ((offset, chunk),)))
 
 
 def prefill_seconds(engine: EngineConfig, prompt_tokens: np.ndarray, decode_batch: float,
                     decode_context_tokens: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per prompt: (seconds its prefill takes, chunk steps it fills) on an instance decoding
-    ``decode_batch`` requests of ``decode_context_tokens`` mean context.
+    """Per prompt: (seconds its prefill takes in the engine, chunk steps it fills) on an
+    instance decoding ``decode_batch`` requests of ``decode_context_tokens`` mean context.
 
     Why: a prompt of P tokens runs as k = P / c steps, c the step budget
     ``max_num_batched_tokens`` minus the decodes, and the chunk at offset x attends to the x
     tokens before it, so its step costs the engine's ``step_seconds`` at that offset and a long
     prompt costs more than k steps at its mean offset (a 124K-token prompt on 8x A100, 70B,
-    448-token steps: about 31 s, where one linear rate gives 18 s). The whole chunks are summed
-    at their offsets 0, c, 2c, ...; the fractional last one is charged its share of a step at its
-    offset (under load the rest of that step carries the next prompt's first chunk)."""
+    448-token steps: about 31 s, where :func:`predict_load`'s one rate gives about 18 s). The
+    whole chunks are summed at their offsets 0, c, 2c, ...; the fractional last one is charged
+    its share of a step at its offset (under load the rest of that step carries the next
+    prompt's first chunk). Not yet used by :func:`predict_load`: with it (and TPOT's full steps
+    in runs) the "Where the split pays" check got no better on Mooncake (docs/evaluation.md,
+    "Round 4"); bench/pool_scale_check.py uses it for each prompt's prefill alone."""
     b = max(round(decode_batch), 0)
     chunk = max(engine.max_num_batched_tokens - b, 1)
     chunks = np.asarray(prompt_tokens, dtype=np.float64) / chunk
@@ -537,44 +540,37 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     (:func:`balancer_pooling`, at least pairs; ``pooling`` overrides it, for comparisons),
     checked against the fleet simulator on every scenario of docs/evaluation.md.
 
-    Per instance at lambda_i = lambda/n: a prompt runs as k chunk steps (``max_num_batched_
-    tokens`` minus the B decodes each), each at the engine's step time for its offset, so its
-    prefill takes S (:func:`prefill_seconds`: S grows faster than the prompt, as attention does);
-    otherwise steps are pure decodes of t_dec. The instance is busy prefilling rho_p =
-    lambda_i * E[S] of the time; TPOT = 1 / (steps per second) = 1 / (lambda_i * E[k] + (1 -
-    rho_p) / t_dec), and B = lambda_i * E[output] * TPOT (Little), solved by fixed point. Two
-    waits precede the first token, each an M/G/c queue (Allen-Cunneen): prompts queue for the
-    prefill servers (service = S), and, if the decode batch nears ``max_num_seqs``, requests
-    queue for the n * max_num_seqs slots (service = the request's residence). P99 TTFT = P99 of
-    (prefill wait + slot wait + own S). P99 TPOT = P99 over requests of the mean of their o
-    steps, of which the full ones are the chunks of the prompts reaching the instance while the
-    request decodes (and, at the rate the balancer lets prompts land on a prefilling instance,
-    during its own prefill), in runs (:func:`full_steps_in_runs`). Both by Monte Carlo on the
-    pool's own lengths.
+    Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
+    (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
+    pure decodes of t_dec. The prefill "server" therefore runs at r = (C - B) / t_full
+    tokens/s and is busy rho_p = lambda_i * E[prompt] / r of the time; TPOT = 1 / (steps per
+    second) = 1 / (rho_p / t_full + (1 - rho_p) / t_dec), and B = lambda_i * E[output] * TPOT
+    (Little), solved by fixed point. Two waits precede the first token, each an M/G/c queue
+    (Allen-Cunneen): prompts queue for the n prefill servers (service = prompt / r), and, if the
+    decode batch nears ``max_num_seqs``, requests queue for the n * max_num_seqs slots (service =
+    the request's residence). P99 TTFT = P99 of (prefill wait + slot wait + own prefill time),
+    and P99 TPOT = P99 over requests of the mean of o steps of which Binomial(o, phi) are full
+    (phi = share of steps carrying prefill); both by Monte Carlo on the pool's own lengths.
     """
     lam = rate_per_second / instances
+    p_mean = float(mix.prompt_tokens.mean())
     o_mean = float(mix.output_tokens.mean())
-    ctx = _decode_context_tokens(mix)
     seqs = engine.max_num_seqs
-    batch, rho_p, t_dec, tpot = 0.0, 0.0, 0.0, 0.0
+    batch, rho_p, t_dec, t_full, tpot = 0.0, 0.0, 0.0, 0.0, 0.0
     for _ in range(30):
-        t_dec = _decode_step_seconds(engine, mix, batch)
-        service, chunks = prefill_seconds(engine, mix.prompt_tokens, batch, ctx)
-        rho_p = lam * float(service.mean())
+        t_dec, t_full = _step_times(engine, mix, batch)
+        rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
+        rho_p = lam * p_mean / rate_tokens
         if rho_p >= 1.0:
             return _unstable(instances, rate_per_second, batch)
-        tpot = 1.0 / (lam * float(chunks.mean()) + (1.0 - rho_p) / t_dec)
+        tpot = 1.0 / (rho_p / t_full + (1.0 - rho_p) / t_dec)
         new_batch = min(float(seqs), lam * o_mean * tpot)
         if abs(new_batch - batch) < 0.05:
             batch = new_batch
             break
         batch = 0.5 * (batch + new_batch)
-    t_dec = _decode_step_seconds(engine, mix, batch)
-    service, chunks = prefill_seconds(engine, mix.prompt_tokens, batch, ctx)
-    rho_p = lam * float(service.mean())
-    if rho_p >= 1.0:
-        return _unstable(instances, rate_per_second, batch)
-    tpot = 1.0 / (lam * float(chunks.mean()) + (1.0 - rho_p) / t_dec)
+    rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
+    service = mix.prompt_tokens / rate_tokens
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
@@ -592,13 +588,10 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
         return _unstable(instances, rate_per_second, batch)
     idx = rng.integers(0, len(mix), _SAMPLES)
     ttft = service[idx] + _draw(prefill_wait, rng) + _draw(slot_wait, rng)
+    phi = (rho_p / t_full) * tpot
     o = np.maximum(mix.output_tokens[idx] - 1, 1)
-    # prompts reaching the instance while the request decodes bring their chunks as runs of full
-    # steps; those reaching it during the request's own prefill queue behind it and run in its
-    # first decode steps, at the rate the balancer lets prompts land on a prefilling instance
-    steered = min(prefill_wait.p_wait / max(rho_p, 1e-9), 1.0)
-    full, full_seconds = full_steps_in_runs(o, lam * (steered * service[idx] + o * tpot), chunks, service, rng)
-    tpot_samples = (full_seconds + (o - full) * t_dec) / o
+    full = rng.binomial(o, min(max(phi, 0.0), 1.0))
+    tpot_samples = (full * t_full + (o - full) * t_dec) / o
     over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx], mix.total_tokens[idx])
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
@@ -656,34 +649,6 @@ def _group_wait(lam: float, instances: int, s_mean: float, cv2: float, burst: fl
         return WaitDistribution(1.0, math.inf)
     return WaitDistribution(a.p_wait ** (1 - frac) * b.p_wait ** frac,
                             a.mean_if_waiting_seconds ** (1 - frac) * b.mean_if_waiting_seconds ** frac)
-
-
-def full_steps_in_runs(steps: np.ndarray, arrivals_mean: np.ndarray, chunks: np.ndarray,
-                       seconds: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per decoding request of ``steps`` decode steps: (its full steps, their seconds). The
-    prompts reaching its instance meanwhile are Poisson of mean ``arrivals_mean`` (per request),
-    each a prompt of the pool drawn at random, bringing all its ``chunks`` (fractional: short
-    prompts share a step) taking ``seconds`` (:func:`prefill_seconds`); at most ``steps`` of
-    them, the seconds cut in proportion.
-
-    Why: a prompt's chunks run back to back, so a request decoding beside a long prompt sees a
-    run of full steps, not full steps scattered one at a time: a binomial count of independent
-    steps has the same mean and a far thinner tail, and a pool bound by TPOT (short outputs
-    beside prompts of many chunks) is priced by that tail."""
-    counts = rng.poisson(np.maximum(np.asarray(arrivals_mean, dtype=np.float64), 0.0))
-    total = int(counts.sum())
-    steps_f = np.asarray(steps, dtype=np.float64)
-    if total == 0:
-        return np.zeros_like(steps_f), np.zeros_like(steps_f)
-    picks = rng.integers(0, len(chunks), total)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    # a sentinel after the last draw, so that trailing requests without arrivals index validly
-    run_chunks = np.where(counts > 0, np.add.reduceat(np.append(chunks[picks], 0.0), starts), 0.0)
-    run_seconds = np.where(counts > 0, np.add.reduceat(np.append(seconds[picks], 0.0), starts), 0.0)
-    full = np.minimum(run_chunks, steps_f)
-    cut = np.divide(full, run_chunks, out=np.ones_like(full), where=run_chunks > 0)
-    full_seconds: np.ndarray = run_seconds * cut
-    return full, full_seconds
 
 
 def _draw(wait: WaitDistribution, rng: np.random.Generator) -> np.ndarray:

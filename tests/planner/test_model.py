@@ -19,7 +19,6 @@ from litellm_dualpool.planner.model import (
     balancer_pooling,
     batch_tokens_for_tpot,
     closed_form_saving,
-    full_steps_in_runs,
     instances_for_rate,
     make_plan,
     predict_load,
@@ -270,36 +269,3 @@ def test_a_long_prompts_prefill_grows_faster_than_its_length() -> None:
     assert seconds[0] == pytest.approx(summed)
     assert 30.0 < seconds[0] < 32.5
     assert seconds[0] > 1.5 * chunks[0] * st.step_seconds(1, 0, ((0, c),))
-
-
-def test_full_steps_come_in_runs_of_a_prompts_chunks() -> None:
-    """Every prompt reaching the instance brings all its chunks as a run: prompts of 3 chunks
-    taking 0.6 s, 2 arrivals expected: the full steps are multiples of 3 (mean 6) at 0.2 s
-    each; a request of 2 decode steps sees at most 2 of them, their seconds cut in proportion;
-    no arrivals, no full steps."""
-    rng = np.random.default_rng(0)
-    chunks, seconds = np.full(5, 3.0), np.full(5, 0.6)
-    full, full_s = full_steps_in_runs(np.full(4000, 1000), np.full(4000, 2.0), chunks, seconds, rng)
-    assert np.all(full % 3 == 0)
-    assert full.mean() == pytest.approx(6.0, rel=0.05)
-    assert full_s.tolist() == pytest.approx((0.2 * full).tolist())
-    full, full_s = full_steps_in_runs(np.full(4000, 2), np.full(4000, 2.0), chunks, seconds, rng)
-    assert full.max() == 2 and full.min() == 0
-    assert full_s.tolist() == pytest.approx((0.2 * full).tolist())
-    full, full_s = full_steps_in_runs(np.full(4000, 1000), np.zeros(4000), chunks, seconds, rng)
-    assert full.sum() == 0 and full_s.sum() == 0
-
-
-def test_tpot_tail_is_a_whole_run_of_full_steps() -> None:
-    """Prompts of 20 chunks, 10 decode steps per request: a request that meets one prompt's
-    prefill spends all its 10 steps in that run, at the run's mean step S / k, so once more
-    than 1% of requests meet one, the P99 TPOT is S / k (a binomial count of independent full
-    steps, at a share rho_p / S * k * TPOT of the steps, would put the P99 near the decode step)."""
-    engine = Hardware.build("h100", "llama-3.1-8b").engine(65536, 64, 2048)
-    mix = LengthMix(np.full(500, 20 * 2047), np.full(500, 11))
-    pred = predict_load(engine, mix, 0.3, 1)
-    seconds, chunks = prefill_seconds(engine, mix.prompt_tokens[:1], pred.decode_batch,
-                                      int(20 * 2047 + 5.5))
-    assert pred.tpot_p99_seconds == pytest.approx(seconds[0] / chunks[0], rel=1e-6)
-    decode = engine.step_time.step_seconds(1, 20 * 2047, ())
-    assert pred.tpot_p99_seconds > 3 * decode
