@@ -23,24 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import where_split_pays as w
 
-from litellm_dualpool.planner.model import LengthMix, make_plan, predict_load
+from litellm_dualpool.planner.model import LengthMix, make_plan, predict_load, prefill_seconds
 from litellm_dualpool.sim.fleet import SimPool, simulate
 from litellm_dualpool.sim.routers import SinglePoolRouter
 from litellm_dualpool.sim.workload import Workload
 
 #: A prompt counts as waiting when its TTFT exceeds its own prefill alone by this much (seconds).
 WAIT_SECONDS = 0.05
-
-
-def prefill_alone_seconds(engine: object, prompts: np.ndarray, batch: int) -> np.ndarray:
-    """Each prompt's prefill time on an idle instance with ``batch`` decodes: its chunk steps
-    summed at their offsets (the engine's own step times)."""
-    st = engine.step_time  # type: ignore[attr-defined]
-    chunk = max(engine.max_num_batched_tokens - batch, 1)  # type: ignore[attr-defined]
-    t0 = st.step_seconds(batch, 0, ((0, chunk),))
-    slope = (st.step_seconds(batch, 0, ((16384, chunk),)) - t0) / 16384
-    k = prompts.astype(np.float64) / chunk
-    return k * t0 + slope * chunk * k * np.maximum(k - 1.0, 0.0) / 2.0
 
 
 def main() -> int:
@@ -73,7 +62,8 @@ def main() -> int:
         mix = LengthMix.from_workload(sub)
         pred = predict_load(engine, mix, len(sub) / sub.duration_seconds, n, slo=plan.slo,
                             arrival_cv2=mix.arrival_dispersion(1.0))
-        alone = prefill_alone_seconds(engine, sub.prompt_tokens, round(pred.decode_batch))
+        # each prompt's prefill alone: its chunk steps summed at their offsets (the engine's steps)
+        alone = prefill_seconds(engine, sub.prompt_tokens, round(pred.decode_batch))[0]
         waited = float(np.mean(res.ttft_seconds - alone > WAIT_SECONDS))
         over = float(np.nanquantile(res.ttft_seconds - allowance, 0.99))
         print(f"K={k:3d} instances={n:5d} requests={len(sub):6d} simulator: P99 TTFT over allowance {over:5.2f} s, "

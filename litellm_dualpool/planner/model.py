@@ -498,6 +498,33 @@ def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[flo
             st.step_seconds(b, b * ctx, ((offset, chunk),)))
 
 
+def prefill_seconds(engine: EngineConfig, prompt_tokens: np.ndarray, decode_batch: float,
+                    decode_context_tokens: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: (seconds its prefill takes in the engine, chunk steps it fills) on an
+    instance decoding ``decode_batch`` requests of ``decode_context_tokens`` mean context.
+
+    Why: a prompt of P tokens runs as k = P / c steps, c the step budget
+    ``max_num_batched_tokens`` minus the decodes, and the chunk at offset x attends to the x
+    tokens before it, so its step costs the engine's ``step_seconds`` at that offset and a long
+    prompt costs more than k steps at its mean offset (a 124K-token prompt on 8x A100, 70B,
+    448-token steps: about 31 s, where :func:`predict_load`'s one rate gives about 18 s). The
+    whole chunks are summed at their offsets 0, c, 2c, ...; the fractional last one is charged
+    its share of a step at its offset (under load the rest of that step carries the next
+    prompt's first chunk). Not yet used by :func:`predict_load`: with it (and TPOT's full steps
+    in runs) the "Where the split pays" check got no better on Mooncake (docs/evaluation.md,
+    "Round 4"); bench/pool_scale_check.py uses it for each prompt's prefill alone."""
+    b = max(round(decode_batch), 0)
+    chunk = max(engine.max_num_batched_tokens - b, 1)
+    chunks = np.asarray(prompt_tokens, dtype=np.float64) / chunk
+    whole = np.floor(chunks).astype(np.int64)
+    top = int(whole.max()) if len(whole) else 0
+    steps = engine.step_time.chunk_steps_seconds(b, b * decode_context_tokens, chunk,
+                                                 np.arange(top + 1, dtype=np.float64) * chunk)
+    before = np.concatenate(([0.0], np.cumsum(steps)))
+    seconds: np.ndarray = before[whole] + (chunks - whole) * steps[whole]
+    return seconds, chunks
+
+
 def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
                  *, seed: int = 0, slo: Slo | None = None, arrival_cv2: float | None = None,
                  pooling: float | None = None) -> LoadPrediction:

@@ -23,6 +23,7 @@ from litellm_dualpool.planner.model import (
     make_plan,
     predict_load,
     predict_saving,
+    prefill_seconds,
 )
 from litellm_dualpool.planner.queueing import erlang_c, mgc_wait
 
@@ -220,3 +221,51 @@ def test_balancer_pooling_follows_the_share_of_the_count_that_is_the_prefill_que
     # a pool that decodes much: the count hides the queue, pairs (BALANCER_POOLING) remain
     assert balancer_pooling(100, 0.5, 1.0, 200.0) == pytest.approx(BALANCER_POOLING)
     assert balancer_pooling(1, 0.5, 1.0, 0.0) == pytest.approx(BALANCER_POOLING)
+
+
+def test_chunk_steps_seconds_are_the_engines_step_seconds_at_each_offset() -> None:
+    """The vectorised chunk steps are step_seconds itself, offset by offset, on both sides of
+    the roofline (a small chunk is memory-bound at offset 0, the long offsets compute-bound)."""
+    st = Hardware.build("a100", "llama-3-70b", tensor_parallel_size=8).engine(131072, 64, 2048).step_time
+    offsets = np.array([0, 448, 4096, 60000, 124000])
+    for decodes, chunk in ((0, 2048), (3, 445), (40, 16)):
+        got = st.chunk_steps_seconds(decodes, decodes * 5000, chunk, offsets)
+        want = [st.step_seconds(decodes, decodes * 5000, ((int(x), chunk),)) for x in offsets]
+        assert got.tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_prefill_seconds_sum_the_chunk_steps_at_their_offsets() -> None:
+    """A prompt of k chunks costs the engine's steps at offsets 0, c, 2c, ...: with compute-
+    bound steps (2,048-token chunks of a 70B model on 8x A100) each chunk attends to c more
+    tokens than the one before, so chunk j costs j * c^2 * a / F more than the first (a the
+    attention flops per context token, F the effective flops); three chunks cost
+    3 t(0) + 3 c^2 a / F. Two and a half chunks pay half of the third step; a prompt shorter
+    than a chunk pays its share of the first."""
+    engine = Hardware.build("a100", "llama-3-70b", tensor_parallel_size=8).engine(131072, 64, 2048)
+    st = engine.step_time
+    c = 2048
+    t0 = st.step_seconds(0, 0, ((0, c),))
+    growth = c * c * st.attention_flops_per_context_token / st.flops_per_second
+    seconds, chunks = prefill_seconds(engine, np.array([3 * c, 5 * c // 2, c // 4]), 0.0)
+    assert chunks.tolist() == [3.0, 2.5, 0.25]
+    assert seconds[0] == pytest.approx(3 * t0 + 3 * growth)
+    assert seconds[1] == pytest.approx(2 * t0 + growth + 0.5 * (t0 + 2 * growth))
+    assert seconds[2] == pytest.approx(0.25 * t0)
+    # decodes in the step shrink the chunk: 1,000 decodes leave c = 1,048 prompt tokens a step
+    _, chunks = prefill_seconds(engine, np.array([3 * 1048]), 1000.0, 4000)
+    assert chunks.tolist() == [3.0]
+
+
+def test_a_long_prompts_prefill_grows_faster_than_its_length() -> None:
+    """docs/evaluation.md, round 3: a 124K-token Mooncake prompt on 8x A100 (70B, 448-token
+    steps) takes about 31 s in the engine, where one rate at the mean offset gives about 18 s;
+    the per-chunk sum is the engine's own steps summed."""
+    engine = Hardware.build("a100", "llama-3-70b", tensor_parallel_size=8).engine(131072, 64, 448)
+    st = engine.step_time
+    seconds, chunks = prefill_seconds(engine, np.array([124000]), 1.0)
+    c = 447  # one decode in each step
+    summed = sum(st.step_seconds(1, 0, ((i * c, c),)) for i in range(int(chunks[0])))
+    summed += (chunks[0] % 1) * st.step_seconds(1, 0, ((int(chunks[0]) * c, c),))
+    assert seconds[0] == pytest.approx(summed)
+    assert 30.0 < seconds[0] < 32.5
+    assert seconds[0] > 1.5 * chunks[0] * st.step_seconds(1, 0, ((0, c),))
