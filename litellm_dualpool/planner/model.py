@@ -518,8 +518,9 @@ def prefill_seconds(engine: EngineConfig, prompt_tokens: np.ndarray, decode_batc
     chunks = np.asarray(prompt_tokens, dtype=np.float64) / chunk
     whole = np.floor(chunks).astype(np.int64)
     top = int(whole.max()) if len(whole) else 0
-    steps = engine.step_time.chunk_steps_seconds(b, b * decode_context_tokens, chunk,
-                                                 np.arange(top + 1, dtype=np.float64) * chunk)
+    st = engine.step_time  # one step per chunk offset (a few hundred at most)
+    steps = np.array([st.step_seconds(b, b * decode_context_tokens, ((i * chunk, chunk),))
+                      for i in range(top + 1)])
     before = np.concatenate(([0.0], np.cumsum(steps)))
     seconds: np.ndarray = before[whole] + (chunks - whole) * steps[whole]
     return seconds, chunks

@@ -33,8 +33,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
 from litellm_dualpool.sim.catalog import DType, GpuSpec, ModelSpec
 
 #: Fraction of peak HBM bandwidth that decode kernels (GEMV-like weight streaming, paged
@@ -178,21 +176,6 @@ class StepTimeModel:
             max(memory / self.bandwidth_bytes_per_second, flops / self.flops_per_second)
             + self.overhead_seconds + self.allreduce_seconds_per_token * tokens
         )
-
-    def chunk_steps_seconds(self, num_decode_tokens: int, decode_context_tokens: int, chunk_tokens: int,
-                            offsets: np.ndarray) -> np.ndarray:
-        """``step_seconds(num_decode_tokens, decode_context_tokens, ((offset, chunk_tokens),))``
-        for every offset of ``offsets`` at once: the steps of one prompt's chunks, each
-        attending to the tokens before it, so a long prompt's later chunks cost more."""
-        x = np.asarray(offsets, dtype=np.float64)
-        tokens = num_decode_tokens + chunk_tokens
-        kv_read = decode_context_tokens + x + chunk_tokens
-        attended = decode_context_tokens + chunk_tokens * x + chunk_tokens * (chunk_tokens + 1) // 2
-        memory = self.weight_bytes(tokens) + self.kv_bytes_per_context_token * kv_read
-        flops = self.linear_flops_per_token * tokens + self.attention_flops_per_context_token * attended
-        seconds: np.ndarray = (np.maximum(memory / self.bandwidth_bytes_per_second, flops / self.flops_per_second)
-                               + self.overhead_seconds + self.allreduce_seconds_per_token * tokens)
-        return seconds
 
     def decode_run_seconds(self, num_decodes: int, first_context_tokens: int, steps: int) -> float:
         """Total time of ``steps`` consecutive pure-decode steps of ``num_decodes`` requests,
