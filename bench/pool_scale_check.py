@@ -39,6 +39,9 @@ def main() -> int:
     parser.add_argument("--instances", type=int, required=True, help="slice instances at --at-k")
     parser.add_argument("--at-k", type=int, required=True)
     parser.add_argument("--ks", default="40,20,10,5")
+    parser.add_argument("--same-requests", action="store_true",
+                        help="simulate each slice for --at-k's seconds times k / at-k, so every size sees about as "
+                             "many requests (small pools' P99 is otherwise the maximum of a few dozen)")
     args = parser.parse_args()
     sc = next(s for s in w.SCENARIOS if s.key == args.scenario)
     work = w.workload_of(sc)
@@ -50,7 +53,7 @@ def main() -> int:
     print(f"{sc.key} {args.pool}: {hw.label}, {pool.flags.max_num_seqs} seqs, "
           f"{pool.flags.max_num_batched_tokens} tok")
     for k in (int(x) for x in args.ks.split(",")):
-        sl = w.slice_of(sc, work, k)
+        sl = w.slice_of(sc, work, k, seconds=sc.sim_seconds * k / args.at_k if args.same_requests else None)
         total = sl.prompt_tokens + sl.output_tokens
         m = (total > pool.low_tokens) & (total <= pool.flags.max_model_len)
         sub = Workload(sc.key, sl.arrival_seconds[m], sl.prompt_tokens[m], sl.output_tokens[m],

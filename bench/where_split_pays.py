@@ -92,7 +92,7 @@ SCENARIOS = (
              200, ("a100",), "llama-3-70b", "bfloat16", "2s+1s/4k", 3, 60),
     Scenario("qwen-mi300x", "Azure 2023 conv, Qwen3-235B-A22B FP8, MI300X",
              "traces/azure2023/AzureLLMInferenceTrace_conv.csv", 10000, ("mi300x",), "qwen3-235b-a22b", "fp8", "2s",
-             25, 30),
+             10, 30),
     Scenario("llama8b-mixed", "Azure 2023 conv, Llama-3.1-8B BF16, H100 / A100 / L40S / L4 allowed",
              "traces/azure2023/AzureLLMInferenceTrace_conv.csv", 1000, ("h100", "a100", "l40s", "l4"),
              "llama-3.1-8b", "bfloat16", "2s", 5, 60),
@@ -156,11 +156,13 @@ def why(plan: Plan) -> str:
 
 # -- the simulator check --------------------------------------------------------------------
 
-def slice_of(sc: Scenario, work: Workload, k: int) -> Workload:
+def slice_of(sc: Scenario, work: Workload, k: int, seconds: float | None = None) -> Workload:
+    """Every k-th request's worth of the scenario's traffic for ``seconds`` (default the scenario's)."""
+    span = sc.sim_seconds if seconds is None else seconds
     if sc.source.startswith("workloads/"):
-        return from_cdf(read_cdf_file(DATA / sc.source), int(sc.rate / k * sc.sim_seconds), sc.rate / k,
+        return from_cdf(read_cdf_file(DATA / sc.source), int(sc.rate / k * span), sc.rate / k,
                         name=sc.key, seed=1)
-    return work.superposed(sc.rate / k, seconds=sc.sim_seconds, seed=1)
+    return work.superposed(sc.rate / k, seconds=span, seed=1)
 
 
 def pool_meets(res: FleetResult, i: int, slo: Slo, allowance: np.ndarray, capacity: float,

@@ -37,6 +37,7 @@ what stalls every decode in it), ``max_num_seqs`` of the short pool is swept for
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -57,6 +58,7 @@ from litellm_dualpool.sim.catalog import (
 from litellm_dualpool.sim.engine import EngineConfig
 from litellm_dualpool.sim.fleet import SloTargets
 from litellm_dualpool.sim.kv_headroom import KvDemand, KvHeadroom, kv_demand
+from litellm_dualpool.sim.roofline import StepTimeModel
 from litellm_dualpool.sim.workload import Workload, arrival_dispersion
 
 HOURS_PER_YEAR = 8760.0
@@ -83,6 +85,12 @@ BURST_FIT_WINDOWS_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 #: queued prompt tokens): at least pairs of instances, more where few requests decode and the
 #: count is mostly the prefill queue (``balancer_pooling``).
 BALANCER_POOLING = 2
+#: The pool size beyond which the balancer pools prompt queues no further (``balancer_pooling``
+#: takes n ** w with n capped here). Measured once, on the fleet simulator
+#: (bench/pool_scale_check.py, Mooncake's tuned 8x A100 fleet at a fixed load per instance,
+#: docs/evaluation.md "Round 5"): P99 TTFT over the allowance falls from 8.6 s at 10 instances
+#: to 2.6 s at 164 and no further (2.7, 2.0, 1.7 s at 327, 654, 1,308).
+BALANCER_POOLING_MAX_INSTANCES = 160
 #: max_num_seqs values the configuration search tries (each capped at the pool's KV-safe count).
 SEARCH_MAX_NUM_SEQS = (16, 32, 64, 128, 256, 512, 1024)
 #: The seqs sweep of one (GPU, TP, batched tokens) stops when doubling max_num_seqs raises the
@@ -487,15 +495,15 @@ class LoadPrediction:
         return "+".join(misses) or None
 
 
-def _step_times(engine: EngineConfig, mix: LengthMix, batch: float) -> tuple[float, float]:
-    """(decode-only step, step with a full prefill chunk) at a decode batch of ``batch``."""
-    b = max(round(batch), 0)
-    ctx = int(mix.prompt_tokens.mean() + mix.output_tokens.mean() / 2)
-    st = engine.step_time
-    chunk = max(engine.max_num_batched_tokens - b, 1)
-    offset = int(mix.prompt_tokens.mean() / 2)
-    return (st.step_seconds(max(b, 1), max(b, 1) * ctx, ()),
-            st.step_seconds(b, b * ctx, ((offset, chunk),)))
+def _decode_context_tokens(mix: LengthMix) -> int:
+    """Mean context a decoding request attends to: its prompt plus half its output."""
+    return int(mix.prompt_tokens.mean() + mix.output_tokens.mean() / 2)
+
+
+def _decode_step_seconds(engine: EngineConfig, mix: LengthMix, batch: float) -> float:
+    """A pure decode step at a decode batch of ``batch`` (at least one request)."""
+    b = max(round(batch), 1)
+    return engine.step_time.step_seconds(b, b * _decode_context_tokens(mix), ())
 
 
 def prefill_seconds(engine: EngineConfig, prompt_tokens: np.ndarray, decode_batch: float,
@@ -518,12 +526,19 @@ def prefill_seconds(engine: EngineConfig, prompt_tokens: np.ndarray, decode_batc
     chunks = np.asarray(prompt_tokens, dtype=np.float64) / chunk
     whole = np.floor(chunks).astype(np.int64)
     top = int(whole.max()) if len(whole) else 0
-    st = engine.step_time  # one step per chunk offset (a few hundred at most)
-    steps = np.array([st.step_seconds(b, b * decode_context_tokens, ((i * chunk, chunk),))
-                      for i in range(top + 1)])
+    steps = np.array(_chunk_steps(engine.step_time, b, b * decode_context_tokens, chunk, top + 1))
     before = np.concatenate(([0.0], np.cumsum(steps)))
     seconds: np.ndarray = before[whole] + (chunks - whole) * steps[whole]
     return seconds, chunks
+
+
+@functools.lru_cache(maxsize=4096)
+def _chunk_steps(step_time: StepTimeModel, decodes: int, decode_context_tokens: int, chunk: int,
+                 count: int) -> tuple[float, ...]:
+    """The engine's step seconds for chunks at offsets 0, chunk, ..., (count - 1) * chunk beside
+    ``decodes`` decodes (cached: the planner's fixed point asks for the same steps often)."""
+    return tuple(step_time.step_seconds(decodes, decode_context_tokens, ((i * chunk, chunk),))
+                 for i in range(count))
 
 
 def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, instances: int,
@@ -554,24 +569,28 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     (phi = share of steps carrying prefill); both by Monte Carlo on the pool's own lengths.
     """
     lam = rate_per_second / instances
-    p_mean = float(mix.prompt_tokens.mean())
     o_mean = float(mix.output_tokens.mean())
+    ctx = _decode_context_tokens(mix)
     seqs = engine.max_num_seqs
-    batch, rho_p, t_dec, t_full, tpot = 0.0, 0.0, 0.0, 0.0, 0.0
+    batch, rho_p, t_dec, tpot = 0.0, 0.0, 0.0, 0.0
     for _ in range(30):
-        t_dec, t_full = _step_times(engine, mix, batch)
-        rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
-        rho_p = lam * p_mean / rate_tokens
+        t_dec = _decode_step_seconds(engine, mix, batch)
+        service, chunks = prefill_seconds(engine, mix.prompt_tokens, batch, ctx)
+        rho_p = lam * float(service.mean())
         if rho_p >= 1.0:
             return _unstable(instances, rate_per_second, batch)
-        tpot = 1.0 / (rho_p / t_full + (1.0 - rho_p) / t_dec)
+        tpot = 1.0 / (lam * float(chunks.mean()) + (1.0 - rho_p) / t_dec)
         new_batch = min(float(seqs), lam * o_mean * tpot)
         if abs(new_batch - batch) < 0.05:
             batch = new_batch
             break
         batch = 0.5 * (batch + new_batch)
-    rate_tokens = max(engine.max_num_batched_tokens - batch, 1.0) / t_full
-    service = mix.prompt_tokens / rate_tokens
+    t_dec = _decode_step_seconds(engine, mix, batch)
+    service, chunks = prefill_seconds(engine, mix.prompt_tokens, batch, ctx)
+    rho_p = lam * float(service.mean())
+    if rho_p >= 1.0:
+        return _unstable(instances, rate_per_second, batch)
+    tpot = 1.0 / (lam * float(chunks.mean()) + (1.0 - rho_p) / t_dec)
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
@@ -589,10 +608,13 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
         return _unstable(instances, rate_per_second, batch)
     idx = rng.integers(0, len(mix), _SAMPLES)
     ttft = service[idx] + _draw(prefill_wait, rng) + _draw(slot_wait, rng)
-    phi = (rho_p / t_full) * tpot
     o = np.maximum(mix.output_tokens[idx] - 1, 1)
-    full = rng.binomial(o, min(max(phi, 0.0), 1.0))
-    tpot_samples = (full * t_full + (o - full) * t_dec) / o
+    # prompts reaching the instance while the request decodes bring their chunks as runs of full
+    # steps; those reaching it during the request's own prefill queue behind it and run in its
+    # first decode steps, at the rate the balancer lets prompts land on a prefilling instance
+    steered = min(prefill_wait.p_wait / max(rho_p, 1e-9), 1.0)
+    full, full_seconds = full_steps_in_runs(o, lam * (steered * service[idx] + o * tpot), chunks, service, rng)
+    tpot_samples = (full_seconds + (o - full) * t_dec) / o
     over = ttft - (slo or Slo()).ttft_allowance_seconds(mix.prompt_tokens[idx], mix.total_tokens[idx])
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
@@ -614,7 +636,7 @@ def balancer_pooling(instances: int, prefill_load: float, service_cv2: float, de
     rho = min(max(prefill_load, 0.0), 1.0 - 1e-9)
     queued = rho + rho * rho * (1.0 + max(service_cv2, 0.0)) / (2.0 * (1.0 - rho))
     share = queued / (queued + max(decode_batch, 0.0)) if queued > 0 else 0.0
-    return max(float(BALANCER_POOLING), float(max(instances, 1) ** share))
+    return max(float(BALANCER_POOLING), float(min(max(instances, 1), BALANCER_POOLING_MAX_INSTANCES) ** share))
 
 
 def _balanced_prefill_wait(lam: float, instances: int, s_mean: float, cv2: float,
@@ -650,6 +672,34 @@ def _group_wait(lam: float, instances: int, s_mean: float, cv2: float, burst: fl
         return WaitDistribution(1.0, math.inf)
     return WaitDistribution(a.p_wait ** (1 - frac) * b.p_wait ** frac,
                             a.mean_if_waiting_seconds ** (1 - frac) * b.mean_if_waiting_seconds ** frac)
+
+
+def full_steps_in_runs(steps: np.ndarray, arrivals_mean: np.ndarray, chunks: np.ndarray,
+                       seconds: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per decoding request of ``steps`` decode steps: (its full steps, their seconds). The
+    prompts reaching its instance meanwhile are Poisson of mean ``arrivals_mean`` (per request),
+    each a prompt of the pool drawn at random, bringing all its ``chunks`` (fractional: short
+    prompts share a step) taking ``seconds`` (:func:`prefill_seconds`); at most ``steps`` of
+    them, the seconds cut in proportion.
+
+    Why: a prompt's chunks run back to back, so a request decoding beside a long prompt sees a
+    run of full steps, not full steps scattered one at a time: a binomial count of independent
+    steps has the same mean and a far thinner tail, and a pool bound by TPOT (short outputs
+    beside prompts of many chunks) is priced by that tail."""
+    counts = rng.poisson(np.maximum(np.asarray(arrivals_mean, dtype=np.float64), 0.0))
+    total = int(counts.sum())
+    steps_f = np.asarray(steps, dtype=np.float64)
+    if total == 0:
+        return np.zeros_like(steps_f), np.zeros_like(steps_f)
+    picks = rng.integers(0, len(chunks), total)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    # a sentinel after the last draw, so that trailing requests without arrivals index validly
+    run_chunks = np.where(counts > 0, np.add.reduceat(np.append(chunks[picks], 0.0), starts), 0.0)
+    run_seconds = np.where(counts > 0, np.add.reduceat(np.append(seconds[picks], 0.0), starts), 0.0)
+    full = np.minimum(run_chunks, steps_f)
+    cut = np.divide(full, run_chunks, out=np.ones_like(full), where=run_chunks > 0)
+    full_seconds: np.ndarray = run_seconds * cut
+    return full, full_seconds
 
 
 def _draw(wait: WaitDistribution, rng: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 from litellm_dualpool.errors import ConfigError
 from litellm_dualpool.planner.model import (
     BALANCER_POOLING,
+    BALANCER_POOLING_MAX_INSTANCES,
     TPOT_STEP_MARGIN,
     Hardware,
     LengthMix,
@@ -19,6 +20,7 @@ from litellm_dualpool.planner.model import (
     balancer_pooling,
     batch_tokens_for_tpot,
     closed_form_saving,
+    full_steps_in_runs,
     instances_for_rate,
     make_plan,
     predict_load,
@@ -223,6 +225,31 @@ def test_balancer_pooling_follows_the_share_of_the_count_that_is_the_prefill_que
     assert balancer_pooling(1, 0.5, 1.0, 0.0) == pytest.approx(BALANCER_POOLING)
 
 
+def test_balancer_pooling_stops_growing_beyond_the_measured_pool_size() -> None:
+    """The fleet simulator's tail stops improving beyond about 160 instances at a fixed load per
+    instance (docs/evaluation.md, round 5), so n in n ** w is capped there: with nothing
+    decoding (w = 1) a pool of 1,000 or 10,000 pools over 160, and with w = 1/2 over sqrt(160)."""
+    cap = BALANCER_POOLING_MAX_INSTANCES
+    assert balancer_pooling(1000, 0.5, 1.0, 0.0) == pytest.approx(cap)
+    assert balancer_pooling(10000, 0.5, 1.0, 0.0) == pytest.approx(cap)
+    assert balancer_pooling(10000, 0.5, 1.0, 1.0) == pytest.approx(cap ** 0.5)
+    assert balancer_pooling(cap // 2, 0.5, 1.0, 0.0) == pytest.approx(cap // 2)  # below the cap: n itself
+
+
+def test_per_instance_prediction_does_not_improve_beyond_the_cap() -> None:
+    """At a fixed load per instance (long prompts, a few requests decoding, Poisson arrivals)
+    the prefill wait falls from a quarter of the cap to the cap and not beyond it."""
+    rng = np.random.default_rng(0)
+    mix = LengthMix(rng.integers(8000, 60000, 2000), rng.integers(200, 2000, 2000))
+    engine = Hardware.build("a100", "llama-3-70b", tensor_parallel_size=8).engine(65536, 64, 2048)
+    cap = BALANCER_POOLING_MAX_INSTANCES
+    waits = [predict_load(engine, mix, 0.1 * n, n, arrival_cv2=1.0).prefill_wait_p99_seconds
+             for n in (cap // 4, cap, 4 * cap, 16 * cap)]
+    assert waits[0] > waits[1] > 0
+    assert waits[2] == pytest.approx(waits[1])
+    assert waits[3] == pytest.approx(waits[1])
+
+
 def test_prefill_seconds_sum_the_chunk_steps_at_their_offsets() -> None:
     """A prompt of k chunks costs the engine's steps at offsets 0, c, 2c, ...: with compute-
     bound steps (2,048-token chunks of a 70B model on 8x A100) each chunk attends to c more
@@ -255,3 +282,47 @@ def test_a_long_prompts_prefill_grows_faster_than_its_length() -> None:
     c = 447  # one decode in each step
     assert 30.0 < seconds[0] < 32.5
     assert seconds[0] > 1.5 * chunks[0] * st.step_seconds(1, 0, ((0, c),))
+
+
+def test_full_steps_come_in_runs_of_a_prompts_chunks() -> None:
+    """Every prompt reaching the instance brings all its chunks as a run: prompts of 3 chunks
+    taking 0.6 s, 2 arrivals expected: the full steps are multiples of 3 (mean 6) at 0.2 s
+    each; a request of 2 decode steps sees at most 2 of them, their seconds cut in proportion;
+    no arrivals, no full steps."""
+    rng = np.random.default_rng(0)
+    chunks, seconds = np.full(5, 3.0), np.full(5, 0.6)
+    full, full_s = full_steps_in_runs(np.full(4000, 1000), np.full(4000, 2.0), chunks, seconds, rng)
+    assert np.all(full % 3 == 0)
+    assert full.mean() == pytest.approx(6.0, rel=0.05)
+    assert full_s.tolist() == pytest.approx((0.2 * full).tolist())
+    full, full_s = full_steps_in_runs(np.full(4000, 2), np.full(4000, 2.0), chunks, seconds, rng)
+    assert full.max() == 2 and full.min() == 0
+    assert full_s.tolist() == pytest.approx((0.2 * full).tolist())
+    full, full_s = full_steps_in_runs(np.full(4000, 1000), np.zeros(4000), chunks, seconds, rng)
+    assert full.sum() == 0 and full_s.sum() == 0
+
+
+def test_tpot_tail_is_a_whole_run_of_full_steps() -> None:
+    """Prompts of 20 chunks, 10 decode steps per request: a request that meets one prompt's
+    prefill spends all its 10 steps in that run, at the run's mean step S / k, so once more
+    than 1% of requests meet one, the P99 TPOT is S / k (a binomial count of independent full
+    steps, at a share rho_p / S * k * TPOT of the steps, would put the P99 near the decode step)."""
+    engine = Hardware.build("h100", "llama-3.1-8b").engine(65536, 64, 2048)
+    mix = LengthMix(np.full(500, 20 * 2047), np.full(500, 11))
+    pred = predict_load(engine, mix, 0.3, 1)
+    seconds, chunks = prefill_seconds(engine, mix.prompt_tokens[:1], pred.decode_batch,
+                                      int(20 * 2047 + 5.5))
+    assert pred.tpot_p99_seconds == pytest.approx(seconds[0] / chunks[0], rel=1e-6)
+    decode = engine.step_time.step_seconds(1, 20 * 2047, ())
+    assert pred.tpot_p99_seconds > 3 * decode
+
+
+def test_predict_load_prices_prefill_by_chunk_offsets() -> None:
+    """The prefill-busy share is lambda_i * E[S], S the per-chunk sum (prefill_seconds), not the
+    prompt at one linear rate: one 8x A100 instance, 124K-token prompts at 448-token steps,
+    0.01 prompts a second: rho_p = 0.01 * S(124K) (about 0.31)."""
+    engine = Hardware.build("a100", "llama-3-70b", tensor_parallel_size=8).engine(131072, 16, 448)
+    mix = LengthMix(np.full(200, 124000), np.full(200, 200))
+    pred = predict_load(engine, mix, 0.01, 1)
+    seconds, _ = prefill_seconds(engine, mix.prompt_tokens[:1], pred.decode_batch, 124100)
+    assert pred.prefill_busy_ratio == pytest.approx(0.01 * seconds[0], rel=1e-9)
