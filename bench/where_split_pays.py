@@ -36,6 +36,7 @@ import numpy as np
 from litellm_dualpool.core.policy import PolicySettings
 from litellm_dualpool.planner.model import (
     BALANCER_POOLING,
+    BALANCER_POOLING_MAX_INSTANCES,
     FleetPlan,
     Hardware,
     LengthMix,
@@ -352,6 +353,20 @@ def evaluate(sc: Scenario, sim: bool, log: Callable[[str], None]) -> dict[str, o
     return row
 
 
+def _baseline(fleet: FleetPlan) -> str:
+    """GPUs and $/yr of a baseline fleet, flagged where no size the planner searches meets the SLO."""
+    text = f"{fleet.gpus:,} (${fleet.usd_per_year / 1e6:.1f}M)"
+    return text if fleet.slo_met else f"{text}, misses the SLO at any size searched"
+
+
+def _vs(plan: Plan, baseline: str) -> str:
+    """The split's saving against a baseline, or '-' where that baseline misses the SLO."""
+    fleet = plan.baselines.get(baseline)
+    if fleet is not None and not fleet.slo_met:
+        return "- (misses the SLO)"
+    return f"{plan.saving_vs(baseline):.1%}"
+
+
 def _simulated(row: dict[str, object]) -> str:
     s = row.get("sim")
     if not isinstance(s, dict):
@@ -386,8 +401,8 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
         out.append(f"| {sc.title}, {sc.rate:,.0f} req/s | {sc.ttft} | {tuned.gpus:,} GPUs: {_config(tuned.pools[0])} | "
                    f"${tuned.usd_per_year / 1e6:.1f}M | {plan.dual_pool.gpus:,} GPUs at {plan.threshold}: "
                    f"{_fleet_text(plan.dual_pool)} | ${plan.dual_pool.usd_per_year / 1e6:.1f}M | "
-                   f"**{plan.saving_fraction:.1%}** | {_simulated(r)} | {plan.saving_vs('vllm_default'):.1%} | "
-                   f"{plan.saving_vs('paper'):.1%} | {plan.binding_constraint} | {why(plan)} |")
+                   f"**{plan.saving_fraction:.1%}** | {_simulated(r)} | {_vs(plan, 'vllm_default')} | "
+                   f"{_vs(plan, 'paper')} | {plan.binding_constraint} | {why(plan)} |")
     out += ["", "Baselines per scenario (GPUs, $/yr):", "",
             "| scenario | paper (16 seqs) | vLLM default | tuned homogeneous | configuration's share of the saving vs paper | "
             "closed form, goodput rho | closed form, saturation rho | burstiness superposed / compressed |",
@@ -397,9 +412,9 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
         b = plan.baselines  # type: ignore[attr-defined]
         burst = r["burstiness"]
         config = 1 - b["tuned_homogeneous"].usd_per_year / b["paper"].usd_per_year
-        out.append(f"| {sc.key} | {b['paper'].gpus:,} (${b['paper'].usd_per_year / 1e6:.1f}M) | "  # type: ignore[attr-defined]
-                   f"{b['vllm_default'].gpus:,} (${b['vllm_default'].usd_per_year / 1e6:.1f}M) | "
-                   f"{b['tuned_homogeneous'].gpus:,} (${b['tuned_homogeneous'].usd_per_year / 1e6:.1f}M) | {config:.1%} | "
+        config_text = f"{config:.1%}" if b["paper"].slo_met else "- (paper misses the SLO)"  # type: ignore[attr-defined]
+        out.append(f"| {sc.key} | {_baseline(b['paper'])} | {_baseline(b['vllm_default'])} | "
+                   f"{_baseline(b['tuned_homogeneous'])} | {config_text} | "
                    f"{plan.closed_form_saving_fraction:.1%} (rho {plan.rho:.2f}) | "  # type: ignore[attr-defined]
                    f"{plan.closed_form_saturation_saving_fraction:.1%} (rho {plan.rho_saturation:.2f}) | "  # type: ignore[attr-defined]
                    f"{burst['superposed']:.2f} / {_num(burst['compressed'])} |")  # type: ignore[index]
@@ -432,7 +447,9 @@ def render(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
                 "(M/G/1 mean L, variance ~ L). The share of the count's variance that is the prefill queue, "
                 "w = L/(L+B), is how far the choice follows that queue, so the planner's prefill wait is the "
                 "geometric mean of a queue per instance and a queue pooled over g = n^w instances (n the pool's "
-                f"instances), never below pairs (`BALANCER_POOLING` = {BALANCER_POOLING}): a pool of long prompts "
+                f"instances, at most `BALANCER_POOLING_MAX_INSTANCES` = {BALANCER_POOLING_MAX_INSTANCES}, where "
+                "the simulator's tail at a fixed load per instance stops improving), never below pairs "
+                f"(`BALANCER_POOLING` = {BALANCER_POOLING}): a pool of long prompts "
                 "with little decoding pools almost like one queue, a pool that decodes much only in pairs. Per "
                 "pool with traffic, the planner run on the slice's own rate and arrivals (same configuration) "
                 "with its own term and with fixed poolings, beside the simulator's smallest count (slice "

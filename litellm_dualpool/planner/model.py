@@ -515,12 +515,10 @@ def prefill_seconds(engine: EngineConfig, prompt_tokens: np.ndarray, decode_batc
     ``max_num_batched_tokens`` minus the decodes, and the chunk at offset x attends to the x
     tokens before it, so its step costs the engine's ``step_seconds`` at that offset and a long
     prompt costs more than k steps at its mean offset (a 124K-token prompt on 8x A100, 70B,
-    448-token steps: about 31 s, where :func:`predict_load`'s one rate gives about 18 s). The
+    448-token steps: about 31 s, where one linear rate at the mean offset gives about 18 s). The
     whole chunks are summed at their offsets 0, c, 2c, ...; the fractional last one is charged
     its share of a step at its offset (under load the rest of that step carries the next
-    prompt's first chunk). Not yet used by :func:`predict_load`: with it (and TPOT's full steps
-    in runs) the "Where the split pays" check got no better on Mooncake (docs/evaluation.md,
-    "Round 4"); bench/pool_scale_check.py uses it for each prompt's prefill alone."""
+    prompt's first chunk)."""
     b = max(round(decode_batch), 0)
     chunk = max(engine.max_num_batched_tokens - b, 1)
     chunks = np.asarray(prompt_tokens, dtype=np.float64) / chunk
@@ -556,17 +554,20 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     (:func:`balancer_pooling`, at least pairs; ``pooling`` overrides it, for comparisons),
     checked against the fleet simulator on every scenario of docs/evaluation.md.
 
-    Per instance at lambda_i = lambda/n: when prompts wait, every step carries a full chunk
-    (``max_num_batched_tokens`` minus the B decodes) and lasts t_full; otherwise steps are
-    pure decodes of t_dec. The prefill "server" therefore runs at r = (C - B) / t_full
-    tokens/s and is busy rho_p = lambda_i * E[prompt] / r of the time; TPOT = 1 / (steps per
-    second) = 1 / (rho_p / t_full + (1 - rho_p) / t_dec), and B = lambda_i * E[output] * TPOT
-    (Little), solved by fixed point. Two waits precede the first token, each an M/G/c queue
-    (Allen-Cunneen): prompts queue for the n prefill servers (service = prompt / r), and, if the
-    decode batch nears ``max_num_seqs``, requests queue for the n * max_num_seqs slots (service =
-    the request's residence). P99 TTFT = P99 of (prefill wait + slot wait + own prefill time),
-    and P99 TPOT = P99 over requests of the mean of o steps of which Binomial(o, phi) are full
-    (phi = share of steps carrying prefill); both by Monte Carlo on the pool's own lengths.
+    Per instance at lambda_i = lambda/n: a prompt runs as k chunk steps (``max_num_batched_
+    tokens`` minus the B decodes each), each at the engine's step time for its offset, so its
+    prefill takes S (:func:`prefill_seconds`: S grows faster than the prompt, as attention does);
+    otherwise steps are pure decodes of t_dec. The instance is busy prefilling rho_p =
+    lambda_i * E[S] of the time; TPOT = 1 / (steps per second) = 1 / (lambda_i * E[k] + (1 -
+    rho_p) / t_dec), and B = lambda_i * E[output] * TPOT (Little), solved by fixed point. Two
+    waits precede the first token, each an M/G/c queue (Allen-Cunneen): prompts queue for the
+    prefill servers (service = S), and, if the decode batch nears ``max_num_seqs``, requests
+    queue for the n * max_num_seqs slots (service = the request's residence). P99 TTFT = P99 of
+    (prefill wait + slot wait + own S). P99 TPOT = P99 over requests of the mean of their o
+    steps, of which the full ones are the chunks of the prompts reaching the instance while the
+    request decodes (and, at the rate the balancer lets prompts land on a prefilling instance,
+    during its own prefill), in runs (:func:`full_steps_in_runs`). Both by Monte Carlo on the
+    pool's own lengths.
     """
     lam = rate_per_second / instances
     o_mean = float(mix.output_tokens.mean())
@@ -632,7 +633,10 @@ def balancer_pooling(instances: int, prefill_load: float, service_cv2: float, de
     share of the count's variance that is the prefill queue, w = L / (L + B), is how far its
     choice follows that queue: w = 1 (nothing decoding) is join-the-shortest-queue on prompts,
     close to one queue for all n instances; w = 0 is a choice blind to it. The pooling is
-    n ** w, never below BALANCER_POOLING (pairs, the term for pools that decode much)."""
+    n ** w, never below BALANCER_POOLING (pairs, the term for pools that decode much), with n
+    capped at BALANCER_POOLING_MAX_INSTANCES: the fleet simulator's tail at a fixed load per
+    instance stops improving there, so a full-rate pool of thousands is priced per instance
+    like the slice that checks it (docs/evaluation.md, "Round 5")."""
     rho = min(max(prefill_load, 0.0), 1.0 - 1e-9)
     queued = rho + rho * rho * (1.0 + max(service_cv2, 0.0)) / (2.0 * (1.0 - rho))
     share = queued / (queued + max(decode_batch, 0.0)) if queued > 0 else 0.0
