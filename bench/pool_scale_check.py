@@ -6,6 +6,10 @@ Rerun (Mooncake's tuned homogeneous fleet at the simulator's 654 slice instances
 then 1/40 ... 1/5 slices at the same load per instance; ~1 min on 2 cores):
     .venv/bin/python bench/pool_scale_check.py --scenario mooncake --pool homogeneous \\
         --instances 654 --at-k 10 --ks 40,20,10,5
+Smaller pools, each simulated long enough to see as many requests as the pool at --at-k (the
+measurement behind BALANCER_POOLING_MAX_INSTANCES; docs/evaluation.md "Round 5", ~6 min):
+    .venv/bin/python bench/pool_scale_check.py --scenario mooncake --pool homogeneous \
+        --instances 654 --at-k 10 --ks 640,320,160,80,40 --same-requests
 
 Per slice it prints the pool's instances, the simulator's P99 of TTFT over each request's
 allowance and its share of prompts waiting more than 0.05 s beyond their own prefill, beside the
