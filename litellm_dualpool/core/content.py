@@ -175,7 +175,9 @@ def _single_counts(raw: bytes) -> list[int]:
     classes = raw.translate(_CLASSES)
     code_marks = classes.count(b"#")
     kana = cjk = 0
-    if not raw.isascii():
+    # (`in` finds a byte with memchr, ~20x faster than a `count` pass: text with a few curly
+    # quotes or accents, not ASCII yet without CJK, skips two passes)
+    if not raw.isascii() and (b"j" in classes or b"k" in classes):
         kana = classes.count(b"k")
         cjk = kana + classes.count(b"j")
     return [raw.count(b" "), raw.count(b"\n"), classes.count(b"0"),
