@@ -93,7 +93,7 @@ def bodies(size: str, count: int, offset: int) -> Iterator[dict[str, Any]]:
 
 
 @contextmanager
-def proxy_under_callgrind(config: dict[str, Any], work: Path, name: str
+def proxy_under_callgrind(config: dict[str, Any], work: Path, name: str, cache_sim: bool = False
                           ) -> Iterator[tuple[ManagedProcess, str, str]]:
     """(process, url, master key) of a proxy started under callgrind, instrumentation off."""
     path = work / "litellm.yaml"
@@ -101,6 +101,7 @@ def proxy_under_callgrind(config: dict[str, Any], work: Path, name: str
     port, key = free_port(), "sk-" + secrets.token_hex(16)
     litellm = Path(sys.executable).with_name("litellm")
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+            *(["--cache-sim=yes"] if cache_sim else []),
             f"--callgrind-out-file={work}/callgrind.out.%p", str(litellm), "--config", str(path),
             "--host", "127.0.0.1", "--port", str(port)]
     env = offline_env(LITELLM_MASTER_KEY=key, PYTHONHASHSEED="0")
@@ -115,9 +116,9 @@ def callgrind_control(*args: str) -> None:
 
 
 def count_config(name: str, config: dict[str, Any], size: str, work: Path, *, settle: int,
-                 warmup: int, requests: int) -> dict[str, Any]:
+                 warmup: int, requests: int, cache_sim: bool = False) -> dict[str, Any]:
     """Instructions per request of one proxy configuration at one size."""
-    with proxy_under_callgrind(config, work, name) as (child, url, key), httpx.Client(
+    with proxy_under_callgrind(config, work, name, cache_sim) as (child, url, key), httpx.Client(
             headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
         def send(batch: Iterator[dict[str, Any]]) -> httpx.Response:
             response = None
@@ -138,12 +139,15 @@ def count_config(name: str, config: dict[str, Any], size: str, work: Path, *, se
         time.sleep(1.0)
         callgrind_control("--dump", pid)
         dump = wait_for_dump(work, child.pid)
-    total = dump_total(dump)
-    gc = inclusive_cost(dump, GC_FUNCTION)
-    return {"instructions_per_request": round(total / requests),
+    events = dump_events(dump)
+    total, gc = events["Ir"], inclusive_cost(dump, GC_FUNCTION)
+    cell = {"instructions_per_request": round(total / requests),
             "excluding_gc": round((total - gc) / requests),
             "gc_per_request": round(gc / requests),
             "pool": last.headers.get("x-dualpool-pool")}
+    if cache_sim:
+        cell.update(cache_figures(events, requests))
+    return cell
 
 
 def wait_for_dump(work: Path, pid: int, seconds: float = 120.0) -> Path:
@@ -159,17 +163,36 @@ def wait_for_dump(work: Path, pid: int, seconds: float = 120.0) -> Path:
 
 def dump_total(dump: Path) -> int:
     """The instruction total of one callgrind dump (its `summary:` or `totals:` line)."""
+    return dump_events(dump)["Ir"]
+
+
+def dump_events(dump: Path) -> dict[str, int]:
+    """Every event's total in one callgrind dump (`events:` names the columns of `summary:`)."""
+    names: list[str] = []
     for line in dump.read_text().splitlines():
-        found = re.match(r"(?:summary|totals):\s+(\d+)", line)
-        if found:
-            return int(found.group(1))
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        found = re.match(r"(?:summary|totals):((?:\s+\d+)+)\s*$", line)
+        if found and names:
+            return dict(zip(names, map(int, found.group(1).split()), strict=False))
     raise SystemExit(f"no total in {dump}")
+
+
+def cache_figures(events: dict[str, int], requests: int) -> dict[str, int]:
+    """Per request: L1 misses (instruction and data), last-level misses, and callgrind's cycle
+    estimate Ir + 10 L1 misses + 100 LL misses (callgrind_annotate's), from a --cache-sim run."""
+    l1 = events["I1mr"] + events["D1mr"] + events["D1mw"]
+    ll = events["ILmr"] + events["DLmr"] + events["DLmw"]
+    return {"l1_misses_per_request": round(l1 / requests),
+            "ll_misses_per_request": round(ll / requests),
+            "estimated_cycles_per_request": round((events["Ir"] + 10 * l1 + 100 * ll) / requests)}
 
 
 def inclusive_cost(dump: Path, function: str) -> int:
     """The inclusive instruction count of `function` ("file.c:name"; callgrind_annotate's
     spelling, recursion levels summed at the outermost), 0 where it never ran."""
-    done = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
+    done = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--show=Ir",
+                           str(dump)],
                           capture_output=True, text=True, check=True)
     return inclusive_from_annotation(done.stdout, function)
 
@@ -205,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=40, help="instrumented, uncounted requests")
     ap.add_argument("--settle", type=int, default=700,
                     help="uninstrumented requests first (past the learning's settlement)")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also simulate the caches (L1, last level; ~2x slower): misses and "
+                         "callgrind's cycle estimate per request")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (apt-get install valgrind)")
@@ -222,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
                     (work / NULL_CALLBACK.name).write_text(NULL_CALLBACK.read_text())
                 config = proxy_config(name, short, long, "unused", short_len=args.short_len)
                 cells[size][name] = count_config(name, config, size, work, settle=args.settle,
-                                                 warmup=args.warmup, requests=args.requests)
+                                                 warmup=args.warmup, requests=args.requests,
+                                                 cache_sim=args.cache_sim)
                 print(f"{size} {name}: {cells[size][name]}", file=sys.stderr, flush=True)
-    ratios = {size: {name: {key: round(cell[key] / cells[size]["stock"][key], 4)
-                            for key in ("instructions_per_request", "excluding_gc")}
+    keys = ["instructions_per_request", "excluding_gc",
+            *(["estimated_cycles_per_request"] if args.cache_sim else [])]
+    ratios = {size: {name: {key: round(cell[key] / cells[size]["stock"][key], 4) for key in keys}
                      for name, cell in row.items() if name != "stock"}
               for size, row in cells.items()}
     result = {"machine": machine(), "seconds": round(time.monotonic() - started),

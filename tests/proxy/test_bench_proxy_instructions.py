@@ -58,3 +58,14 @@ def test_counted_bodies_are_distinct_and_of_their_size() -> None:
     assert all(30_000 < len(text.encode()) < 40_000 for text in texts)
     assert "[request 700] " in batch[0]["messages"][-1]["content"]
     assert all(body["model"] == "llama" and body["max_tokens"] == 16 for body in batch)
+
+
+def test_a_cache_simulation_gives_misses_and_the_cycle_estimate(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind.out.1.1"
+    dump.write_text("events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n"
+                    "summary: 1000 400 200 10 20 30 1 2 3\n")
+    events = proxy_instructions.dump_events(dump)
+    assert events["Ir"] == 1000 and events["DLmw"] == 3
+    figures = proxy_instructions.cache_figures(events, requests=10)
+    assert figures == {"l1_misses_per_request": 6, "ll_misses_per_request": 1,
+                       "estimated_cycles_per_request": (1000 + 10 * 60 + 100 * 6) // 10}
