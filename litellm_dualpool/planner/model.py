@@ -573,25 +573,20 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     o_mean = float(mix.output_tokens.mean())
     ctx = _decode_context_tokens(mix)
     seqs = engine.max_num_seqs
-    batch, rho_p, t_dec, tpot = 0.0, 0.0, 0.0, 0.0
+    batch = 0.0
     for _ in range(30):
-        t_dec = _decode_step_seconds(engine, mix, batch)
-        service, chunks = prefill_seconds(engine, mix.prompt_tokens, batch, ctx)
-        rho_p = lam * float(service.mean())
-        if rho_p >= 1.0:
+        state = _steps_at(engine, mix, lam, batch, ctx)
+        if state is None:
             return _unstable(instances, rate_per_second, batch)
-        tpot = 1.0 / (lam * float(chunks.mean()) + (1.0 - rho_p) / t_dec)
-        new_batch = min(float(seqs), lam * o_mean * tpot)
+        new_batch = min(float(seqs), lam * o_mean * state[4])
         if abs(new_batch - batch) < 0.05:
             batch = new_batch
             break
         batch = 0.5 * (batch + new_batch)
-    t_dec = _decode_step_seconds(engine, mix, batch)
-    service, chunks = prefill_seconds(engine, mix.prompt_tokens, batch, ctx)
-    rho_p = lam * float(service.mean())
-    if rho_p >= 1.0:
+    state = _steps_at(engine, mix, lam, batch, ctx)
+    if state is None:
         return _unstable(instances, rate_per_second, batch)
-    tpot = 1.0 / (lam * float(chunks.mean()) + (1.0 - rho_p) / t_dec)
+    t_dec, service, chunks, rho_p, tpot = state
     s_mean = float(service.mean())
     cv2 = float(service.var() / s_mean**2) if s_mean > 0 else 0.0
     burst = mix.arrival_dispersion(BURST_WINDOW_SECONDS) if arrival_cv2 is None else arrival_cv2
@@ -620,6 +615,20 @@ def predict_load(engine: EngineConfig, mix: LengthMix, rate_per_second: float, i
     return LoadPrediction(instances, rate_per_second, float(np.quantile(ttft, _Q)), tpot,
                           float(np.quantile(tpot_samples, _Q)), batch, rho_p,
                           prefill_wait.quantile(_Q), slot_wait.quantile(_Q), float(np.quantile(over, _Q)))
+
+
+def _steps_at(engine: EngineConfig, mix: LengthMix, lam: float, batch: float, ctx: int
+              ) -> tuple[float, np.ndarray, np.ndarray, float, float] | None:
+    """One instance at arrival rate `lam` with `batch` requests decoding: (decode step seconds,
+    each prompt's prefill seconds and chunk count, prefill-busy share rho_p, mean TPOT), or
+    None when prefill alone saturates it (rho_p >= 1). TPOT = 1 / steps per second: the chunk
+    steps of lam prompts a second plus decode-only steps in the rest of the time."""
+    t_dec = _decode_step_seconds(engine, mix, batch)
+    service, chunks = prefill_seconds(engine, mix.prompt_tokens, batch, ctx)
+    rho_p = lam * float(service.mean())
+    if rho_p >= 1.0:
+        return None
+    return t_dec, service, chunks, rho_p, 1.0 / (lam * float(chunks.mean()) + (1.0 - rho_p) / t_dec)
 
 
 def balancer_pooling(instances: int, prefill_load: float, service_cv2: float, decode_batch: float) -> float:
